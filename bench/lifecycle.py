@@ -1,0 +1,99 @@
+"""Sandbox lifecycle figures: create → first exec, exec round trip, stop, idle memory.
+
+    .venv/bin/python bench/lifecycle.py [--samples 20] [--held 50]
+
+Starts its own ``sandport serve`` (data in a temporary directory, images shared with the
+tests), drives it through the SDK, and prints p50/p90 for each step, with the same step
+done by bare ``runc`` on the same container as the peer (the floor any runc-based server
+pays). Budgets are shared/DESIGN.md §7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sandport import Sandbox  # noqa: E402
+from tests._server import ServerProcess  # noqa: E402
+
+
+def percentiles(samples_ms: list[float]) -> str:
+    ordered = sorted(samples_ms)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return f"p50 {statistics.median(ordered):7.1f} ms   p90 {p90:7.1f} ms   (n={len(ordered)})"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--execs", type=int, default=100)
+    parser.add_argument("--held", type=int, default=50)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sandport-bench-") as tmp:
+        server = ServerProcess(Path(tmp) / "data").start()
+        kw = {"api_key": server.api_key, "base_url": server.base_url}
+        runc = ["runc", "--root", str(server.data_dir / "runc")]
+        try:
+            Sandbox.create(**kw).stop()  # warm: image resolved, caches hot
+
+            first_exec, stops, sandboxes = [], [], []
+            for _ in range(args.samples):
+                start = time.perf_counter()
+                sb = Sandbox.create(**kw)
+                sb.exec("true")
+                first_exec.append((time.perf_counter() - start) * 1000)
+                sandboxes.append(sb)
+            sb = sandboxes[0]
+            exec_rtt = [timed(lambda: sb.exec("true")) for _ in range(args.execs)]
+            bare_exec = [timed(lambda: subprocess.run([*runc, "exec", sb.id, "true"],
+                                                      check=True))
+                         for _ in range(args.execs // 2)]
+            for sb in sandboxes:
+                stops.append(timed(sb.stop))
+
+            time.sleep(2)
+            before = mem_available_kib()
+            held = [Sandbox.create(**kw) for _ in range(args.held)]
+            time.sleep(5)  # let page cache and slab settle
+            after = mem_available_kib()
+            per_sandbox_mib = (before - after) / 1024 / args.held
+            for sb in held:
+                sb.stop()
+
+            print(f"create → first exec (true):    {percentiles(first_exec)}   budget p50 ≤ 150")
+            print(f"exec round trip via SDK:       {percentiles(exec_rtt)}   budget p50 ≤ 15")
+            print(f"  peer: bare `runc exec true`: {percentiles(bare_exec)}")
+            ratio = statistics.median(exec_rtt) / statistics.median(bare_exec)
+            print(f"  ratio sandport / bare runc:  {ratio:.2f}")
+            print(f"stop:                          {percentiles(stops)}")
+            print(f"host memory per idle sandbox:  {per_sandbox_mib:.2f} MiB "
+                  f"({args.held} held; MemAvailable delta)   budget ≤ 10 MiB")
+        finally:
+            server.stop_all_sandboxes()
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

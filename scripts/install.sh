@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what sandport needs on Debian 12, as root: host packages and a virtualenv in .venv.
+#   bash scripts/install.sh server   # what `sandport serve` needs
+#   bash scripts/install.sh test     # that, plus the test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-server}"
+
+# runc: the OCI runtime. iproute2/iptables: per-sandbox netns, veth and host filter rules.
+# mmdebstrap: builds the built-in images from Debian packages. tini: the sandboxes' init.
+# golang-github-containers-common: the seccomp profile. libnss-myhostname: *.localhost names.
+# gcc, libc6-dev: build the in-sandbox agent (static C) once. curl: the README's examples.
+# python3-venv: the virtualenv below.
+packages=(runc iproute2 iptables mmdebstrap tini golang-github-containers-common gcc libc6-dev
+          libnss-myhostname curl ca-certificates python3 python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[$extra]"

@@ -1,0 +1,34 @@
+"""``sandport serve``: run the server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..settings import ServerSettings
+
+
+def register(commands: Any) -> None:
+    p: argparse.ArgumentParser = commands.add_parser(
+        "serve", help="run the sandport server",
+        description="Run the sandport server. Every option also reads SANDPORT_<OPTION>.",
+    )
+    p.add_argument("--data-dir", help="where state lives (default /var/lib/sandport)")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    p.add_argument("--images-dir", help="image store (default DATA_DIR/images)")
+    p.add_argument("--public-url", help="URL clients use to reach this server")
+    p.add_argument("--config", help="TOML file with settings (flags and environment win)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {
+        "data_dir": args.data_dir, "listen": args.listen, "images_dir": args.images_dir,
+        "public_url": args.public_url, "config": args.config, "log_level": args.log_level,
+    }
+    settings = ServerSettings.load(flags)
+    from ..server.serve import serve  # the server extra is only needed here
+
+    serve(settings)
+    return 0

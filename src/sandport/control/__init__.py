@@ -1,0 +1,1 @@
+"""The control API: sandbox records, API keys and images, served under ``/api``."""

@@ -1,0 +1,103 @@
+"""The OpenAPI document served at /api/openapi.json (hand-written: the routes are few)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_SANDBOX = {"$ref": "#/components/schemas/SandboxDetail"}
+
+
+def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ok}}},
+            "4XX": {"description": "client error",
+                    "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "sandport control API", "version": "0.1.0"},
+    "components": {
+        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string"}, "message": {"type": "string"}}},
+            "CreateSandbox": {"type": "object", "additionalProperties": False, "properties": {
+                "imageName": {"type": "string"},
+                "timeoutMinutes": {"type": "integer", "minimum": 1},
+                "vcpus": {"type": "integer", "minimum": 1},
+                "memMiB": {"type": "integer", "minimum": 64},
+                "diskSizeMiB": {"type": "integer", "minimum": 256},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "SandboxDetail": {"type": "object", "properties": {
+                "id": {"type": "string"}, "teamId": {"type": "string"},
+                "status": {"type": "string", "enum": ["active", "closed", "error"]},
+                "imageName": {"type": "string"}, "createdAt": {"type": "string"},
+                "updatedAt": {"type": "string"},
+                "startTime": {"type": "integer", "nullable": True},
+                "endTime": {"type": "integer", "nullable": True},
+                "closeReason": {"type": "string", "nullable": True},
+                "timeoutMinutes": {"type": "integer"}, "vcpus": {"type": "integer"},
+                "memMiB": {"type": "integer"}, "diskSizeMiB": {"type": "integer"},
+                "runtime": {"type": "object", "properties": {
+                    "transport": {"type": "string"}, "host": {"type": "string"},
+                    "baseUrl": {"type": "string"}}},
+                "token": {"type": "string"}, "tokenExpiresAt": {"type": "string"},
+                "exposedPorts": {"type": "array", "items": {"type": "object"}}}},
+            "SandboxList": {"type": "object", "properties": {
+                "sandboxes": {"type": "array", "items": _SANDBOX},
+                "totalCount": {"type": "integer"}, "page": {"type": "integer"},
+                "perPage": {"type": "integer"}}},
+            "ExecRequest": {"type": "object", "required": ["command"], "properties": {
+                "command": {"type": "string"}, "cwd": {"type": "string"},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "timeoutMs": {"type": "integer", "minimum": 1}}},
+            "ExecResult": {"type": "object", "properties": {"result": {"type": "object",
+                "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"},
+                               "exitCode": {"type": "integer"}}}}},
+        },
+    },
+    "security": [{"apiKey": []}],
+    "paths": {
+        "/api/sandbox": {"post": _op(
+            "Create a sandbox", _SANDBOX,
+            body={"$ref": "#/components/schemas/CreateSandbox"})},
+        "/api/sandbox/{id}": {"get": _op("Get a sandbox", _SANDBOX,
+                                         params=[_path_param("id")])},
+        "/api/sandbox/{id}/stop": {"put": _op("Stop a sandbox (idempotent)", _SANDBOX,
+                                              params=[_path_param("id")])},
+        "/api/sandboxes": {"get": _op(
+            "List sandboxes", {"$ref": "#/components/schemas/SandboxList"},
+            params=[_query("status", {"type": "string", "enum": ["active", "closed", "error"]}),
+                    _query("page", {"type": "integer", "minimum": 1}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100})])},
+        "/api/images": {"get": _op("List images", {"type": "object"})},
+        "/runtime/{id}/sandbox/exec": {"post": {
+            **_op("Run a shell command in the sandbox (runtime token as Bearer)",
+                  {"$ref": "#/components/schemas/ExecResult"},
+                  body={"$ref": "#/components/schemas/ExecRequest"},
+                  params=[_path_param("id")]),
+            "security": [{"runtimeToken": []}]}},
+    },
+}
+OPENAPI["components"]["securitySchemes"]["runtimeToken"] = {"type": "http", "scheme": "bearer"}

@@ -1,0 +1,145 @@
+"""Request parsing for the control API: pure functions from JSON to typed requests.
+
+Every rule a client can break lives here, with the message it gets back; route handlers
+only call these and the services.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ValidationFailed
+from ..models import SANDBOX_STATUSES
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60
+MIN_MEM_MIB = 64
+DISK_RANGE_MIB = (256, 1024 * 1024)
+MAX_ENV_VARS = 256
+MAX_ENV_BYTES = 128 * 1024
+MAX_LIST_LIMIT = 100
+
+# Accepted for compatibility with Hyperbrowser clients, which send them (usually null).
+_IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "network", "region")
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimits:
+    cpus: int
+    mem_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSandbox:
+    image_name: str
+    timeout_minutes: int
+    vcpus: int
+    mem_mib: int
+    disk_size_mib: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ListSandboxes:
+    statuses: tuple[str, ...] | None
+    page: int
+    limit: int
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed(f"{what} must be a JSON object")
+    return body
+
+
+def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(f"{key} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValidationFailed(f"{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_env(value: Any, key: str = "env") -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationFailed(f"{key} must be an object of string values")
+    if len(value) > MAX_ENV_VARS:
+        raise ValidationFailed(f"{key} has more than {MAX_ENV_VARS} variables")
+    size = 0
+    for name, text in value.items():
+        if not ENV_NAME_RE.match(name):
+            raise ValidationFailed(f"{key}: {name!r} is not a valid variable name")
+        if not isinstance(text, str) or "\x00" in text:
+            raise ValidationFailed(f"{key}.{name} must be a string without NUL bytes")
+        size += len(name) + len(text)
+    if size > MAX_ENV_BYTES:
+        raise ValidationFailed(f"{key} is larger than {MAX_ENV_BYTES} bytes")
+    return dict(value)
+
+
+def parse_create(body: Any, limits: HostLimits, default_image: str,
+                 default_timeout: int) -> CreateSandbox:
+    body = _object(body, "the request body")
+    known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
+             "exposedPorts", *_IGNORED_WHEN_NULL}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
+        )
+    for key in ("snapshotName", "snapshotId", "network"):
+        if body.get(key):
+            raise ValidationFailed(f"{key} is not supported by this server yet")
+    if body.get("region") is not None and not isinstance(body["region"], str):
+        raise ValidationFailed("region must be a string")
+    if body.get("exposedPorts"):
+        raise ValidationFailed("exposedPorts is not supported by this server yet")
+    image = body.get("imageName", default_image)
+    if image is None:
+        image = default_image
+    if not isinstance(image, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", image):
+        raise ValidationFailed("imageName must be an image name such as 'python'")
+    return CreateSandbox(
+        image_name=image,
+        timeout_minutes=_int(body, "timeoutMinutes", default_timeout, 1, MAX_TIMEOUT_MINUTES),
+        vcpus=_int(body, "vcpus", 1, 1, limits.cpus),
+        mem_mib=_int(body, "memMiB", min(512, limits.mem_mib), MIN_MEM_MIB, limits.mem_mib),
+        disk_size_mib=_int(body, "diskSizeMiB", 4096, *DISK_RANGE_MIB),
+        env=parse_env(body.get("env")),
+    )
+
+
+def parse_list(query: dict[str, str]) -> ListSandboxes:
+    unknown = sorted(set(query) - {"status", "page", "limit"})
+    if unknown:
+        raise ValidationFailed(f"unknown query parameter(s): {', '.join(unknown)}")
+    status = query.get("status") or None
+    if status is not None and status not in SANDBOX_STATUSES:
+        raise ValidationFailed(f"status must be one of {', '.join(SANDBOX_STATUSES)}")
+    numbers = {}
+    for key, default, high in (("page", 1, 1_000_000), ("limit", 10, MAX_LIST_LIMIT)):
+        raw = query.get(key)
+        if raw is None or raw == "":
+            numbers[key] = default
+        elif not raw.isdigit() or not 1 <= int(raw) <= high:
+            raise ValidationFailed(f"{key} must be an integer between 1 and {high}")
+        else:
+            numbers[key] = int(raw)
+    return ListSandboxes(
+        statuses=_record_statuses(status), page=numbers["page"], limit=numbers["limit"]
+    )
+
+
+def _record_statuses(wire_status: str | None) -> tuple[str, ...] | None:
+    """Store statuses shown on the wire as ``wire_status`` (see lifecycle.wire_status)."""
+    if wire_status is None:
+        return None
+    return {"active": ("creating", "active", "stopping"), "closed": ("closed",),
+            "error": ("error",)}[wire_status]

@@ -1,0 +1,101 @@
+"""Control API routes (/api): parse, call a service, render. Errors render in server/app.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import SandportError
+from ..models import SandboxPage
+from .http import caller_team, json_body
+from .openapi import OPENAPI
+from .requests import parse_create, parse_list
+
+
+async def create_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    body = parse_create(await json_body(request), ctx.limits, ctx.settings.default_image,
+                        ctx.settings.default_timeout_minutes)
+    record = await ctx.sandboxes.create(team, body)
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def get_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.get(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def list_sandboxes(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    query = parse_list(dict(request.query_params))
+    records, total = await ctx.sandboxes.list(team, query)
+    page = SandboxPage([ctx.sandboxes.to_info(r) for r in records], total, query.page, query.limit)
+    return JSONResponse(page.to_wire())
+
+
+async def stop_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.stop(await caller_team(request), request.path_params["id"])
+    return JSONResponse({"success": True, **ctx.sandboxes.to_info(record).to_wire()})
+
+
+async def list_images(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    await caller_team(request)
+    return JSONResponse({"images": [ctx.images.info(n).to_wire() for n in ctx.images.names()]})
+
+
+async def build_image(request: Request) -> Response:
+    """Streams NDJSON: ``{"progress": line}`` lines, then ``{"image": ...}`` or an error."""
+    ctx = request.app.state.ctx
+    await caller_team(request)
+    name = request.path_params["name"]
+    ctx.images.check_name(name)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def run() -> str:
+        try:
+            image = await ctx.images.build(name, lines.put_nowait)
+            return json.dumps({"image": ctx.images.info(image.name).to_wire()})
+        except SandportError as exc:
+            return json.dumps(exc.to_wire())
+        finally:
+            lines.put_nowait(None)
+
+    # The build goes on if the client disconnects: a half-built image is never published.
+    task = asyncio.ensure_future(run())
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (line := await lines.get()) is not None:
+            yield (json.dumps({"progress": line}) + "\n").encode()
+        yield (await task + "\n").encode()
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+routes = [
+    Route("/api/sandbox", create_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
+    Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
+    Route("/api/sandboxes", list_sandboxes, methods=["GET"]),
+    Route("/api/images", list_images, methods=["GET"]),
+    Route("/api/images/{name}/build", build_image, methods=["POST"]),
+    Route("/api/openapi.json", openapi, methods=["GET"]),
+    Route("/api/health", health, methods=["GET"]),
+]

@@ -1,0 +1,174 @@
+"""Sandbox services: create, get, list, stop, expire and reconcile. No HTTP types here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from .. import ids
+from ..errors import RuntimeFailure, SandboxNotFound
+from ..models import RuntimeTarget, SandboxInfo, iso, millis
+from ..runtime import Runtime, SandboxSpec
+from ..runtime.images import ImageStore
+from ..settings import ServerSettings
+from ..store import RecordStatus, SandboxRecord, Store
+from . import lifecycle
+from .requests import CreateSandbox, ListSandboxes
+
+log = logging.getLogger("sandport.control")
+
+
+class SandboxService:
+    def __init__(
+        self, settings: ServerSettings, store: Store, runtime: Runtime, images: ImageStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.images = images
+        self.clock = clock
+        # One create/stop at a time per sandbox; different sandboxes never wait on each other.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- views ------------------------------------------------------------------------
+    def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
+        base = self.settings.base_url
+        return RuntimeTarget(
+            "regional_proxy", urlsplit(base).netloc, f"{base}/runtime/{sandbox_id}"
+        )
+
+    def to_info(self, record: SandboxRecord) -> SandboxInfo:
+        return SandboxInfo(
+            id=record.id,
+            team_id=record.team_id,
+            status=lifecycle.wire_status(record.status),
+            image_name=record.image_name,
+            created_at=iso(record.created_at) or "",
+            updated_at=iso(record.updated_at) or "",
+            start_time=millis(record.started_at),
+            end_time=millis(record.ended_at),
+            close_reason=record.close_reason,
+            timeout_minutes=record.timeout_minutes,
+            vcpus=record.vcpus,
+            mem_mib=record.mem_mib,
+            disk_size_mib=record.disk_size_mib,
+            region=self.settings.region,
+            session_url=f"{self.settings.base_url}/api/sandbox/{record.id}",
+            runtime=self.runtime_target(record.id),
+            token=record.token,
+            token_expires_at=iso(record.token_expires_at),
+        )
+
+    # -- verbs ------------------------------------------------------------------------
+    async def create(self, team_id: str, request: CreateSandbox) -> SandboxRecord:
+        self.images.check_name(request.image_name)
+        await self.images.ensure(request.image_name, lambda line: log.info("%s", line))
+        now = self.clock()
+        expires = now + 60 * request.timeout_minutes
+        record = SandboxRecord(
+            id=ids.new_sandbox_id(), team_id=team_id, status="creating",
+            image_name=request.image_name, vcpus=request.vcpus, mem_mib=request.mem_mib,
+            disk_size_mib=request.disk_size_mib, timeout_minutes=request.timeout_minutes,
+            token=ids.new_runtime_token(), token_expires_at=expires, created_at=now,
+            updated_at=now, runtime=self.runtime.name, env=request.env,
+        )
+        async with self._locks[record.id]:
+            await self.store.insert_sandbox(record)
+            spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
+                               record.env)
+            try:
+                await self.runtime.create(spec)
+            except BaseException as exc:
+                reason = exc.message if isinstance(exc, RuntimeFailure) else "create failed"
+                await self._finish(record, "error", reason)
+                raise
+            started = self.clock()
+            record = record.evolve(status="active", started_at=started, updated_at=started,
+                                   expires_at=started + 60 * request.timeout_minutes,
+                                   token_expires_at=started + 60 * request.timeout_minutes)
+            await self.store.update_sandbox(record)
+        self._locks.pop(record.id, None)
+        log.info("sandbox %s created from %s", record.id, record.image_name)
+        return record
+
+    async def get(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        record = await self.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
+        if record is None or record.team_id != team_id:
+            raise SandboxNotFound(f"sandbox {sandbox_id} not found")
+        return record
+
+    async def list(self, team_id: str, request: ListSandboxes) -> tuple[list[SandboxRecord], int]:
+        offset = (request.page - 1) * request.limit
+        return await self.store.list_sandboxes(team_id, request.statuses, offset, request.limit)
+
+    async def stop(self, team_id: str, sandbox_id: str,
+                   reason: str = lifecycle.CLOSE_REQUESTED) -> SandboxRecord:
+        record = await self.get(team_id, sandbox_id)
+        return await self._stop(record, reason)
+
+    async def _stop(self, record: SandboxRecord, reason: str) -> SandboxRecord:
+        async with self._locks[record.id]:
+            current = await self.store.get_sandbox(record.id) or record
+            if lifecycle.is_finished(current.status):
+                return current  # stopping twice is success
+            stopping = current.evolve(status="stopping", updated_at=self.clock())
+            await self.store.update_sandbox(stopping)
+            await self.runtime.destroy(record.id)
+            done = await self._finish(stopping, "closed", reason)
+        self._locks.pop(record.id, None)
+        log.info("sandbox %s stopped: %s", record.id, reason)
+        return done
+
+    async def _finish(self, record: SandboxRecord, status: RecordStatus,
+                      reason: str) -> SandboxRecord:
+        now = self.clock()
+        done = record.evolve(status=status, ended_at=now, updated_at=now, close_reason=reason,
+                             token_expires_at=min(record.token_expires_at, now))
+        await self.store.update_sandbox(done)
+        return done
+
+    # -- housekeeping -----------------------------------------------------------------
+    async def stop_expired(self) -> int:
+        due = await self.store.expired_sandboxes(self.clock())
+        for record in due:
+            await self._stop(record, lifecycle.CLOSE_TIMEOUT)
+        return len(due)
+
+    async def stop_exited(self) -> int:
+        """Close active sandboxes whose container is gone (e.g. killed from outside)."""
+        gone = [r for r in await self.store.sandboxes_in(("active",))
+                if not self.runtime.is_running(r.id)]
+        for record in gone:
+            await self._stop(record, lifecycle.CLOSE_EXITED)
+        return len(gone)
+
+    async def reconcile(self) -> dict[str, int]:
+        """On boot: adopt running containers, close the lost, finish interrupted verbs,
+        and remove runtime leftovers that no record owns."""
+        counts = {"adopted": 0, "lost": 0, "interrupted": 0, "orphans": 0}
+        for record in await self.store.sandboxes_in(("creating", "active", "stopping")):
+            if record.status == "active" and self.runtime.is_running(record.id):
+                counts["adopted"] += 1
+                continue
+            await self.runtime.destroy(record.id)
+            if record.status == "creating":
+                counts["interrupted"] += 1
+                await self._finish(record, "error", lifecycle.CLOSE_CREATE_INTERRUPTED)
+            elif record.status == "stopping":
+                counts["interrupted"] += 1
+                await self._finish(record, "closed", record.close_reason or
+                                   lifecycle.CLOSE_REQUESTED)
+            else:
+                counts["lost"] += 1
+                await self._finish(record, "closed", lifecycle.CLOSE_LOST)
+        for sandbox_id in self.runtime.sandbox_ids():
+            owner = await self.store.get_sandbox(sandbox_id)
+            if owner is None or lifecycle.is_finished(owner.status):
+                counts["orphans"] += 1
+                await self.runtime.destroy(sandbox_id)
+        return counts

@@ -1,0 +1,132 @@
+"""The one error tree of sandport, shared by the server (rendering) and the SDK (raising).
+
+    SandportError                      500 internal_error
+    ├── BadRequest                     400 bad_request
+    │   └── ValidationFailed           400 invalid_request
+    ├── Unauthorized                   401 unauthorized
+    ├── Forbidden                      403 forbidden
+    ├── NotFound                       404 not_found
+    │   ├── SandboxNotFound            404 sandbox_not_found
+    │   └── ImageNotFound              404 image_not_found
+    ├── Conflict                       409 conflict
+    │   └── SandboxNotRunning          409 sandbox_not_running
+    ├── PayloadTooLarge                413 payload_too_large
+    ├── RuntimeFailure                 500 runtime_error
+    ├── Unavailable                    503 unavailable
+    └── TransportError                 (SDK only: the server could not be reached)
+
+On the wire an error is ``{"error": code, "message": text}`` with the leaf's status.
+Messages are written for the client: they never carry host paths or internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "ImageNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "RuntimeFailure",
+    "SandboxNotFound",
+    "SandboxNotRunning",
+    "SandportError",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationFailed",
+    "error_from_wire",
+]
+
+
+class SandportError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequest(SandportError):
+    status, code = 400, "bad_request"
+
+
+class ValidationFailed(BadRequest):
+    code = "invalid_request"
+
+
+class Unauthorized(SandportError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(SandportError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(SandportError):
+    status, code = 404, "not_found"
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+
+
+class Conflict(SandportError):
+    status, code = 409, "conflict"
+
+
+class SandboxNotRunning(Conflict):
+    code = "sandbox_not_running"
+
+
+class PayloadTooLarge(SandportError):
+    status, code = 413, "payload_too_large"
+
+
+class RuntimeFailure(SandportError):
+    status, code = 500, "runtime_error"
+
+
+class Unavailable(SandportError):
+    status, code = 503, "unavailable"
+
+
+class TransportError(SandportError):
+    """Raised by the SDK when no HTTP answer came back (refused, reset, timed out)."""
+
+    status, code = 0, "transport_error"
+
+
+def _leaves(cls: type[SandportError]) -> list[type[SandportError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_leaves(sub))
+    return found
+
+
+_BY_CODE: dict[str, type[SandportError]] = {c.code: c for c in _leaves(SandportError)}
+_BY_STATUS: dict[int, type[SandportError]] = {
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: PayloadTooLarge, 503: Unavailable,
+}
+
+
+def error_from_wire(status: int, body: Any) -> SandportError:
+    """The SDK side of the status table: an HTTP error answer becomes the matching class."""
+    code = body.get("error") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    cls = _BY_CODE.get(code) if isinstance(code, str) else None
+    if cls is None or cls.status != status:
+        cls = _BY_STATUS.get(status, SandportError)
+    return cls(str(message or f"HTTP {status}"))

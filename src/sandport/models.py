@@ -1,0 +1,210 @@
+"""Wire models: the JSON shapes of the control and runtime APIs, written once.
+
+The server renders records through ``to_wire`` and the SDK parses answers through
+``from_wire``, so a field name lives in exactly one place. Shapes follow the Hyperbrowser
+sandbox API (shared/DESIGN.md §2): camelCase fields, times as ISO-8601 strings and
+``startTime``/``endTime`` as epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+SandboxStatus = Literal["active", "closed", "error"]
+SANDBOX_STATUSES: tuple[str, ...] = ("active", "closed", "error")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def millis(ts: float | None) -> int | None:
+    return None if ts is None else int(ts * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeTarget:
+    transport: str
+    host: str
+    base_url: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"transport": self.transport, "host": self.host, "baseUrl": self.base_url}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RuntimeTarget:
+        return cls(data["transport"], data["host"], data["baseUrl"])
+
+
+@dataclass(frozen=True, slots=True)
+class ExposedPort:
+    port: int
+    auth: bool
+    url: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"port": self.port, "auth": self.auth, "url": self.url}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExposedPort:
+        return cls(int(data["port"]), bool(data.get("auth", False)), data.get("url", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """What ``GET /api/sandbox/{id}`` returns; ``token`` is absent in list entries."""
+
+    id: str
+    team_id: str
+    status: str
+    image_name: str
+    created_at: str
+    updated_at: str
+    start_time: int | None
+    end_time: int | None
+    close_reason: str | None
+    timeout_minutes: int
+    vcpus: int
+    mem_mib: int
+    disk_size_mib: int
+    region: str
+    session_url: str
+    runtime: RuntimeTarget
+    exposed_ports: list[ExposedPort] = field(default_factory=list)
+    token: str | None = None
+    token_expires_at: str | None = None
+
+    @property
+    def duration(self) -> int:
+        """Seconds between start and end (or now, while active), as Hyperbrowser reports."""
+        if self.start_time is None:
+            return 0
+        end = self.end_time
+        if end is None:
+            end = int(datetime.now(UTC).timestamp() * 1000)
+        return max(0, (end - self.start_time) // 1000)
+
+    def to_wire(self, *, with_token: bool = True) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "teamId": self.team_id,
+            "status": self.status,
+            "imageName": self.image_name,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "startTime": self.start_time,
+            "endTime": self.end_time,
+            "duration": self.duration,
+            "closeReason": self.close_reason,
+            "timeoutMinutes": self.timeout_minutes,
+            "vcpus": self.vcpus,
+            "memMiB": self.mem_mib,
+            "diskSizeMiB": self.disk_size_mib,
+            "region": self.region,
+            "sessionUrl": self.session_url,
+            "runtime": self.runtime.to_wire(),
+            "exposedPorts": [p.to_wire() for p in self.exposed_ports],
+        }
+        if with_token:
+            wire["token"] = self.token
+            wire["tokenExpiresAt"] = self.token_expires_at
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SandboxInfo:
+        return cls(
+            id=data["id"],
+            team_id=data.get("teamId", ""),
+            status=data["status"],
+            image_name=data.get("imageName", ""),
+            created_at=data.get("createdAt", ""),
+            updated_at=data.get("updatedAt", ""),
+            start_time=data.get("startTime"),
+            end_time=data.get("endTime"),
+            close_reason=data.get("closeReason"),
+            timeout_minutes=int(data.get("timeoutMinutes") or 0),
+            vcpus=int(data.get("vcpus") or 0),
+            mem_mib=int(data.get("memMiB") or 0),
+            disk_size_mib=int(data.get("diskSizeMiB") or 0),
+            region=data.get("region", ""),
+            session_url=data.get("sessionUrl", ""),
+            runtime=RuntimeTarget.from_wire(data["runtime"]),
+            exposed_ports=[ExposedPort.from_wire(p) for p in data.get("exposedPorts") or []],
+            token=data.get("token"),
+            token_expires_at=data.get("tokenExpiresAt"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxPage:
+    sandboxes: list[SandboxInfo]
+    total_count: int
+    page: int
+    per_page: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "sandboxes": [s.to_wire(with_token=False) for s in self.sandboxes],
+            "totalCount": self.total_count,
+            "page": self.page,
+            "perPage": self.per_page,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> SandboxPage:
+        return cls(
+            [SandboxInfo.from_wire(s) for s in data["sandboxes"]],
+            int(data["totalCount"]),
+            int(data["page"]),
+            int(data["perPage"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    timed_out: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        result = {"stdout": self.stdout, "stderr": self.stderr, "exitCode": self.exit_code}
+        if self.timed_out:
+            result["timedOut"] = True
+        return {"result": result}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExecResult:
+        r = data["result"]
+        return cls(r["stdout"], r["stderr"], int(r["exitCode"]), bool(r.get("timedOut", False)))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    name: str
+    built: bool
+    created_at: str | None
+    size_bytes: int | None
+    source: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "imageName": self.name,
+            "built": self.built,
+            "createdAt": self.created_at,
+            "sizeBytes": self.size_bytes,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ImageInfo:
+        return cls(
+            data["imageName"], bool(data["built"]), data.get("createdAt"),
+            data.get("sizeBytes"), data.get("source", ""),
+        )

@@ -1,0 +1,266 @@
+"""The runc runtime: overlay rootfs + netns/veth + OCI bundle, driven through runc's CLI.
+
+Per sandbox, under ``<data_dir>/sandboxes/<id>/``: ``runtime.json`` (what destroy needs to
+undo, written first), ``upper``/``work``/``rootfs`` (the overlay), the generated
+``/etc/hosts``, ``resolv.conf`` and ``hostname``, and ``config.json`` for runc. runc keeps
+its own state under ``<data_dir>/runc``. Containers run detached: they outlive a server
+restart, and the server, as child subreaper, reaps their inits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import glob
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from ..errors import RuntimeFailure, SandboxNotRunning
+from ..models import ExecResult
+from ..settings import ServerSettings
+from . import ExecRequest, SandboxSpec, network, oci, seccomp
+from ._files import read_json, write_json
+from .agent.build import ensure_agent
+from .agent.client import run_command
+from .images import ImageStore
+from .mounts import mount_overlay, unmount
+from .network import Lease, SlotRegistry, lease_for
+
+log = logging.getLogger("sandport.runtime")
+
+PIDS_LIMIT = 1024
+OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class RuncRuntime:
+    name = "runc"
+
+    def __init__(self, settings: ServerSettings, images: ImageStore) -> None:
+        self.settings = settings
+        self.images = images
+        self.state_root = settings.data_dir / "runc"
+        self.bundles = settings.data_dir / "sandboxes"
+        self.slots = SlotRegistry(settings.subnet)
+        self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        self._seccomp: dict[str, Any] | None = None
+        self.agent_binary = settings.data_dir / "bin" / "sandport-agent"
+
+    # -- host -------------------------------------------------------------------------
+    async def prepare_host(self) -> None:
+        for tool in (self.settings.runc, "ip", "iptables"):
+            if shutil.which(tool) is None:
+                raise RuntimeFailure(f"{tool} is not installed (see the README's setup command)")
+        if not self.settings.init_binary.exists():
+            raise RuntimeFailure(
+                f"init binary {self.settings.init_binary} is missing (apt install tini)"
+            )
+        try:
+            profile = json.loads(self.settings.seccomp_source.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeFailure(
+                f"cannot read seccomp profile {self.settings.seccomp_source}: {exc}"
+                " (apt install golang-github-containers-common)"
+            ) from None
+        self._seccomp = seccomp.to_oci(profile, caps=oci.DEFAULT_CAPS)
+        self.agent_binary = await asyncio.to_thread(ensure_agent, self.settings.data_dir / "bin")
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise RuntimeFailure("cannot become child subreaper")
+        self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.bundles.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await network.install_host_rules()
+
+    # -- create -----------------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> None:
+        image = self.images.resolve(spec.image)
+        bundle = self.bundles / spec.sandbox_id
+        bundle.mkdir(mode=0o700)
+        try:
+            slot = self.slots.claim(spec.sandbox_id)
+            lease = lease_for(self.settings.subnet, slot, spec.sandbox_id)
+            container = self._container_spec(spec, bundle, lease, image.env, image.workdir)
+            write_json(bundle / "runtime.json", {
+                "slot": slot, "image": image.name, "imageVersion": image.version,
+                "workdir": image.workdir, "sandboxIp": lease.sandbox_ip,
+                "env": oci.process_env(container),
+            })
+            for sub in ("upper", "work", "rootfs"):
+                (bundle / sub).mkdir()
+            mount_overlay(image.rootfs, bundle / "upper", bundle / "work", bundle / "rootfs")
+            await network.create_network(lease)
+            self._write_bundle(container, lease)
+            await self._runc_run(spec.sandbox_id, bundle)
+        except BaseException as exc:
+            await asyncio.shield(self.destroy(spec.sandbox_id))
+            if isinstance(exc, OSError):
+                log.error("sandbox %s: create failed: %s", spec.sandbox_id, exc)
+                raise RuntimeFailure("the sandbox could not be created") from None
+            raise
+
+    def _container_spec(
+        self, spec: SandboxSpec, bundle: Path, lease: Lease, image_env: tuple[str, ...],
+        workdir: str,
+    ) -> oci.ContainerSpec:
+        return oci.ContainerSpec(
+            sandbox_id=spec.sandbox_id, rootfs=bundle / "rootfs", hostname=spec.sandbox_id,
+            netns_path=lease.netns_path, hosts_file=bundle / "hosts",
+            resolv_file=bundle / "resolv.conf", hostname_file=bundle / "hostname",
+            init_binary=self.settings.init_binary, agent_binary=self.agent_binary,
+            agent_peer=lease.host_ip, vcpus=spec.vcpus, mem_mib=spec.mem_mib,
+            pids_limit=PIDS_LIMIT, nofile_limit=self.nofile, image_env=image_env,
+            env=spec.env, workdir=workdir,
+        )
+
+    def _write_bundle(self, container: oci.ContainerSpec, lease: Lease) -> None:
+        bundle = container.rootfs.parent
+        (bundle / "hostname").write_text(container.hostname + "\n")
+        (bundle / "hosts").write_text(
+            "127.0.0.1\tlocalhost\n"
+            f"{lease.sandbox_ip}\t{container.hostname}\n"
+            f"{lease.host_ip}\thost.sandport.internal\n"
+        )
+        # Nothing answers DNS yet (no egress): a local resolver fails at once instead of
+        # making every lookup wait for a timeout.
+        (bundle / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        write_json(bundle / "config.json", oci.container_config(container, self._seccomp))
+
+    async def _runc_run(self, sandbox_id: str, bundle: Path) -> None:
+        # runc's stderr goes to a file: a pipe would be inherited by the detached container
+        # and never reach EOF.
+        with open(bundle / "runc.err", "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *self._runc("run", "-d", "--bundle", str(bundle), sandbox_id),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err,
+            )
+            code = await proc.wait()
+        if code != 0:
+            detail = (bundle / "runc.err").read_text(errors="replace").strip()
+            log.error("sandbox %s: runc run failed: %s", sandbox_id, detail)
+            raise RuntimeFailure("the sandbox's container failed to start")
+
+    def _runc(self, *args: str) -> list[str]:
+        return [self.settings.runc, "--root", str(self.state_root), *args]
+
+    # -- exec -------------------------------------------------------------------------
+    async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
+        """Run ``/bin/sh -c command`` through the sandbox's agent (see runtime/agent)."""
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        meta = read_json(self.bundles / sandbox_id / "runtime.json")
+        return await run_command(
+            meta["sandboxIp"], request.cwd or meta.get("workdir") or "/",
+            ["/bin/sh", "-c", request.command], oci.merge_env(tuple(meta["env"]), request.env),
+            request.timeout_s, OUTPUT_CAP,
+        )
+
+    # -- state ------------------------------------------------------------------------
+    def init_pid(self, sandbox_id: str) -> int | None:
+        state = read_json(self.state_root / sandbox_id / "state.json")
+        pid, start = state.get("init_process_pid"), state.get("init_process_start")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X") or int(stat[19]) != start:
+            return None
+        return pid
+
+    def is_running(self, sandbox_id: str) -> bool:
+        return self.init_pid(sandbox_id) is not None
+
+    def sandbox_ids(self) -> set[str]:
+        found: set[str] = set()
+        for directory in (self.bundles, self.state_root):
+            if directory.exists():
+                found.update(p.name for p in directory.iterdir() if p.is_dir())
+        return found
+
+    # -- destroy ----------------------------------------------------------------------
+    async def destroy(self, sandbox_id: str) -> None:
+        bundle = self.bundles / sandbox_id
+        meta = read_json(bundle / "runtime.json")
+        state = read_json(self.state_root / sandbox_id / "state.json")
+        init_pid = state.get("init_process_pid")
+        await self._quiet("kill", sandbox_id, "KILL")
+        if isinstance(init_pid, int) and init_pid > 0:
+            await _wait_gone(init_pid)
+        await self._quiet("delete", "-f", sandbox_id)
+        await _remove_cgroups(sandbox_id)
+        with contextlib.suppress(OSError):
+            unmount(bundle / "rootfs")
+        slot = meta.get("slot")
+        lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
+        await network.delete_network(lease)
+        if isinstance(slot, int):
+            self.slots.release(slot, sandbox_id)
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+
+    async def _quiet(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self._runc(*args), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+
+
+async def _read_capped(stream: asyncio.StreamReader, kept: bytearray) -> None:
+    """Read to EOF into ``kept`` (up to OUTPUT_CAP); what was read survives cancellation."""
+    while chunk := await stream.read(65536):
+        room = OUTPUT_CAP - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], starttime [19])."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rpartition(")")[2].split()
+
+
+async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait for a container init to die and reap it if it is our child (we are subreaper)."""
+    for _ in range(int(timeout_s / 0.01)):
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+            if reaped == pid:
+                return
+        except ChildProcessError:
+            stat = _proc_stat(pid)
+            if stat is None or stat[0] in ("Z", "X"):
+                return
+        await asyncio.sleep(0.01)
+
+
+async def _remove_cgroups(sandbox_id: str) -> None:
+    paths = glob.glob(f"/sys/fs/cgroup/*/sandport/{sandbox_id}")
+    paths += glob.glob(f"/sys/fs/cgroup/sandport/{sandbox_id}")
+    for _ in range(200):
+        remaining = []
+        for path in paths:
+            if not os.path.isdir(path):
+                continue
+            with contextlib.suppress(OSError):
+                for pid in Path(path, "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            try:
+                os.rmdir(path)
+            except OSError:
+                remaining.append(path)
+        if not remaining:
+            return
+        paths = remaining
+        await asyncio.sleep(0.01)
+    log.warning("sandbox %s: cgroups not removed: %s", sandbox_id, ", ".join(paths))
+

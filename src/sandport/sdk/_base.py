@@ -1,0 +1,112 @@
+"""Everything the SDK does that is not I/O: building requests and reading answers.
+
+``Sandbox`` and ``AsyncSandbox`` are thin shells that send a ``Call`` with httpx and hand
+the answer back to ``Call.parse``; a request or a field name is written only here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ..errors import SandportError, error_from_wire
+from ..models import ExecResult, ImageInfo, SandboxInfo, SandboxPage
+from ..settings import ClientSettings
+
+T = TypeVar("T")
+
+CREATE_TIMEOUT_S = 900.0  # the first create of a never-built image builds it (~30-90 s)
+EXEC_GRACE_S = 15.0  # the HTTP wait beyond the command's own timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    method: str
+    url: str
+    parse_body: Callable[[Any], T]
+    json_body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 60.0
+
+    def parse(self, status: int, content: bytes) -> T:
+        try:
+            body = json.loads(content) if content else None
+        except ValueError:
+            body = None
+        if status >= 400:
+            raise error_from_wire(status, body)
+        if body is None:
+            raise SandportError(f"the server sent an answer that is not JSON (HTTP {status})")
+        return self.parse_body(body)
+
+
+def _api_headers(settings: ClientSettings) -> dict[str, str]:
+    if not settings.api_key:
+        raise SandportError(
+            "no API key: pass api_key=... or set SANDPORT_API_KEY (sandport serve prints one)"
+        )
+    return {"x-api-key": settings.api_key}
+
+
+def create_call(
+    settings: ClientSettings, image: str, *, timeout_minutes: int | None, vcpus: int | None,
+    mem_mib: int | None, disk_size_mib: int | None, env: dict[str, str] | None,
+) -> Call[SandboxInfo]:
+    body: dict[str, Any] = {"imageName": image}
+    for key, value in (("timeoutMinutes", timeout_minutes), ("vcpus", vcpus),
+                       ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env)):
+        if value is not None:
+            body[key] = value
+    return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,
+                _api_headers(settings), CREATE_TIMEOUT_S)
+
+
+def get_call(settings: ClientSettings, sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("GET", f"{settings.base_url}/api/sandbox/{sandbox_id}", SandboxInfo.from_wire,
+                headers=_api_headers(settings))
+
+
+def list_call(settings: ClientSettings, status: str | None, page: int,
+              limit: int) -> Call[SandboxPage]:
+    query = f"page={page}&limit={limit}" + (f"&status={status}" if status else "")
+    return Call("GET", f"{settings.base_url}/api/sandboxes?{query}", SandboxPage.from_wire,
+                headers=_api_headers(settings))
+
+
+def stop_call(settings: ClientSettings, sandbox_id: str) -> Call[SandboxInfo]:
+    return Call("PUT", f"{settings.base_url}/api/sandbox/{sandbox_id}/stop",
+                SandboxInfo.from_wire, headers=_api_headers(settings))
+
+
+def exec_call(info: SandboxInfo, command: str, *, cwd: str | None,
+              env: dict[str, str] | None, timeout_s: float) -> Call[ExecResult]:
+    body: dict[str, Any] = {"command": command, "timeoutMs": max(1, int(timeout_s * 1000))}
+    if cwd is not None:
+        body["cwd"] = cwd
+    if env:
+        body["env"] = env
+    return Call("POST", f"{info.runtime.base_url}/sandbox/exec", ExecResult.from_wire, body,
+                {"authorization": f"Bearer {info.token}"}, timeout_s + EXEC_GRACE_S)
+
+
+def list_images_call(settings: ClientSettings) -> Call[list[ImageInfo]]:
+    return Call("GET", f"{settings.base_url}/api/images",
+                lambda body: [ImageInfo.from_wire(i) for i in body["images"]],
+                headers=_api_headers(settings))
+
+
+def build_image_request(settings: ClientSettings, name: str) -> tuple[str, dict[str, str]]:
+    """URL and headers of the streamed build (NDJSON lines, see parse_build_line)."""
+    return f"{settings.base_url}/api/images/{name}/build", _api_headers(settings)
+
+
+def parse_build_line(line: str) -> tuple[str | None, ImageInfo | None]:
+    """One NDJSON line of a build: (progress text, or the finished image); errors raise."""
+    data = json.loads(line)
+    if "error" in data:
+        raise error_from_wire(500, data)
+    if "image" in data:
+        return None, ImageInfo.from_wire(data["image"])
+    return str(data.get("progress", "")), None

@@ -1,0 +1,108 @@
+"""The blocking SDK: ``Sandbox``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from ..errors import TransportError
+from ..models import ExecResult, SandboxInfo, SandboxPage
+from ..settings import ClientSettings
+from . import _base
+
+T = TypeVar("T")
+
+
+def _send(client: httpx.Client, call: _base.Call[T]) -> T:
+    try:
+        response = client.request(call.method, call.url, json=call.json_body,
+                                  headers=call.headers, timeout=call.timeout_s)
+    except httpx.HTTPError as exc:
+        raise TransportError(f"cannot reach sandport at {call.url}: {exc}") from None
+    return call.parse(response.status_code, response.content)
+
+
+class Sandbox:
+    """A sandbox on a sandport server; used in a ``with`` block, it stops on exit."""
+
+    def __init__(self, info: SandboxInfo, settings: ClientSettings) -> None:
+        self.info = info
+        self._settings = settings
+        self._client = httpx.Client()
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    def _http(self) -> httpx.Client:
+        # Reopened on demand: a stopped sandbox can still be inspected after its block.
+        if self._client.is_closed:
+            self._client = httpx.Client()
+        return self._client
+
+    @classmethod
+    def create(
+        cls, image: str = "python", *, timeout_minutes: int | None = None,
+        vcpus: int | None = None, mem_mib: int | None = None, disk_size_mib: int | None = None,
+        env: dict[str, str] | None = None, api_key: str | None = None,
+        base_url: str | None = None,
+    ) -> Sandbox:
+        settings = ClientSettings.load(base_url, api_key)
+        with httpx.Client() as client:
+            info = _send(client, _base.create_call(
+                settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
+                disk_size_mib=disk_size_mib, env=env))
+        return cls(info, settings)
+
+    @classmethod
+    def get(cls, sandbox_id: str, *, api_key: str | None = None,
+            base_url: str | None = None) -> Sandbox:
+        settings = ClientSettings.load(base_url, api_key)
+        with httpx.Client() as client:
+            return cls(_send(client, _base.get_call(settings, sandbox_id)), settings)
+
+    @classmethod
+    def list(cls, *, status: str | None = None, page: int = 1, limit: int = 10,
+             api_key: str | None = None, base_url: str | None = None) -> SandboxPage:
+        settings = ClientSettings.load(base_url, api_key)
+        with httpx.Client() as client:
+            return _send(client, _base.list_call(settings, status, page, limit))
+
+    def refresh(self) -> SandboxInfo:
+        self.info = _send(self._http(), _base.get_call(self._settings, self.id))
+        return self.info
+
+    def exec(
+        self, command: str, *, cwd: str | None = None, env: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> ExecResult:
+        """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
+        call = _base.exec_call(self.info, command, cwd=cwd, env=env, timeout_s=timeout)
+        return _send(self._http(), call)
+
+    def stop(self) -> SandboxInfo:
+        self.info = _send(self._http(), _base.stop_call(self._settings, self.id))
+        return self.info
+
+    def close(self) -> None:
+        """Release the HTTP connections (the sandbox keeps running)."""
+        self._client.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.stop()
+        finally:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, status={self.status!r})"

@@ -1,0 +1,1 @@
+"""``sandport serve``: one process, one asyncio loop, composing every server-side part."""

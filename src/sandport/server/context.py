@@ -1,0 +1,35 @@
+"""What the request handlers share: built once at start, kept on ``app.state.ctx``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..control.requests import HostLimits
+from ..control.sandboxes import SandboxService
+from ..runtime import Runtime
+from ..runtime.images import ImageStore
+from ..settings import ServerSettings
+from ..store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    settings: ServerSettings
+    store: Store
+    runtime: Runtime
+    images: ImageStore
+    sandboxes: SandboxService
+    limits: HostLimits
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def host_limits() -> HostLimits:
+    mem_kib = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return HostLimits(cpus=os.cpu_count() or 1, mem_mib=mem_kib // 1024)

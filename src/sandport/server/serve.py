@@ -1,0 +1,106 @@
+"""Startup → serve → shutdown of ``sandport serve`` (uvicorn's server loop, our wiring).
+
+Startup: lock the data directory, open the store, prepare the host, make sure an API key
+exists (printed once), build missing built-in images with visible progress, reconcile the
+store with the runtime, then listen. Shutdown leaves sandboxes running: they are found
+again on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+
+import uvicorn
+
+from ..control.sandboxes import SandboxService
+from ..ids import hash_secret, new_api_key
+from ..runtime.images import ImageStore
+from ..runtime.runc import RuncRuntime
+from ..settings import ServerSettings
+from ..store import Store
+from ..store.sqlite import SqliteStore
+from .app import build_app
+from .context import AppContext, host_limits
+from .reaper import run_reaper
+
+log = logging.getLogger("sandport.server")
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve(settings: ServerSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import uvloop
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_fd = os.open(settings.data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"error: another sandport serve is using {settings.data_dir}"
+        ) from None
+    uvloop.run(_serve(settings))
+
+
+async def _serve(settings: ServerSettings) -> None:
+    store = SqliteStore(settings.data_dir / "sandport.db")
+    store.open()
+    try:
+        images = ImageStore(settings.image_root)
+        runtime = RuncRuntime(settings, images)
+        await runtime.prepare_host()
+        await _ensure_api_key(settings, store)
+        for name in settings.build_images:
+            if not images.is_built(name):
+                say(f"building image {name!r} (first start only; cached afterwards)")
+            await images.ensure(name, say)
+        sandboxes = SandboxService(settings, store, runtime, images)
+        counts = await sandboxes.reconcile()
+        say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        ctx = AppContext(settings, store, runtime, images, sandboxes, host_limits())
+        config = uvicorn.Config(
+            build_app(ctx), host=settings.host, port=settings.port, http="httptools",
+            lifespan="off", access_log=False, log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        reaper = asyncio.ensure_future(run_reaper(sandboxes))
+        try:
+            say(f"sandport serving on http://{settings.listen} (data in {settings.data_dir})")
+            await server.serve()
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+    finally:
+        store.close()
+
+
+async def _ensure_api_key(settings: ServerSettings, store: Store) -> None:
+    team = await store.team_id()
+    key_file = settings.data_dir / "api-key"
+    if settings.api_key:
+        await store.add_api_key(hash_secret(settings.api_key), team)
+        return
+    if await store.count_api_keys() > 0:
+        if key_file.exists():
+            say(f"API key: in {key_file}")
+        return
+    key = new_api_key()
+    await store.add_api_key(hash_secret(key), team)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    say(f"API key: {key}")
+    say(f"(also written to {key_file}; send it as the x-api-key header)")

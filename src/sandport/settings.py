@@ -1,0 +1,136 @@
+"""Settings value objects, parsed once per process from flags, ``SANDPORT_*`` and a file.
+
+Precedence: command-line flag > environment > config file (TOML) > default. Nothing else
+in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ValidationFailed
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the SDK and CLI client need: where the server is and which key to send."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None
+    timeout_s: float = 60.0
+
+    @classmethod
+    def load(
+        cls,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ClientSettings:
+        env = os.environ if environ is None else environ
+        return cls(
+            base_url=(base_url or env.get("SANDPORT_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+            api_key=api_key or env.get("SANDPORT_API_KEY") or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    data_dir: Path = Path("/var/lib/sandport")
+    listen: str = "127.0.0.1:8080"
+    images_dir: Path | None = None  # default: <data_dir>/images
+    api_key: str | None = None  # the first API key, instead of a generated one
+    build_images: tuple[str, ...] = ("python",)  # built at start when missing
+    default_image: str = "python"
+    subnet: str = "10.77.0.0/16"  # sandboxes' private addresses, one /30 each
+    runc: str = "runc"
+    init_binary: Path = Path("/usr/bin/tini-static")
+    seccomp_source: Path = Path("/usr/share/containers/seccomp.json")
+    public_url: str | None = None  # default: http://<listen>
+    region: str = "us"
+    default_timeout_minutes: int = 5
+    log_level: str = "info"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def image_root(self) -> Path:
+        return self.images_dir or self.data_dir / "images"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ServerSettings:
+        """Merge the sources; raise ValidationFailed naming the bad setting."""
+        env = os.environ if environ is None else environ
+        given = {k: v for k, v in (flags or {}).items() if v is not None}
+        config_path = given.pop("config", None) or env.get("SANDPORT_CONFIG")
+        merged: dict[str, Any] = _read_config(Path(config_path)) if config_path else {}
+        for f in fields(cls):
+            from_env = env.get("SANDPORT_" + f.name.upper())
+            if from_env:
+                merged[f.name] = from_env
+        merged.update(given)
+        unknown = set(merged) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValidationFailed(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(k, v) for k, v in merged.items()})._checked()
+
+    def _checked(self) -> ServerSettings:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValidationFailed(f"listen must be HOST:PORT, got {self.listen!r}")
+        try:
+            net = ipaddress.ip_network(self.subnet)
+        except ValueError as exc:
+            raise ValidationFailed(f"subnet: {exc}") from None
+        if not isinstance(net, ipaddress.IPv4Network) or net.prefixlen > 24:
+            raise ValidationFailed("subnet must be an IPv4 network of /24 or larger")
+        if self.default_timeout_minutes < 1:
+            raise ValidationFailed("default_timeout_minutes must be at least 1")
+        return self
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ValidationFailed(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationFailed(f"config file {path}: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("data_dir", "images_dir", "init_binary", "seccomp_source"):
+        return Path(value)
+    if name == "build_images":
+        if isinstance(value, str):
+            return tuple(v for v in value.replace(",", " ").split() if v)
+        return tuple(value)
+    if name == "default_timeout_minutes":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValidationFailed(f"{name} must be an integer") from None
+    return value

@@ -1,0 +1,72 @@
+"""The store: the source of truth for sandbox records, API keys and the team.
+
+``Store`` is the narrow interface; ``SqliteStore`` is the embedded default (PostgreSQL is a
+second module behind the same Protocol when several hosts share one store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+# "creating" and "stopping" are the store's own transitional states; the wire shows the
+# Hyperbrowser statuses (control/lifecycle.py maps them).
+RecordStatus = Literal["creating", "active", "stopping", "closed", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    id: str
+    team_id: str
+    status: RecordStatus
+    image_name: str
+    vcpus: int
+    mem_mib: int
+    disk_size_mib: int
+    timeout_minutes: int
+    token: str
+    token_expires_at: float
+    created_at: float
+    updated_at: float
+    runtime: str
+    env: dict[str, str] = field(default_factory=dict)
+    started_at: float | None = None
+    ended_at: float | None = None
+    expires_at: float | None = None
+    close_reason: str | None = None
+
+    def evolve(self, **changes: Any) -> SandboxRecord:
+        return replace(self, **changes)
+
+
+class Store(Protocol):
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def team_id(self) -> str:
+        """The server's team (created on first use)."""
+        ...
+
+    async def add_api_key(self, key_hash: str, team_id: str) -> None: ...
+
+    async def api_key_team(self, key_hash: str) -> str | None: ...
+
+    async def count_api_keys(self) -> int: ...
+
+    async def insert_sandbox(self, record: SandboxRecord) -> None: ...
+
+    async def update_sandbox(self, record: SandboxRecord) -> None: ...
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None: ...
+
+    async def list_sandboxes(
+        self, team_id: str, statuses: tuple[str, ...] | None, offset: int, limit: int
+    ) -> tuple[list[SandboxRecord], int]: ...
+
+    async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...
+
+    async def expired_sandboxes(self, now: float) -> list[SandboxRecord]: ...
+
+
+__all__ = ["RecordStatus", "SandboxRecord", "Store"]

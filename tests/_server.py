@@ -1,0 +1,95 @@
+"""A real ``sandport serve`` process for tests: its own data directory and port.
+
+Built-in images live in one directory shared by every test server (and kept between runs),
+so the python image is built once per machine, as a user's first start builds it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+IMAGES_DIR = Path(os.environ.get("SANDPORT_TEST_IMAGES_DIR", "/var/tmp/sandport-test-images"))
+API_KEY = "spk_test_" + os.urandom(8).hex()
+START_TIMEOUT_S = 600  # a first start builds the python image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, port: int | None = None, api_key: str = API_KEY) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "SANDPORT_API_KEY": self.api_key,
+               "SANDPORT_IMAGES_DIR": str(IMAGES_DIR)}
+        env.pop("SANDPORT_BASE_URL", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandport", "serve", "--data-dir", str(self.data_dir),
+                 "--listen", f"127.0.0.1:{self.port}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandport serve exited:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"sandport serve did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop_all_sandboxes(self) -> None:
+        """What a careful user does before shutting down: sandboxes outlive the server."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with self.client() as c:
+            while True:
+                page = c.get("/api/sandboxes", params={"status": "active", "limit": 100}).json()
+                if not page["sandboxes"]:
+                    return
+                for sb in page["sandboxes"]:
+                    c.put(f"/api/sandbox/{sb['id']}/stop")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a power cut of the server process."""
+        self.stop(signal.SIGKILL)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"x-api-key": self.api_key},
+                            timeout=120)

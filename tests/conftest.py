@@ -1,0 +1,62 @@
+"""Fixtures shared by the integration and e2e suites; the unit suite needs none of them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandport import Sandbox
+
+from ._server import ServerProcess
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path) or "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    if os.geteuid() != 0:
+        pytest.fail("the integration suite runs real containers and needs root")
+    srv = ServerProcess(tmp_path_factory.mktemp("server") / "data").start()
+    yield srv
+    srv.stop_all_sandboxes()
+    srv.stop()
+
+
+@pytest.fixture
+def make_sandbox(server: ServerProcess) -> Iterator[Callable[..., Sandbox]]:
+    """Factory: create sandboxes on the session server; all are stopped at teardown."""
+    made: list[Sandbox] = []
+
+    def make(**kwargs: object) -> Sandbox:
+        sb = Sandbox.create(api_key=server.api_key, base_url=server.base_url,
+                            **kwargs)  # type: ignore[arg-type]
+        made.append(sb)
+        return sb
+
+    yield make
+    for sb in made:
+        sb.stop()
+        sb.close()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: extra servers with their own data directory, stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, port: int | None = None) -> ServerProcess:
+        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", port).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop_all_sandboxes()
+        srv.stop()

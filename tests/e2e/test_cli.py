@@ -1,0 +1,70 @@
+"""The ``sandport`` command as a user types it: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .._server import ServerProcess, free_port
+
+
+def sandport(*args: str, server: ServerProcess | None = None,
+             key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDPORT_")}
+    if server is not None:
+        env["SANDPORT_BASE_URL"] = server.base_url
+        env["SANDPORT_API_KEY"] = key or server.api_key
+    return subprocess.run([sys.executable, "-m", "sandport", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sandbox_commands(server: ServerProcess) -> None:
+    created = sandport("sandbox", "create", "--image", "python", "--timeout", "7",
+                       server=server)
+    assert created.returncode == 0, created.stderr
+    detail = json.loads(created.stdout)
+    assert detail["status"] == "active" and detail["timeoutMinutes"] == 7
+    sid = detail["id"]
+    try:
+        ran = sandport("sandbox", "exec", sid, "--", "echo hello; exit 4", server=server)
+        assert ran.stdout == "hello\n" and ran.returncode == 4
+        assert json.loads(sandport("sandbox", "get", sid, server=server).stdout)["id"] == sid
+        listed = sandport("sandbox", "list", "--status", "active", server=server)
+        assert listed.returncode == 0 and sid in listed.stdout
+    finally:
+        stopped = sandport("sandbox", "stop", sid, server=server)
+    assert stopped.returncode == 0 and "closed" in stopped.stdout
+    assert sandport("sandbox", "stop", sid, server=server).returncode == 0
+
+
+def test_image_list(server: ServerProcess) -> None:
+    listed = sandport("image", "list", server=server)
+    assert listed.returncode == 0
+    assert any(line.split()[:2] == ["python", "yes"] for line in listed.stdout.splitlines())
+
+
+def test_errors_are_one_line_without_traceback(server: ServerProcess) -> None:
+    cases = [
+        sandport("sandbox", "get", "0" * 20, server=server),
+        sandport("sandbox", "list", server=server, key="spk_wrong"),
+        sandport("sandbox", "create", "--image", "nosuch", server=server),
+        sandport("sandbox", "create", "--mem", "1", server=server),
+        sandport("sandbox", "exec", "0" * 20, "--", "true", server=server),
+        sandport("image", "build", "nosuch", server=server),
+        sandport("sandbox", "list", "--base-url", f"http://127.0.0.1:{free_port()}",
+                 "--api-key", "k"),
+        sandport("sandbox", "list"),  # no key anywhere
+        sandport("serve", "--listen", "nonsense"),
+    ]
+    for result in cases:
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_usage_errors(server: ServerProcess) -> None:
+    result = sandport("sandbox", "frobnicate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,0 +1,48 @@
+"""The built-in images: built from Debian packages, cached, and usable by name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+
+from sandport import Sandbox
+
+from .._server import IMAGES_DIR, ServerProcess
+
+
+def test_image_list(server: ServerProcess) -> None:
+    with server.client() as api:
+        images = {i["imageName"]: i for i in api.get("/api/images").json()["images"]}
+    assert {"base", "python", "node"} <= set(images)
+    assert images["python"]["built"] is True
+    assert images["python"]["sizeBytes"] > 50 * 2**20
+
+
+def test_image_store_layout_is_oci_shaped(server: ServerProcess) -> None:
+    current = (IMAGES_DIR / "python" / "current").resolve()
+    config = json.loads((current / "config.json").read_text())
+    assert config["os"] == "linux" and "Env" in config["config"]
+    assert (current / "rootfs" / "usr" / "bin" / "python3").exists()
+
+
+def test_node_image_builds_on_first_use(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox(image="node")
+    result = sb.exec("node -e 'console.log(6 * 7)' && npm --version")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "42"
+
+
+def test_base_image_build_streams_progress(server: ServerProcess,
+                                          make_sandbox: Callable[..., Sandbox]) -> None:
+    lines = []
+    with httpx.stream("POST", f"{server.base_url}/api/images/base/build",
+                      headers={"x-api-key": server.api_key}, timeout=600) as r:
+        assert r.status_code == 200
+        lines = [json.loads(line) for line in r.iter_lines() if line.strip()]
+    assert sum("progress" in line for line in lines) > 3
+    assert lines[-1]["image"]["imageName"] == "base" and lines[-1]["image"]["built"]
+    sb = make_sandbox(image="base")
+    assert sb.exec("cat /etc/debian_version").exit_code == 0
+    assert sb.exec("command -v python3").exit_code != 0  # base has no python

@@ -1,0 +1,106 @@
+"""Request parsing, the sandbox state machine and runtime-token checks (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandport.control import lifecycle
+from sandport.control.requests import HostLimits, parse_create, parse_list
+from sandport.errors import SandboxNotFound, SandboxNotRunning, Unauthorized, ValidationFailed
+from sandport.runtime_api.auth import authorize, bearer_token
+from sandport.runtime_api.exec import parse_exec
+from sandport.store import SandboxRecord
+
+LIMITS = HostLimits(cpus=2, mem_mib=4096)
+
+
+def _create(body: object) -> object:
+    return parse_create(body, LIMITS, "python", 5)
+
+
+def test_create_defaults() -> None:
+    req = _create({})
+    assert (req.image_name, req.timeout_minutes, req.vcpus, req.mem_mib) == ("python", 5, 1, 512)
+    hb = _create({"imageName": "node", "region": "us", "snapshotName": None, "network": None,
+                  "exposedPorts": []})
+    assert hb.image_name == "node"  # fields Hyperbrowser clients send as null are accepted
+
+
+@pytest.mark.parametrize("body, mentions", [
+    ([], "object"),
+    ({"vcpus": 3}, "vcpus"),
+    ({"vcpus": 0}, "vcpus"),
+    ({"memMiB": 4097}, "memMiB"),
+    ({"memMiB": 63}, "memMiB"),
+    ({"memMiB": "512"}, "memMiB"),
+    ({"timeoutMinutes": False}, "timeoutMinutes"),
+    ({"diskSizeMiB": 10}, "diskSizeMiB"),
+    ({"imageName": "Python!"}, "imageName"),
+    ({"env": {"1A": "x"}}, "env"),
+    ({"env": {"A": "x\x00"}}, "env"),
+    ({"snapshotName": "snap"}, "snapshotName"),
+    ({"exposedPorts": [{"port": 3000}]}, "exposedPorts"),
+    ({"extra": 1}, "extra"),
+])
+def test_create_rejects(body: object, mentions: str) -> None:
+    with pytest.raises(ValidationFailed, match=mentions):
+        _create(body)
+
+
+def test_list_query() -> None:
+    assert parse_list({}).page == 1 and parse_list({}).limit == 10
+    active = parse_list({"status": "active", "page": "2", "limit": "20"})
+    assert active.statuses == ("creating", "active", "stopping")
+    assert (active.page, active.limit) == (2, 20)
+    for bad in ({"status": "running"}, {"page": "0"}, {"limit": "101"}, {"limit": "x"},
+                {"other": "1"}):
+        with pytest.raises(ValidationFailed):
+            parse_list(bad)
+
+
+def test_exec_body() -> None:
+    req = parse_exec({"command": "echo", "args": ["a b", "$HOME"], "timeoutMs": 1500})
+    assert req.command == "echo 'a b' '$HOME'" and req.timeout_s == 1.5
+    assert parse_exec({"command": "x"}).timeout_s == 60
+    for bad in ({"command": "x", "user": "nobody"}, {"command": "x", "args": "a"},
+                {"command": "x\x00"}, {"command": "x", "cwd": "../"}):
+        with pytest.raises(ValidationFailed):
+            parse_exec(bad)
+
+
+def test_state_machine() -> None:
+    assert lifecycle.wire_status("creating") == "active"
+    assert lifecycle.wire_status("stopping") == "active"
+    assert lifecycle.can_move("active", "closed")
+    assert not lifecycle.can_move("closed", "active")
+    assert lifecycle.is_finished("error") and not lifecycle.is_finished("stopping")
+
+
+def _record(status: str = "active", token: str = "spt_good",
+            expires: float = 2000.0) -> SandboxRecord:
+    return SandboxRecord(id="a" * 20, team_id="t", status=status, image_name="python",  # type: ignore[arg-type]
+                         vcpus=1, mem_mib=512, disk_size_mib=1024, timeout_minutes=5,
+                         token=token, token_expires_at=expires, created_at=0, updated_at=0,
+                         runtime="runc")
+
+
+@pytest.mark.parametrize("record, header, now, error", [
+    (None, "Bearer spt_good", 1000, SandboxNotFound),
+    (_record(), None, 1000, Unauthorized),
+    (_record(), "Bearer", 1000, Unauthorized),
+    (_record(), "Basic spt_good", 1000, Unauthorized),
+    (_record(), "Bearer spt_bad", 1000, Unauthorized),
+    (_record(), "Bearer spt_good", 2000, Unauthorized),  # expired
+    (_record("closed"), "Bearer spt_good", 1000, SandboxNotRunning),
+    (_record("closed"), "Bearer spt_bad", 1000, Unauthorized),  # no state oracle
+    (_record("creating"), "Bearer spt_good", 1000, SandboxNotRunning),
+])
+def test_authorize_refuses(record: SandboxRecord | None, header: str | None, now: float,
+                           error: type) -> None:
+    with pytest.raises(error):
+        authorize(record, "a" * 20, header, now)
+
+
+def test_authorize_accepts() -> None:
+    assert authorize(_record(), "a" * 20, "bearer  spt_good ", 1000).id == "a" * 20
+    assert bearer_token("Bearer x") == "x" and bearer_token("") is None
