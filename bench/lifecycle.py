@@ -44,6 +44,16 @@ def mem_available_kib() -> int:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
+def cgroup_usage_mib(sandbox_id: str) -> float | None:
+    for path in (f"/sys/fs/cgroup/memory/sandport/{sandbox_id}/memory.usage_in_bytes",
+                 f"/sys/fs/cgroup/sandport/{sandbox_id}/memory.current"):
+        try:
+            return int(Path(path).read_text()) / 2**20
+        except OSError:
+            continue
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20)
@@ -79,6 +89,7 @@ def main() -> None:
             time.sleep(5)  # let page cache and slab settle
             after = mem_available_kib()
             per_sandbox_mib = (before - after) / 1024 / args.held
+            cgroup_mib = [cgroup_usage_mib(sb.id) for sb in held]
             for sb in held:
                 sb.stop()
 
@@ -90,6 +101,9 @@ def main() -> None:
             print(f"stop:                          {percentiles(stops)}")
             print(f"host memory per idle sandbox:  {per_sandbox_mib:.2f} MiB "
                   f"({args.held} held; MemAvailable delta)   budget ≤ 10 MiB")
+            if all(m is not None for m in cgroup_mib):
+                mean = statistics.mean(m for m in cgroup_mib if m is not None)
+                print(f"  charged to each sandbox's memory cgroup: {mean:.2f} MiB (mean)")
         finally:
             server.stop_all_sandboxes()
             server.stop()

@@ -65,6 +65,18 @@ def test_errors_are_one_line_without_traceback(server: ServerProcess) -> None:
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
 
 
+def test_second_server_on_the_same_data_dir_is_refused(server: ServerProcess) -> None:
+    env = {**os.environ, "SANDPORT_API_KEY": server.api_key}
+    result = subprocess.run(
+        [sys.executable, "-m", "sandport", "serve", "--data-dir", str(server.data_dir),
+         "--listen", f"127.0.0.1:{free_port()}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: another sandport serve")
+    assert "Traceback" not in result.stderr
+
+
 def test_usage_errors(server: ServerProcess) -> None:
     result = sandport("sandbox", "frobnicate")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import SandportError
 from ..settings import ServerSettings
 
 
@@ -28,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
         "public_url": args.public_url, "config": args.config, "log_level": args.log_level,
     }
     settings = ServerSettings.load(flags)
-    from ..server.serve import serve  # the server extra is only needed here
+    try:
+        from ..server.serve import serve  # the server extra is only needed here
+    except ImportError as exc:
+        raise SandportError(
+            f"the server needs the server extra ({exc.name} is missing): "
+            "pip install 'sandport[server]'"
+        ) from None
 
     serve(settings)
     return 0

@@ -16,6 +16,10 @@ from . import _base
 T = TypeVar("T")
 
 
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=_base.ssl_context())
+
+
 async def _send(client: httpx.AsyncClient, call: _base.Call[T]) -> T:
     try:
         response = await client.request(call.method, call.url, json=call.json_body,
@@ -28,10 +32,11 @@ async def _send(client: httpx.AsyncClient, call: _base.Call[T]) -> T:
 class AsyncSandbox:
     """A sandbox on a sandport server; used in a ``with`` block, it stops on exit."""
 
-    def __init__(self, info: SandboxInfo, settings: ClientSettings) -> None:
+    def __init__(self, info: SandboxInfo, settings: ClientSettings,
+                 client: httpx.AsyncClient | None = None) -> None:
         self.info = info
         self._settings = settings
-        self._client = httpx.AsyncClient()
+        self._client = client or _new_client()
 
     @property
     def id(self) -> str:
@@ -44,7 +49,7 @@ class AsyncSandbox:
     def _http(self) -> httpx.AsyncClient:
         # Reopened on demand: a stopped sandbox can still be inspected after its block.
         if self._client.is_closed:
-            self._client = httpx.AsyncClient()
+            self._client = _new_client()
         return self._client
 
     @classmethod
@@ -55,24 +60,32 @@ class AsyncSandbox:
         base_url: str | None = None,
     ) -> AsyncSandbox:
         settings = ClientSettings.load(base_url, api_key)
-        async with httpx.AsyncClient() as client:
+        client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
+        try:
             info = await _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env))
-        return cls(info, settings)
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(info, settings, client)
 
     @classmethod
     async def get(cls, sandbox_id: str, *, api_key: str | None = None,
             base_url: str | None = None) -> AsyncSandbox:
         settings = ClientSettings.load(base_url, api_key)
-        async with httpx.AsyncClient() as client:
-            return cls(await _send(client, _base.get_call(settings, sandbox_id)), settings)
+        client = _new_client()
+        try:
+            return cls(await _send(client, _base.get_call(settings, sandbox_id)), settings, client)
+        except BaseException:
+            await client.aclose()
+            raise
 
     @classmethod
     async def list(cls, *, status: str | None = None, page: int = 1, limit: int = 10,
              api_key: str | None = None, base_url: str | None = None) -> SandboxPage:
         settings = ClientSettings.load(base_url, api_key)
-        async with httpx.AsyncClient() as client:
+        async with _new_client() as client:
             return await _send(client, _base.list_call(settings, status, page, limit))
 
     async def refresh(self) -> SandboxInfo:

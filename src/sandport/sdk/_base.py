@@ -6,7 +6,9 @@ the answer back to ``Call.parse``; a request or a field name is written only her
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -19,6 +21,15 @@ T = TypeVar("T")
 
 CREATE_TIMEOUT_S = 900.0  # the first create of a never-built image builds it (~30-90 s)
 EXEC_GRACE_S = 15.0  # the HTTP wait beyond the command's own timeout
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: building one (loading CA certificates) costs ~20 ms,
+    which every new HTTP client would otherwise pay."""
+    import certifi  # an httpx dependency
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ from . import _base
 T = TypeVar("T")
 
 
+def _new_client() -> httpx.Client:
+    return httpx.Client(verify=_base.ssl_context())
+
+
 def _send(client: httpx.Client, call: _base.Call[T]) -> T:
     try:
         response = client.request(call.method, call.url, json=call.json_body,
@@ -27,10 +31,11 @@ def _send(client: httpx.Client, call: _base.Call[T]) -> T:
 class Sandbox:
     """A sandbox on a sandport server; used in a ``with`` block, it stops on exit."""
 
-    def __init__(self, info: SandboxInfo, settings: ClientSettings) -> None:
+    def __init__(self, info: SandboxInfo, settings: ClientSettings,
+                 client: httpx.Client | None = None) -> None:
         self.info = info
         self._settings = settings
-        self._client = httpx.Client()
+        self._client = client or _new_client()
 
     @property
     def id(self) -> str:
@@ -43,7 +48,7 @@ class Sandbox:
     def _http(self) -> httpx.Client:
         # Reopened on demand: a stopped sandbox can still be inspected after its block.
         if self._client.is_closed:
-            self._client = httpx.Client()
+            self._client = _new_client()
         return self._client
 
     @classmethod
@@ -54,24 +59,32 @@ class Sandbox:
         base_url: str | None = None,
     ) -> Sandbox:
         settings = ClientSettings.load(base_url, api_key)
-        with httpx.Client() as client:
+        client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
+        try:
             info = _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env))
-        return cls(info, settings)
+        except BaseException:
+            client.close()
+            raise
+        return cls(info, settings, client)
 
     @classmethod
     def get(cls, sandbox_id: str, *, api_key: str | None = None,
             base_url: str | None = None) -> Sandbox:
         settings = ClientSettings.load(base_url, api_key)
-        with httpx.Client() as client:
-            return cls(_send(client, _base.get_call(settings, sandbox_id)), settings)
+        client = _new_client()
+        try:
+            return cls(_send(client, _base.get_call(settings, sandbox_id)), settings, client)
+        except BaseException:
+            client.close()
+            raise
 
     @classmethod
     def list(cls, *, status: str | None = None, page: int = 1, limit: int = 10,
              api_key: str | None = None, base_url: str | None = None) -> SandboxPage:
         settings = ClientSettings.load(base_url, api_key)
-        with httpx.Client() as client:
+        with _new_client() as client:
             return _send(client, _base.list_call(settings, status, page, limit))
 
     def refresh(self) -> SandboxInfo:
