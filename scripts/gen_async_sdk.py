@@ -23,7 +23,7 @@ REWRITES: list[tuple[str, str]] = [
     (r"\bclass Sandbox:", "class AsyncSandbox:"),
     (r"-> Sandbox:", "-> AsyncSandbox:"),
     (r"f\"Sandbox\(", "f\"AsyncSandbox("),
-    (r"^    def (create|get|list|refresh|exec|stop|close)\(", r"    async def \1("),
+    (r"^    def (create|get|list|refresh|exec|expose|unexpose|stop|close)\(", r"    async def \1("),
     (r"^        with _new_client", "        async with _new_client"),
     (r"^            client\.close\(\)", "            await client.aclose()"),
     (r"(?<!await )\b_send\(", "await _send("),

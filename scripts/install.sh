@@ -23,6 +23,14 @@ if ((${#missing[@]})); then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# *.localhost resolves to loopback for every glibc client (Python, the hyperbrowser SDK),
+# not only curl and browsers: nss-myhostname must be on the hosts line.
+if ! grep -Eq '^hosts:.*[[:space:]]myhostname' /etc/nsswitch.conf; then
+    sed -i -E '/^hosts:/ s/^(hosts:[[:space:]]+files)/\1 myhostname/' /etc/nsswitch.conf
+    grep -Eq '^hosts:.*[[:space:]]myhostname' /etc/nsswitch.conf ||
+        sed -i -E '/^hosts:/ s/$/ myhostname/' /etc/nsswitch.conf
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[$extra]"

@@ -28,10 +28,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, port: int | None = None, api_key: str = API_KEY) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, api_key: str = API_KEY,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.api_key = api_key
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
 
@@ -41,7 +43,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "SANDPORT_API_KEY": self.api_key,
-               "SANDPORT_IMAGES_DIR": str(IMAGES_DIR)}
+               "SANDPORT_IMAGES_DIR": str(IMAGES_DIR), **self.env}
         env.pop("SANDPORT_BASE_URL", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

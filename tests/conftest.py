@@ -15,7 +15,7 @@ from ._server import ServerProcess
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "/integration/" in str(item.path) or "/e2e/" in str(item.path):
+        if any(f"/{suite}/" in str(item.path) for suite in ("integration", "e2e", "proxy")):
             item.add_marker(pytest.mark.root)
 
 
@@ -51,8 +51,10 @@ def fresh_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Factory: extra servers with their own data directory, stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None, port: int | None = None) -> ServerProcess:
-        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", port).start()
+    def start(data_dir: Path | None = None, port: int | None = None,
+              env: dict[str, str] | None = None) -> ServerProcess:
+        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", port,
+                            env=env).start()
         started.append(srv)
         return srv
 

@@ -22,7 +22,7 @@ from .errors import (
     Unavailable,
     ValidationFailed,
 )
-from .models import ExecResult, ImageInfo, SandboxInfo, SandboxPage
+from .models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
 from .sdk import AsyncSandbox, Sandbox
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ExecResult",
+    "ExposedPort",
     "Forbidden",
     "ImageInfo",
     "ImageNotFound",

@@ -30,30 +30,45 @@ def millis(ts: float | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeTarget:
+    """Where the sandbox's runtime API answers. ``url_template`` is sandport's own
+    addition: the sandbox's port URLs with ``{port}`` left in (``get_exposed_url``)."""
+
     transport: str
     host: str
     base_url: str
+    url_template: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"transport": self.transport, "host": self.host, "baseUrl": self.base_url}
+        wire = {"transport": self.transport, "host": self.host, "baseUrl": self.base_url}
+        if self.url_template is not None:
+            wire["urlTemplate"] = self.url_template
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> RuntimeTarget:
-        return cls(data["transport"], data["host"], data["baseUrl"])
+        return cls(data["transport"], data["host"], data["baseUrl"], data.get("urlTemplate"))
 
 
 @dataclass(frozen=True, slots=True)
 class ExposedPort:
+    """An exposed port; ``browser_url`` is a one-time link for browsers (``auth: true``)
+    and is only minted by the expose call, never by a read."""
+
     port: int
     auth: bool
     url: str = ""
+    browser_url: str | None = None
+    browser_url_expires_at: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"port": self.port, "auth": self.auth, "url": self.url}
+        return {"port": self.port, "auth": self.auth, "url": self.url,
+                "browserUrl": self.browser_url,
+                "browserUrlExpiresAt": self.browser_url_expires_at}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ExposedPort:
-        return cls(int(data["port"]), bool(data.get("auth", False)), data.get("url", ""))
+        return cls(int(data["port"]), bool(data.get("auth", False)), data.get("url", ""),
+                   data.get("browserUrl"), data.get("browserUrlExpiresAt"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,7 @@ class SandboxInfo:
     session_url: str
     runtime: RuntimeTarget
     exposed_ports: list[ExposedPort] = field(default_factory=list)
+    network: dict[str, Any] = field(default_factory=dict)
     token: str | None = None
     token_expires_at: str | None = None
 
@@ -110,6 +126,7 @@ class SandboxInfo:
             "sessionUrl": self.session_url,
             "runtime": self.runtime.to_wire(),
             "exposedPorts": [p.to_wire() for p in self.exposed_ports],
+            "network": self.network,
         }
         if with_token:
             wire["token"] = self.token
@@ -136,6 +153,7 @@ class SandboxInfo:
             session_url=data.get("sessionUrl", ""),
             runtime=RuntimeTarget.from_wire(data["runtime"]),
             exposed_ports=[ExposedPort.from_wire(p) for p in data.get("exposedPorts") or []],
+            network=data.get("network") or {},
             token=data.get("token"),
             token_expires_at=data.get("tokenExpiresAt"),
         )

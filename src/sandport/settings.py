@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ValidationFailed
+from .proxy.urls import PublicUrls
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
@@ -53,7 +54,12 @@ class ServerSettings:
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
     seccomp_source: Path = Path("/usr/share/containers/seccomp.json")
-    public_url: str | None = None  # default: http://<listen>
+    public_url: str | None = None  # the control API's URL; default: http://<listen>
+    # Sandbox ports' URLs; default: http://{port}-{id}.localhost:<listen port>
+    public_url_template: str | None = None
+    browser_url_ttl_s: int = 600  # how long a browserUrl grant can be redeemed
+    header_timeout_s: float = 15.0  # a request head must arrive within this
+    idle_timeout_s: float = 75.0  # an idle kept-alive client connection is closed after
     region: str = "us"
     default_timeout_minutes: int = 5
     log_level: str = "info"
@@ -73,6 +79,15 @@ class ServerSettings:
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def url_template(self) -> str:
+        return self.public_url_template or f"http://{{port}}-{{id}}.localhost:{self.port}"
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the control/runtime API listens for the edge proxy (not public)."""
+        return self.data_dir / "run" / "api.sock"
 
     @classmethod
     def load(
@@ -107,6 +122,10 @@ class ServerSettings:
             raise ValidationFailed("subnet must be an IPv4 network of /24 or larger")
         if self.default_timeout_minutes < 1:
             raise ValidationFailed("default_timeout_minutes must be at least 1")
+        PublicUrls.parse(self.url_template)
+        for name in ("browser_url_ttl_s", "header_timeout_s", "idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValidationFailed(f"{name} must be positive")
         return self
 
 
@@ -128,9 +147,14 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)
-    if name == "default_timeout_minutes":
+    if name in ("default_timeout_minutes", "browser_url_ttl_s"):
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be an integer") from None
+    if name in ("header_timeout_s", "idle_timeout_s"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValidationFailed(f"{name} must be a number") from None
     return value

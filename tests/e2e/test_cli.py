@@ -33,6 +33,12 @@ def test_sandbox_commands(server: ServerProcess) -> None:
         assert json.loads(sandport("sandbox", "get", sid, server=server).stdout)["id"] == sid
         listed = sandport("sandbox", "list", "--status", "active", server=server)
         assert listed.returncode == 0 and sid in listed.stdout
+        exposed = sandport("sandbox", "expose", sid, "3000", "--auth", server=server)
+        assert exposed.stdout == f"http://3000-{sid}.localhost:{server.port}/\n"
+        assert "/_sandport/auth?grant=" in exposed.stderr
+        assert sandport("sandbox", "unexpose", sid, "3000", server=server).returncode == 0
+        refused = sandport("sandbox", "expose", sid, "22", server=server)
+        assert refused.returncode != 0 and "1024 and 65535" in refused.stderr
     finally:
         stopped = sandport("sandbox", "stop", sid, server=server)
     assert stopped.returncode == 0 and "closed" in stopped.stdout
@@ -57,6 +63,7 @@ def test_errors_are_one_line_without_traceback(server: ServerProcess) -> None:
                  "--api-key", "k"),
         sandport("sandbox", "list"),  # no key anywhere
         sandport("serve", "--listen", "nonsense"),
+        sandport("serve", "--public-url-template", "ftp://{id}.x"),
     ]
     for result in cases:
         assert result.returncode != 0

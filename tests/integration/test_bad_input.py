@@ -34,7 +34,7 @@ def _exec(detail: dict, token: str | None, body: object = None,
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     base = detail["runtime"]["baseUrl"]
     if sandbox_id is not None:
-        base = base.rsplit("/", 1)[0] + "/" + sandbox_id
+        base = base.replace(detail["id"], sandbox_id)  # another sandbox's runtime host
     return httpx.post(f"{base}/sandbox/exec", headers=headers,
                       json={"command": "echo ran"} if body is None else body, timeout=30)
 

@@ -26,7 +26,9 @@ def test_create_exec_get_list_stop(server: ServerProcess) -> None:
         assert detail["status"] == "active"
         assert detail["timeoutMinutes"] == 10
         assert detail["runtime"]["transport"] == "regional_proxy"
-        assert detail["runtime"]["baseUrl"].endswith(f"/runtime/{detail['id']}")
+        port = server.port
+        assert detail["runtime"]["baseUrl"] == f"http://4001-{detail['id']}.localhost:{port}"
+        assert detail["runtime"]["host"] == f"{detail['id']}.localhost"
         assert detail["token"]
 
         ran = _exec(detail, "echo out; echo err >&2; exit 7")

@@ -25,10 +25,12 @@ def test_sandboxes_survive_clean_and_crash_restarts(
 ) -> None:
     first = fresh_server()
     with first.client() as api:
-        kept = api.post("/api/sandbox", json={}).json()
+        kept = api.post("/api/sandbox", json={"exposedPorts": [{"port": 3000}]}).json()
         closed = api.post("/api/sandbox", json={}).json()
         api.put(f"/api/sandbox/{closed['id']}/stop")
-    _exec(kept, "echo state > /root/state")
+        api.post(f"/api/sandbox/{kept['id']}/expose", json={"port": 3001, "auth": True})
+    _exec(kept, "echo state > /root/state; mkdir -p /srv/www && echo served > /srv/www/f && "
+          "cd /srv/www && setsid python3 -m http.server 3000 >/dev/null 2>&1 &")
 
     for restart in ("clean", "crash"):
         if restart == "clean":
@@ -42,6 +44,16 @@ def test_sandboxes_survive_clean_and_crash_restarts(
             assert again["token"] == kept["token"]
             assert api.get(f"/api/sandbox/{closed['id']}").json()["status"] == "closed"
         assert _exec(kept, "cat /root/state")["stdout"] == "state\n"  # same container
+        # its public URLs and their auth come back with it
+        port_url = f"http://3000-{kept['id']}.localhost:{first.port}/f"
+        for _ in range(50):
+            served = httpx.get(port_url, timeout=10)
+            if served.status_code != 502:
+                break
+            time.sleep(0.1)
+        assert served.text == "served\n", restart
+        private = f"http://3001-{kept['id']}.localhost:{first.port}/"
+        assert httpx.get(private, timeout=10).status_code == 401
 
 
 def test_container_lost_while_server_down(fresh_server: Callable[..., ServerProcess]) -> None:

@@ -39,7 +39,14 @@ def test_create_defaults() -> None:
     ({"env": {"1A": "x"}}, "env"),
     ({"env": {"A": "x\x00"}}, "env"),
     ({"snapshotName": "snap"}, "snapshotName"),
-    ({"exposedPorts": [{"port": 3000}]}, "exposedPorts"),
+    ({"exposedPorts": [{"port": 80}]}, "exposedPorts.*1024 and 65535"),
+    ({"exposedPorts": [{"port": 4001}]}, "reserved"),
+    ({"exposedPorts": [{"port": 3000}, {"port": 3000}]}, "twice"),
+    ({"exposedPorts": {"3000": True}}, "exposedPorts"),
+    ({"network": {"maskRequestHost": "x y"}}, "maskRequestHost"),
+    ({"network": {"ingress": {"allowPorts": "3000"}}}, "allowPorts"),
+    ({"network": {"openPorts": 1}}, "openPorts"),
+    ({"allowOut": ["10.0.0.0/8"]}, "allowOut"),
     ({"extra": 1}, "extra"),
 ])
 def test_create_rejects(body: object, mentions: str) -> None:

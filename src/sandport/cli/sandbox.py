@@ -1,4 +1,4 @@
-"""``sandport sandbox create|list|get|exec|stop``."""
+"""``sandport sandbox create|list|get|exec|expose|unexpose|stop``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def register(commands: Any) -> None:
     p.add_argument("--cwd")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     p.set_defaults(run=exec_)
+
+    p = verbs.add_parser("expose", help="give a port a public URL and print it")
+    p.add_argument("id")
+    p.add_argument("port", type=int)
+    p.add_argument("--auth", action="store_true",
+                   help="require the sandbox's token (prints a one-time browser link too)")
+    p.set_defaults(run=expose)
+
+    p = verbs.add_parser("unexpose", help="close a port's public URL")
+    p.add_argument("id")
+    p.add_argument("port", type=int)
+    p.set_defaults(run=unexpose)
 
     p = verbs.add_parser("stop", help="stop a sandbox (stopping twice is fine)")
     p.add_argument("id")
@@ -108,6 +120,30 @@ def exec_(args: argparse.Namespace) -> int:
     if result.timed_out:
         print(f"error: timed out after {args.timeout:g}s", file=sys.stderr)
     return result.exit_code
+
+
+def expose(args: argparse.Namespace) -> int:
+    s = client_settings(args)
+    sb = Sandbox.get(args.id, api_key=s.api_key, base_url=s.base_url)
+    try:
+        exposed = sb.expose(args.port, auth=args.auth)
+    finally:
+        sb.close()
+    print(exposed.url)
+    if exposed.auth and exposed.browser_url:
+        print(f"browser link (once, until {exposed.browser_url_expires_at}): "
+              f"{exposed.browser_url}", file=sys.stderr)
+    return 0
+
+
+def unexpose(args: argparse.Namespace) -> int:
+    s = client_settings(args)
+    sb = Sandbox.get(args.id, api_key=s.api_key, base_url=s.base_url)
+    try:
+        sb.unexpose(args.port)
+    finally:
+        sb.close()
+    return 0
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -17,7 +17,16 @@ def register(commands: Any) -> None:
     p.add_argument("--data-dir", help="where state lives (default /var/lib/sandport)")
     p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
     p.add_argument("--images-dir", help="image store (default DATA_DIR/images)")
-    p.add_argument("--public-url", help="URL clients use to reach this server")
+    p.add_argument("--public-url", help="URL clients use to reach this server's API")
+    p.add_argument("--public-url-template", metavar="TEMPLATE",
+                   help="sandbox port URLs, e.g. https://{port}-{id}.sandbox.example.com "
+                        "(default http://{port}-{id}.localhost:PORT)")
+    p.add_argument("--browser-url-ttl-s", type=int, metavar="N",
+                   help="how long a browserUrl link can be opened (default 600)")
+    p.add_argument("--header-timeout-s", type=float, metavar="N",
+                   help="a request head must arrive within N seconds (default 15)")
+    p.add_argument("--idle-timeout-s", type=float, metavar="N",
+                   help="idle kept-alive connections close after N seconds (default 75)")
     p.add_argument("--config", help="TOML file with settings (flags and environment win)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
@@ -27,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {
         "data_dir": args.data_dir, "listen": args.listen, "images_dir": args.images_dir,
         "public_url": args.public_url, "config": args.config, "log_level": args.log_level,
+        "public_url_template": args.public_url_template,
+        "browser_url_ttl_s": args.browser_url_ttl_s, "header_timeout_s": args.header_timeout_s,
+        "idle_timeout_s": args.idle_timeout_s,
     }
     settings = ServerSettings.load(flags)
     try:

@@ -6,6 +6,11 @@ from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _SANDBOX = {"$ref": "#/components/schemas/SandboxDetail"}
+_EXPOSE = {"$ref": "#/components/schemas/ExposePort"}
+# The runtime API is served on each sandbox's runtime host, not on the control API's.
+_RUNTIME_SERVER = {"url": "{runtimeBaseUrl}", "variables": {"runtimeBaseUrl": {
+    "default": "http://4001-SANDBOXID.localhost:8080",
+    "description": "the sandbox's runtime.baseUrl"}}}
 
 
 def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None,
@@ -48,7 +53,20 @@ OPENAPI: dict[str, Any] = {
                 "vcpus": {"type": "integer", "minimum": 1},
                 "memMiB": {"type": "integer", "minimum": 64},
                 "diskSizeMiB": {"type": "integer", "minimum": 256},
-                "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "exposedPorts": {"type": "array", "items": _EXPOSE},
+                "network": {"type": "object", "additionalProperties": False, "properties": {
+                    "ingress": {"type": "object", "properties": {"allowPorts": {
+                        "type": "array", "items": {"type": "integer"}}}},
+                    "maskRequestHost": {"type": "string"},
+                    "openPorts": {"type": "boolean"}}}}},
+            "ExposePort": {"type": "object", "required": ["port"], "properties": {
+                "port": {"type": "integer", "minimum": 1024, "maximum": 65535},
+                "auth": {"type": "boolean", "default": False}}},
+            "ExposedPort": {"type": "object", "properties": {
+                "port": {"type": "integer"}, "auth": {"type": "boolean"},
+                "url": {"type": "string"}, "browserUrl": {"type": "string", "nullable": True},
+                "browserUrlExpiresAt": {"type": "string", "nullable": True}}},
             "SandboxDetail": {"type": "object", "properties": {
                 "id": {"type": "string"}, "teamId": {"type": "string"},
                 "status": {"type": "string", "enum": ["active", "closed", "error"]},
@@ -61,9 +79,11 @@ OPENAPI: dict[str, Any] = {
                 "memMiB": {"type": "integer"}, "diskSizeMiB": {"type": "integer"},
                 "runtime": {"type": "object", "properties": {
                     "transport": {"type": "string"}, "host": {"type": "string"},
-                    "baseUrl": {"type": "string"}}},
+                    "baseUrl": {"type": "string"}, "urlTemplate": {"type": "string"}}},
                 "token": {"type": "string"}, "tokenExpiresAt": {"type": "string"},
-                "exposedPorts": {"type": "array", "items": {"type": "object"}}}},
+                "exposedPorts": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/ExposedPort"}},
+                "network": {"type": "object"}}},
             "SandboxList": {"type": "object", "properties": {
                 "sandboxes": {"type": "array", "items": _SANDBOX},
                 "totalCount": {"type": "integer"}, "page": {"type": "integer"},
@@ -86,17 +106,27 @@ OPENAPI: dict[str, Any] = {
                                          params=[_path_param("id")])},
         "/api/sandbox/{id}/stop": {"put": _op("Stop a sandbox (idempotent)", _SANDBOX,
                                               params=[_path_param("id")])},
+        "/api/sandbox/{id}/expose": {"post": _op(
+            "Give a port a public URL (idempotent; auth may change)",
+            {"$ref": "#/components/schemas/ExposedPort"}, body=_EXPOSE,
+            params=[_path_param("id")])},
+        "/api/sandbox/{id}/unexpose": {"post": _op(
+            "Close a port's public URL", {"type": "object", "properties": {
+                "port": {"type": "integer"}, "exposed": {"type": "boolean"}}},
+            body={"type": "object", "required": ["port"],
+                  "properties": {"port": {"type": "integer"}}},
+            params=[_path_param("id")])},
         "/api/sandboxes": {"get": _op(
             "List sandboxes", {"$ref": "#/components/schemas/SandboxList"},
             params=[_query("status", {"type": "string", "enum": ["active", "closed", "error"]}),
                     _query("page", {"type": "integer", "minimum": 1}),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100})])},
         "/api/images": {"get": _op("List images", {"type": "object"})},
-        "/runtime/{id}/sandbox/exec": {"post": {
-            **_op("Run a shell command in the sandbox (runtime token as Bearer)",
+        "/sandbox/exec": {"servers": [_RUNTIME_SERVER], "post": {
+            **_op("Run a shell command in the sandbox (runtime token as Bearer; served on "
+                  "the sandbox's runtime host, not under /api)",
                   {"$ref": "#/components/schemas/ExecResult"},
-                  body={"$ref": "#/components/schemas/ExecRequest"},
-                  params=[_path_param("id")]),
+                  body={"$ref": "#/components/schemas/ExecRequest"}),
             "security": [{"runtimeToken": []}]}},
     },
 }

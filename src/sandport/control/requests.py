@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ValidationFailed
+from ..errors import Forbidden, ValidationFailed
 from ..models import SANDBOX_STATUSES
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -21,14 +21,44 @@ MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 128 * 1024
 MAX_LIST_LIMIT = 100
 
+EXPOSABLE_PORTS = (1024, 65535)
+RUNTIME_PORT = 4001  # the runtime API's; never exposed
+_MASK_RE = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+
 # Accepted for compatibility with Hyperbrowser clients, which send them (usually null).
-_IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "network", "region")
+_IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "region", "allowOut", "denyOut")
 
 
 @dataclass(frozen=True, slots=True)
 class HostLimits:
     cpus: int
     mem_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    """What the proxy applies per sandbox (egress rules arrive with issue #5)."""
+
+    allow_ports: tuple[int, ...] | None = None  # ingress: only these may be exposed
+    mask_request_host: str | None = None  # e.g. "localhost:${PORT}"
+    open_ports: bool = False  # every listening port answers without an expose
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"openPorts": self.open_ports}
+        if self.allow_ports is not None:
+            wire["ingress"] = {"allowPorts": list(self.allow_ports)}
+        if self.mask_request_host is not None:
+            wire["maskRequestHost"] = self.mask_request_host
+        return wire
+
+    def allows(self, port: int) -> bool:
+        return self.allow_ports is None or port in self.allow_ports
+
+
+@dataclass(frozen=True, slots=True)
+class ExposePort:
+    port: int
+    auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +69,8 @@ class CreateSandbox:
     mem_mib: int
     disk_size_mib: int
     env: dict[str, str] = field(default_factory=dict)
+    exposed_ports: tuple[ExposePort, ...] = ()
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,19 +120,28 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
-             "exposedPorts", *_IGNORED_WHEN_NULL}
+             "exposedPorts", "network", "allowInternetAccess", *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed(
             f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
         )
-    for key in ("snapshotName", "snapshotId", "network"):
+    for key in ("snapshotName", "snapshotId", "allowOut", "denyOut", "allowInternetAccess"):
         if body.get(key):
             raise ValidationFailed(f"{key} is not supported by this server yet")
     if body.get("region") is not None and not isinstance(body["region"], str):
         raise ValidationFailed("region must be a string")
-    if body.get("exposedPorts"):
-        raise ValidationFailed("exposedPorts is not supported by this server yet")
+    network = parse_network(body.get("network"))
+    exposed = body.get("exposedPorts")
+    if exposed is None:
+        exposed = []
+    if not isinstance(exposed, list):
+        raise ValidationFailed("exposedPorts must be a list of {port, auth} objects")
+    ports = tuple(parse_expose(item, f"exposedPorts[{i}]") for i, item in enumerate(exposed))
+    if len({p.port for p in ports}) != len(ports):
+        raise ValidationFailed("exposedPorts lists a port twice")
+    for item in ports:
+        check_ingress(network, item.port)
     image = body.get("imageName", default_image)
     if image is None:
         image = default_image
@@ -113,7 +154,84 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         mem_mib=_int(body, "memMiB", min(512, limits.mem_mib), MIN_MEM_MIB, limits.mem_mib),
         disk_size_mib=_int(body, "diskSizeMiB", 4096, *DISK_RANGE_MIB),
         env=parse_env(body.get("env")),
+        exposed_ports=ports,
+        network=network,
     )
+
+
+def parse_port(value: Any, key: str = "port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(f"{key} must be an integer")
+    if value == RUNTIME_PORT:
+        raise ValidationFailed(f"{key}: {RUNTIME_PORT} is reserved for the runtime API")
+    low, high = EXPOSABLE_PORTS
+    if not low <= value <= high:
+        raise ValidationFailed(f"{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_expose(body: Any, what: str = "the request body") -> ExposePort:
+    body = _object(body, what)
+    unknown = sorted(set(body) - {"port", "auth"})
+    if unknown:
+        raise ValidationFailed(f"{what}: unknown field(s): {', '.join(unknown)}")
+    auth = body.get("auth", False)
+    if auth is None:
+        auth = False
+    if not isinstance(auth, bool):
+        raise ValidationFailed(f"{what}: auth must be true or false")
+    return ExposePort(parse_port(body.get("port"), f"{what}: port"), auth)
+
+
+def parse_unexpose(body: Any) -> int:
+    body = _object(body, "the request body")
+    unknown = sorted(set(body) - {"port"})
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
+    return parse_port(body.get("port"))
+
+
+def check_ingress(network: NetworkPolicy, port: int) -> None:
+    if not network.allows(port):
+        allowed = ", ".join(str(p) for p in network.allow_ports or ())
+        raise Forbidden(
+            f"port {port} is not in this sandbox's network.ingress.allowPorts ({allowed})"
+        )
+
+
+def parse_network(value: Any) -> NetworkPolicy:
+    if value is None:
+        return NetworkPolicy()
+    body = _object(value, "network")
+    unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts"})
+    if unknown:
+        raise ValidationFailed(f"network: unknown field(s): {', '.join(unknown)}")
+    allow: tuple[int, ...] | None = None
+    ingress = body.get("ingress")
+    if ingress is not None:
+        ingress = _object(ingress, "network.ingress")
+        if set(ingress) - {"allowPorts"}:
+            raise ValidationFailed("network.ingress accepts only allowPorts")
+        ports = ingress.get("allowPorts")
+        if ports is not None:
+            if not isinstance(ports, list) or len(ports) > 256:
+                raise ValidationFailed("network.ingress.allowPorts must be a list of ports")
+            allow = tuple(sorted({parse_port(p, "network.ingress.allowPorts") for p in ports}))
+    mask = body.get("maskRequestHost")
+    if mask is not None and (not isinstance(mask, str) or
+                             not _MASK_RE.match(mask.replace("${PORT}", "1"))):
+        raise ValidationFailed(
+            "network.maskRequestHost must be a host[:port], e.g. \"localhost:${PORT}\""
+        )
+    open_ports = body.get("openPorts", False)
+    if not isinstance(open_ports, bool):
+        raise ValidationFailed("network.openPorts must be true or false")
+    return NetworkPolicy(allow, mask, open_ports)
+
+
+def network_from_wire(wire: dict[str, Any]) -> NetworkPolicy:
+    """The stored policy (written by NetworkPolicy.to_wire) back as a value."""
+    return parse_network(wire) if wire else NetworkPolicy()
 
 
 def parse_list(query: dict[str, str]) -> ListSandboxes:

@@ -14,7 +14,7 @@ from ..errors import SandportError
 from ..models import SandboxPage
 from .http import caller_team, json_body
 from .openapi import OPENAPI
-from .requests import parse_create, parse_list
+from .requests import parse_create, parse_expose, parse_list, parse_unexpose
 
 
 async def create_sandbox(request: Request) -> Response:
@@ -45,6 +45,22 @@ async def stop_sandbox(request: Request) -> Response:
     ctx = request.app.state.ctx
     record = await ctx.sandboxes.stop(await caller_team(request), request.path_params["id"])
     return JSONResponse({"success": True, **ctx.sandboxes.to_info(record).to_wire()})
+
+
+async def expose_port(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    body = parse_expose(await json_body(request))
+    exposed = await ctx.sandboxes.expose(team, request.path_params["id"], body)
+    return JSONResponse(exposed.to_wire())
+
+
+async def unexpose_port(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    port = parse_unexpose(await json_body(request))
+    await ctx.sandboxes.unexpose(team, request.path_params["id"], port)
+    return JSONResponse({"port": port, "exposed": False})
 
 
 async def list_images(request: Request) -> Response:
@@ -93,6 +109,8 @@ routes = [
     Route("/api/sandbox", create_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
     Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
+    Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
+    Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),
     Route("/api/sandboxes", list_sandboxes, methods=["GET"]),
     Route("/api/images", list_images, methods=["GET"]),
     Route("/api/images/{name}/build", build_image, methods=["POST"]),

@@ -7,17 +7,25 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from .. import ids
 from ..errors import RuntimeFailure, SandboxNotFound
-from ..models import RuntimeTarget, SandboxInfo, iso, millis
+from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
+from ..proxy.grants import Grants
+from ..proxy.routes import RouteTable, SandboxRoute
+from ..proxy.urls import PublicUrls
 from ..runtime import Runtime, SandboxSpec
 from ..runtime.images import ImageStore
 from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
 from . import lifecycle
-from .requests import CreateSandbox, ListSandboxes
+from .requests import (
+    CreateSandbox,
+    ExposePort,
+    ListSandboxes,
+    check_ingress,
+    network_from_wire,
+)
 
 log = logging.getLogger("sandport.control")
 
@@ -25,22 +33,43 @@ log = logging.getLogger("sandport.control")
 class SandboxService:
     def __init__(
         self, settings: ServerSettings, store: Store, runtime: Runtime, images: ImageStore,
-        clock: Callable[[], float] = time.time,
+        routes: RouteTable, grants: Grants, clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.runtime = runtime
         self.images = images
+        self.routes = routes
+        self.grants = grants
+        self.urls: PublicUrls = grants.urls
         self.clock = clock
         # One create/stop at a time per sandbox; different sandboxes never wait on each other.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # -- views ------------------------------------------------------------------------
     def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
-        base = self.settings.base_url
-        return RuntimeTarget(
-            "regional_proxy", urlsplit(base).netloc, f"{base}/runtime/{sandbox_id}"
+        urls = self.urls
+        template = f"{urls.scheme}://{urls.netloc.replace('{id}', sandbox_id)}/"
+        return RuntimeTarget("regional_proxy", urls.runtime_host(sandbox_id),
+                             urls.runtime_base_url(sandbox_id), template)
+
+    def exposed(self, record: SandboxRecord) -> list[ExposedPort]:
+        return [ExposedPort(port, auth, self.urls.url(record.id, port))
+                for port, auth in sorted(record.exposed_ports.items())]
+
+    def route_of(self, record: SandboxRecord, address: str) -> SandboxRoute:
+        network = network_from_wire(record.network)
+        return SandboxRoute(
+            record.id, address, record.token, record.token_expires_at,
+            dict(record.exposed_ports), network.open_ports,
+            None if network.allow_ports is None else frozenset(network.allow_ports),
+            network.mask_request_host,
         )
+
+    def _publish(self, record: SandboxRecord) -> None:
+        address = self.runtime.address(record.id)
+        if address is not None:
+            self.routes.put(self.route_of(record, address))
 
     def to_info(self, record: SandboxRecord) -> SandboxInfo:
         return SandboxInfo(
@@ -60,6 +89,8 @@ class SandboxService:
             region=self.settings.region,
             session_url=f"{self.settings.base_url}/api/sandbox/{record.id}",
             runtime=self.runtime_target(record.id),
+            exposed_ports=self.exposed(record),
+            network=record.network,
             token=record.token,
             token_expires_at=iso(record.token_expires_at),
         )
@@ -76,6 +107,8 @@ class SandboxService:
             disk_size_mib=request.disk_size_mib, timeout_minutes=request.timeout_minutes,
             token=ids.new_runtime_token(), token_expires_at=expires, created_at=now,
             updated_at=now, runtime=self.runtime.name, env=request.env,
+            exposed_ports={p.port: p.auth for p in request.exposed_ports},
+            network=request.network.to_wire(),
         )
         async with self._locks[record.id]:
             await self.store.insert_sandbox(record)
@@ -92,9 +125,37 @@ class SandboxService:
                                    expires_at=started + 60 * request.timeout_minutes,
                                    token_expires_at=started + 60 * request.timeout_minutes)
             await self.store.update_sandbox(record)
+            self._publish(record)
         self._locks.pop(record.id, None)
         log.info("sandbox %s created from %s", record.id, record.image_name)
         return record
+
+    async def expose(self, team_id: str, sandbox_id: str,
+                     request: ExposePort) -> ExposedPort:
+        """Open a port's URL (again: idempotent, and ``auth`` may change)."""
+        async with self._locks[sandbox_id]:
+            record = await self.get(team_id, sandbox_id)
+            lifecycle.ensure_running(record)
+            check_ingress(network_from_wire(record.network), request.port)
+            ports = {**record.exposed_ports, request.port: request.auth}
+            record = record.evolve(exposed_ports=ports, updated_at=self.clock())
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        url = self.urls.url(sandbox_id, request.port)
+        if not request.auth:
+            return ExposedPort(request.port, False, url, url, None)
+        browser_url, expires = await self.grants.mint(sandbox_id, request.port)
+        return ExposedPort(request.port, True, url, browser_url, expires)
+
+    async def unexpose(self, team_id: str, sandbox_id: str, port: int) -> None:
+        """Close a port's URL; closing one that is not open is success."""
+        async with self._locks[sandbox_id]:
+            record = await self.get(team_id, sandbox_id)
+            lifecycle.ensure_running(record)
+            ports = {p: a for p, a in record.exposed_ports.items() if p != port}
+            record = record.evolve(exposed_ports=ports, updated_at=self.clock())
+            await self.store.update_sandbox(record)
+            self._publish(record)
 
     async def get(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         record = await self.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
@@ -118,6 +179,7 @@ class SandboxService:
                 return current  # stopping twice is success
             stopping = current.evolve(status="stopping", updated_at=self.clock())
             await self.store.update_sandbox(stopping)
+            self.routes.drop(record.id)
             await self.runtime.destroy(record.id)
             done = await self._finish(stopping, "closed", reason)
         self._locks.pop(record.id, None)
@@ -154,6 +216,7 @@ class SandboxService:
         for record in await self.store.sandboxes_in(("creating", "active", "stopping")):
             if record.status == "active" and self.runtime.is_running(record.id):
                 counts["adopted"] += 1
+                self._publish(record)
                 continue
             await self.runtime.destroy(record.id)
             if record.status == "creating":

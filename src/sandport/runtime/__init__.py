@@ -47,6 +47,10 @@ class Runtime(Protocol):
 
     def is_running(self, sandbox_id: str) -> bool: ...
 
+    def address(self, sandbox_id: str) -> str | None:
+        """The sandbox's IP address, which the host (the edge proxy) can connect to."""
+        ...
+
     def sandbox_ids(self) -> set[str]:
         """Every sandbox this runtime holds any state for (running or not)."""
         ...

@@ -162,6 +162,10 @@ class RuncRuntime:
         )
 
     # -- state ------------------------------------------------------------------------
+    def address(self, sandbox_id: str) -> str | None:
+        address = read_json(self.bundles / sandbox_id / "runtime.json").get("sandboxIp")
+        return address if isinstance(address, str) else None
+
     def init_pid(self, sandbox_id: str) -> int | None:
         state = read_json(self.state_root / sandbox_id / "state.json")
         pid, start = state.get("init_process_pid"), state.get("init_process_start")

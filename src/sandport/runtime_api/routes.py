@@ -1,4 +1,5 @@
-"""Runtime API routes, mounted under ``/runtime/{id}`` until the edge proxy serves them."""
+"""Runtime API routes. The edge proxy maps ``{runtime.baseUrl}/<path>`` (the sandbox's
+runtime host) to ``/runtime/{id}/<path>`` here; that prefix is not reachable from outside."""
 
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import SandportError, error_from_wire
-from ..models import ExecResult, ImageInfo, SandboxInfo, SandboxPage
+from ..errors import SandportError, ValidationFailed, error_from_wire
+from ..models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 
 T = TypeVar("T")
@@ -64,10 +65,14 @@ def _api_headers(settings: ClientSettings) -> dict[str, str]:
 def create_call(
     settings: ClientSettings, image: str, *, timeout_minutes: int | None, vcpus: int | None,
     mem_mib: int | None, disk_size_mib: int | None, env: dict[str, str] | None,
+    exposed_ports: dict[int, bool] | None = None, network: dict[str, Any] | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {"imageName": image}
+    ports = None if exposed_ports is None else [
+        {"port": port, "auth": auth} for port, auth in exposed_ports.items()]
     for key, value in (("timeoutMinutes", timeout_minutes), ("vcpus", vcpus),
-                       ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env)):
+                       ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env),
+                       ("exposedPorts", ports), ("network", network)):
         if value is not None:
             body[key] = value
     return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,
@@ -91,15 +96,55 @@ def stop_call(settings: ClientSettings, sandbox_id: str) -> Call[SandboxInfo]:
                 SandboxInfo.from_wire, headers=_api_headers(settings))
 
 
-def exec_call(info: SandboxInfo, command: str, *, cwd: str | None,
+def addressed(settings: ClientSettings, url: str) -> tuple[str, dict[str, str]]:
+    """The URL to connect to, and the Host to send, for a sandbox URL.
+
+    ``*.localhost`` names are loopback by definition (RFC 6761) but glibc resolves them
+    only with nss-myhostname; such URLs are sent to the server's own address instead,
+    with the Host header naming the sandbox, so the SDK works on any system.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or not host.endswith(".localhost"):
+        return url, {}
+    server = urlsplit(settings.base_url)
+    return urlunsplit(parts._replace(netloc=server.netloc)), {"host": parts.netloc}
+
+
+def exec_call(settings: ClientSettings, info: SandboxInfo, command: str, *, cwd: str | None,
               env: dict[str, str] | None, timeout_s: float) -> Call[ExecResult]:
     body: dict[str, Any] = {"command": command, "timeoutMs": max(1, int(timeout_s * 1000))}
     if cwd is not None:
         body["cwd"] = cwd
     if env:
         body["env"] = env
-    return Call("POST", f"{info.runtime.base_url}/sandbox/exec", ExecResult.from_wire, body,
-                {"authorization": f"Bearer {info.token}"}, timeout_s + EXEC_GRACE_S)
+    url, host = addressed(settings, f"{info.runtime.base_url}/sandbox/exec")
+    return Call("POST", url, ExecResult.from_wire, body,
+                {"authorization": f"Bearer {info.token}", **host}, timeout_s + EXEC_GRACE_S)
+
+
+def expose_call(settings: ClientSettings, sandbox_id: str, port: int,
+                auth: bool) -> Call[ExposedPort]:
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/expose",
+                ExposedPort.from_wire, {"port": port, "auth": auth}, _api_headers(settings))
+
+
+def unexpose_call(settings: ClientSettings, sandbox_id: str, port: int) -> Call[None]:
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/unexpose",
+                lambda body: None, {"port": port}, _api_headers(settings))
+
+
+def exposed_url(info: SandboxInfo, port: int) -> str:
+    """A port's public URL, derived locally (the server's template, or Hyperbrowser's
+    ``{port}-{runtime.host}`` rule when the server did not send one)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValidationFailed(f"port must be an integer between 1 and 65535, got {port!r}")
+    template = info.runtime.url_template
+    if template:
+        return template.replace("{port}", str(port))
+    base = urlsplit(info.runtime.base_url)
+    netloc = f"{port}-{info.runtime.host}" + (f":{base.port}" if base.port else "")
+    return urlunsplit((base.scheme, netloc, "/", "", ""))
 
 
 def list_images_call(settings: ClientSettings) -> Call[list[ImageInfo]]:

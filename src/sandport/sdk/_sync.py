@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import TransportError
-from ..models import ExecResult, SandboxInfo, SandboxPage
+from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
 
@@ -55,15 +55,20 @@ class Sandbox:
     def create(
         cls, image: str = "python", *, timeout_minutes: int | None = None,
         vcpus: int | None = None, mem_mib: int | None = None, disk_size_mib: int | None = None,
-        env: dict[str, str] | None = None, api_key: str | None = None,
+        env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
+        network: dict[str, Any] | None = None, api_key: str | None = None,
         base_url: str | None = None,
     ) -> Sandbox:
+        """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
+        ``network`` is the policy in its JSON form, e.g. ``{"maskRequestHost":
+        "localhost:${PORT}", "ingress": {"allowPorts": [3000]}, "openPorts": False}``."""
         settings = ClientSettings.load(base_url, api_key)
         client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
         try:
             info = _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
-                disk_size_mib=disk_size_mib, env=env))
+                disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
+                network=network))
         except BaseException:
             client.close()
             raise
@@ -96,8 +101,26 @@ class Sandbox:
         timeout: float = 60.0,
     ) -> ExecResult:
         """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
-        call = _base.exec_call(self.info, command, cwd=cwd, env=env, timeout_s=timeout)
+        call = _base.exec_call(self._settings, self.info, command, cwd=cwd, env=env,
+                               timeout_s=timeout)
         return _send(self._http(), call)
+
+    def expose(self, port: int, *, auth: bool = False) -> ExposedPort:
+        """Give ``port`` a public URL (again: idempotent; ``auth`` may change). With
+        ``auth=True`` requests need the sandbox's token, and ``browser_url`` is a
+        one-time link that lets a browser in."""
+        exposed = _send(self._http(), _base.expose_call(self._settings, self.id, port, auth))
+        self.info = _send(self._http(), _base.get_call(self._settings, self.id))
+        return exposed
+
+    def unexpose(self, port: int) -> None:
+        """Close ``port``'s public URL; it answers 404 from then on."""
+        _send(self._http(), _base.unexpose_call(self._settings, self.id, port))
+        self.info = _send(self._http(), _base.get_call(self._settings, self.id))
+
+    def get_exposed_url(self, port: int) -> str:
+        """``port``'s public URL, derived locally (it answers once the port is exposed)."""
+        return _base.exposed_url(self.info, port)
 
     def stop(self) -> SandboxInfo:
         self.info = _send(self._http(), _base.stop_call(self._settings, self.id))

@@ -1,9 +1,11 @@
-"""Startup → serve → shutdown of ``sandport serve`` (uvicorn's server loop, our wiring).
+"""Startup → serve → shutdown of ``sandport serve``.
 
 Startup: lock the data directory, open the store, prepare the host, make sure an API key
 exists (printed once), build missing built-in images with visible progress, reconcile the
-store with the runtime, then listen. Shutdown leaves sandboxes running: they are found
-again on the next start.
+store with the runtime, then listen. One process, one loop: the edge proxy owns the
+public listener and hands API requests to the control/runtime app (uvicorn) on a Unix
+socket in the data directory. Shutdown leaves sandboxes running: they are found again on
+the next start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import uvicorn
 
 from ..control.sandboxes import SandboxService
 from ..ids import hash_secret, new_api_key
+from ..proxy.decide import Edge
+from ..proxy.grants import Grants
+from ..proxy.routes import RouteTable
+from ..proxy.server import ProxyServer
+from ..proxy.urls import PublicUrls
 from ..runtime.images import ImageStore
 from ..runtime.runc import RuncRuntime
 from ..settings import ServerSettings
@@ -65,26 +72,49 @@ async def _serve(settings: ServerSettings) -> None:
             if not images.is_built(name):
                 say(f"building image {name!r} (first start only; cached afterwards)")
             await images.ensure(name, say)
-        sandboxes = SandboxService(settings, store, runtime, images)
+        urls = PublicUrls.parse(settings.url_template)
+        routes = RouteTable()
+        secret = await store.secret("browser-session")
+        grants = Grants(store, routes, urls, secret, settings.browser_url_ttl_s)
+        sandboxes = SandboxService(settings, store, runtime, images, routes, grants)
         counts = await sandboxes.reconcile()
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         ctx = AppContext(settings, store, runtime, images, sandboxes, host_limits())
+        socket_path = settings.control_socket
+        socket_path.parent.mkdir(mode=0o700, exist_ok=True)
+        socket_path.unlink(missing_ok=True)
         config = uvicorn.Config(
-            build_app(ctx), host=settings.host, port=settings.port, http="httptools",
-            lifespan="off", access_log=False, log_level=settings.log_level,
-            timeout_graceful_shutdown=5,
+            build_app(ctx), uds=str(socket_path), http="httptools", lifespan="off",
+            access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=5,
+            proxy_headers=True, forwarded_allow_ips="*",  # only the edge proxy connects
         )
-        server = uvicorn.Server(config)
+        api = uvicorn.Server(config)
+        proxy = ProxyServer(Edge(urls, routes, str(socket_path), secret), grants.redeem,
+                            header_timeout_s=settings.header_timeout_s,
+                            idle_timeout_s=settings.idle_timeout_s)
+        routes.watch(proxy.cut)
         reaper = asyncio.ensure_future(run_reaper(sandboxes))
+        listener: asyncio.Server | None = None
         try:
+            listener = await _listen(proxy, settings)
             say(f"sandport serving on http://{settings.listen} (data in {settings.data_dir})")
-            await server.serve()
+            say(f"sandbox ports at {urls.scheme}://{urls.netloc}/")
+            await api.serve()
         finally:
+            if listener is not None:
+                listener.close()
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
     finally:
         store.close()
+
+
+async def _listen(proxy: ProxyServer, settings: ServerSettings) -> asyncio.Server:
+    try:
+        return await proxy.listen(settings.host, settings.port)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot listen on {settings.listen}: {exc.strerror}") from None
 
 
 async def _ensure_api_key(settings: ServerSettings, store: Store) -> None:

@@ -34,6 +34,8 @@ class SandboxRecord:
     ended_at: float | None = None
     expires_at: float | None = None
     close_reason: str | None = None
+    exposed_ports: dict[int, bool] = field(default_factory=dict)  # port → auth
+    network: dict[str, Any] = field(default_factory=dict)  # the policy, in wire form
 
     def evolve(self, **changes: Any) -> SandboxRecord:
         return replace(self, **changes)
@@ -67,6 +69,18 @@ class Store(Protocol):
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]: ...
+
+    async def secret(self, name: str) -> bytes:
+        """A random server secret, created on first use and kept."""
+        ...
+
+    async def add_grant(self, grant_hash: str, sandbox_id: str, port: int,
+                        expires_at: float) -> None: ...
+
+    async def redeem_grant(self, grant_hash: str, now: float) -> tuple[str, int] | None:
+        """(sandbox id, port) of a grant that is unused and unexpired, marking it used;
+        None otherwise. At most one caller ever gets a grant."""
+        ...
 
 
 __all__ = ["RecordStatus", "SandboxRecord", "Store"]

@@ -49,6 +49,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sandboxes_by_team ON sandboxes (team_id, status, created_at);
     CREATE INDEX sandboxes_by_expiry ON sandboxes (status, expires_at);
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN exposed_ports TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE grants (
+        grant_hash TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE INDEX grants_by_expiry ON grants (expires_at);
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -148,6 +160,27 @@ class SqliteStore:
         rows = self.db.execute(f"SELECT * FROM sandboxes WHERE status IN ({marks})", statuses)
         return [_from_row(r) for r in rows.fetchall()]
 
+    async def secret(self, name: str) -> bytes:
+        key = f"secret:{name}"
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                        (key, secrets.token_hex(32)))
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return bytes.fromhex(row[0])
+
+    async def add_grant(self, grant_hash: str, sandbox_id: str, port: int,
+                        expires_at: float) -> None:
+        self.db.execute("DELETE FROM grants WHERE expires_at < ?", (expires_at - 86400,))
+        self.db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, NULL)",
+                        (grant_hash, sandbox_id, port, expires_at))
+
+    async def redeem_grant(self, grant_hash: str, now: float) -> tuple[str, int] | None:
+        row = self.db.execute(
+            "UPDATE grants SET used_at=? WHERE grant_hash=? AND used_at IS NULL"
+            " AND expires_at > ? RETURNING sandbox_id, port",
+            (now, grant_hash, now),
+        ).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
+
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]:
         rows = self.db.execute(
             "SELECT * FROM sandboxes WHERE status='active' AND expires_at <= ?", (now,)
@@ -155,13 +188,19 @@ class SqliteStore:
         return [_from_row(r) for r in rows.fetchall()]
 
 
+_JSON_COLUMNS = ("env", "exposed_ports", "network")
+
+
 def _to_row(record: SandboxRecord) -> tuple[Any, ...]:
     return tuple(
-        json.dumps(getattr(record, c)) if c == "env" else getattr(record, c) for c in _COLUMNS
+        json.dumps(getattr(record, c)) if c in _JSON_COLUMNS else getattr(record, c)
+        for c in _COLUMNS
     )
 
 
 def _from_row(row: sqlite3.Row) -> SandboxRecord:
     values = {c: row[c] for c in _COLUMNS}
-    values["env"] = json.loads(values["env"])
+    for column in _JSON_COLUMNS:
+        values[column] = json.loads(values[column])
+    values["exposed_ports"] = {int(p): bool(a) for p, a in values["exposed_ports"].items()}
     return SandboxRecord(**values)

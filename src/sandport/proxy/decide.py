@@ -1,0 +1,216 @@
+"""Per request head (pure): where it goes, whether it may, and what upstream sees.
+
+Every request head on a connection passes here, so auth, header rewriting and routing
+apply per request, never once per connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from urllib.parse import parse_qs
+
+from . import pages
+from .auth import (
+    cookie_name,
+    safe_next,
+    session_opens,
+    sign_session,
+    token_opens,
+    without_our_cookies,
+)
+from .routes import RouteTable, SandboxRoute
+from .urls import RUNTIME_PORT, PublicUrls, split_path_route
+
+Header = tuple[bytes, bytes]
+# Client-supplied values of these are never passed on: the proxy writes its own.
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                        b"x-real-ip"})
+AUTH_PATH = b"/_sandport/auth"
+# Lengths of every header name _head may drop or rewrite: others are copied untouched.
+_REWRITTEN_LENGTHS = frozenset({*map(len, _FORWARDED), len(b"host"), len(b"cookie"),
+                                len(b"authorization")})
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1"
+    headers: list[Header]
+    client_ip: str
+    upgrade: bool = False
+
+
+@dataclass(slots=True)
+class Forward:
+    key: tuple[str, ...]  # ("unix", path) or ("tcp", address, port)
+    head: bytes
+    sandbox_id: str | None = None
+    port: int | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    render: Callable[[bool], bytes]  # close → the whole response
+
+
+@dataclass(slots=True)
+class Redeem:
+    grant: str
+    next_path: str
+    sandbox_id: str
+    port: int
+    browser: bool
+
+
+Decision = Forward | Answer | Redeem
+
+
+def _error(status: int, code: str, message: str, browser: bool,
+           page_text: str | None = None) -> Answer:
+    return Answer(lambda close: pages.error(status, code, message, browser=browser,
+                                            close=close, page_text=page_text))
+
+
+class Edge:
+    def __init__(self, urls: PublicUrls, routes: RouteTable, control_socket: str,
+                 secret: bytes, clock: Callable[[], float] = time.time) -> None:
+        self.urls = urls
+        self.routes = routes
+        self.control_key = ("unix", control_socket)
+        self.secret = secret
+        self.clock = clock
+        self._proto = urls.scheme.encode()
+
+    def decide(self, req: RequestHead) -> Decision:
+        host: bytes | None = None
+        authorization: bytes | None = None
+        cookies: list[bytes] = []
+        browser = False
+        for name, value in req.headers:
+            if len(name) not in (4, 6, 13):  # host, cookie, accept, authorization
+                continue
+            lname = name.lower()
+            if lname == b"host":
+                if host is not None:
+                    return _error(400, "bad_request", "more than one Host header", False)
+                host = value
+            elif lname == b"authorization":
+                authorization = value
+            elif lname == b"cookie":
+                cookies.append(value)
+            elif lname == b"accept":
+                browser = b"text/html" in value
+        if req.method == b"CONNECT":
+            return _error(405, "method_not_allowed", "CONNECT is not supported here", browser)
+        if not req.target.startswith(b"/") and req.target != b"*":
+            return _error(400, "bad_request", "the request target must be a path", browser)
+        if host is None:
+            if req.version != b"1.0":
+                return _error(400, "bad_request", "HTTP/1.1 requests need a Host header",
+                              browser)
+            host = b""
+        host_text = host.decode("latin-1")
+        matched = self.urls.match(host_text)
+        if matched is None:
+            if req.target.startswith(b"/runtime/"):  # internal route shape, not public
+                return _error(404, "not_found", "no such route", browser)
+            return Forward(self.control_key, self._head(req, req.target, host))
+        sandbox_id, port = matched
+        if port == RUNTIME_PORT:
+            routed = split_path_route(req.target)
+            if routed is None:
+                return Forward(self.control_key, self._head(
+                    req, b"/runtime/" + sandbox_id.encode() + req.target, host))
+            port, target = routed
+        else:
+            target = req.target
+            if target.startswith(AUTH_PATH) and target[len(AUTH_PATH):][:1] in (b"", b"?"):
+                return self._redeem(req, sandbox_id, port, browser)
+        route = self.routes.get(sandbox_id)
+        auth = route.port_auth(port) if route is not None and 0 < port < 65536 else None
+        if route is None or auth is None:
+            return _error(404, "not_found", pages.NOT_FOUND, browser)
+        if auth and not self._opens(route, port, authorization, cookies):
+            return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
+                          pages.BROWSER_NEEDS_AUTH)
+        head = self._head(req, target, host, route=route, port=port)
+        return Forward(("tcp", route.address, str(port)), head, sandbox_id, port)
+
+    def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
+               cookies: list[bytes]) -> bool:
+        now = self.clock()
+        if token_opens(route, authorization, now):
+            return True
+        wanted = cookie_name(port).encode() + b"="
+        for header in cookies:
+            for pair in header.split(b";"):
+                pair = pair.strip()
+                if pair.startswith(wanted) and session_opens(
+                        self.secret, pair[len(wanted):].decode("latin-1"), route.sandbox_id,
+                        port, now):
+                    return True
+        return False
+
+    def _redeem(self, req: RequestHead, sandbox_id: str, port: int, browser: bool) -> Decision:
+        if req.method not in (b"GET", b"HEAD"):
+            return _error(405, "method_not_allowed", "open the browser link with GET", browser)
+        query = req.target.partition(b"?")[2].decode("latin-1")
+        params = parse_qs(query, keep_blank_values=True)
+        grant = (params.get("grant") or [""])[0]
+        raw_next = (params.get("next") or ["/"])[0]
+        next_path = safe_next(raw_next)
+        if not grant:
+            return _error(400, "bad_request", "the browser link has no grant", browser)
+        if next_path is None:
+            return _error(400, "bad_request", "next must be a path on this host", browser)
+        return Redeem(grant, next_path, sandbox_id, port, browser)
+
+    def _head(self, req: RequestHead, target: bytes, host: bytes, *,
+              route: SandboxRoute | None = None, port: int = 0) -> bytes:
+        """The request head upstream sees: forwarded headers replaced, and for sandbox
+        ports the sandbox's token and sandport's cookies removed, the Host masked."""
+        out = [req.method, b" ", target, b" HTTP/", req.version, b"\r\n"]
+        masked = route.upstream_host(port) if route is not None else None
+        for name, value in req.headers:
+            if len(name) not in _REWRITTEN_LENGTHS:
+                out += (name, b": ", value, b"\r\n")
+                continue
+            lname = name.lower()
+            if lname in _FORWARDED:
+                continue
+            if route is not None:
+                if lname == b"host" and masked is not None:
+                    value = masked
+                elif lname == b"authorization" and token_opens(route, value, 0.0):
+                    continue
+                elif lname == b"cookie":
+                    value = without_our_cookies(value)
+                    if not value:
+                        continue
+            out += (name, b": ", value, b"\r\n")
+        ip = req.client_ip.encode()
+        out += (b"x-forwarded-host: ", host, b"\r\nx-forwarded-proto: ", self._proto,
+                b"\r\nx-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n\r\n")
+        return b"".join(out)
+
+
+def redeemed(redeem: Redeem, secret: bytes, expires_at: int, now: float,
+             secure: bool) -> Answer:
+    value = sign_session(secret, redeem.sandbox_id, redeem.port, expires_at)
+    cookie = pages.session_cookie(cookie_name(redeem.port), value, int(expires_at - now),
+                                  secure=secure)
+    return Answer(partial(_redirect, redeem.next_path, cookie))
+
+
+def _redirect(path: str, cookie: str, close: bool) -> bytes:
+    return pages.redirect(path, cookie, close=close)
+
+
+def grant_refused(browser: bool) -> Answer:
+    return _error(403, "grant_refused",
+                  "this browser link has expired or was already used; ask for a new one "
+                  "(POST /api/sandbox/{id}/expose)", browser)

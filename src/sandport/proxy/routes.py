@@ -1,0 +1,76 @@
+"""The proxy's view of sandboxes (pure): which ports answer, with which auth, where.
+
+The control plane keeps a ``RouteTable`` current (create, expose, unexpose, stop,
+reconcile); the proxy only reads it, once per request head. Only running sandboxes are in
+it, so an unknown, stopped and never-existing sandbox look the same: absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .urls import RUNTIME_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRoute:
+    sandbox_id: str
+    address: str  # the sandbox's own IP, reachable from the host
+    token: str
+    token_expires_at: float
+    ports: dict[int, bool] = field(default_factory=dict)  # exposed port → auth required
+    open_ports: bool = False  # every port answers (auth off) without an expose
+    allow_ports: frozenset[int] | None = None  # ingress policy: only these may answer
+    mask_host: str | None = None  # e.g. "localhost:${PORT}": the Host upstream sees
+
+    def port_auth(self, port: int) -> bool | None:
+        """Whether ``port`` needs auth; None when it does not answer at all."""
+        if port == RUNTIME_PORT:
+            return None
+        if self.allow_ports is not None and port not in self.allow_ports:
+            return None
+        auth = self.ports.get(port)
+        if auth is None and self.open_ports:
+            return False
+        return auth
+
+    def upstream_host(self, port: int) -> bytes | None:
+        if self.mask_host is None:
+            return None
+        return self.mask_host.replace("${PORT}", str(port)).encode()
+
+
+class RouteTable:
+    """Running sandboxes by id. Watchers hear of every sandbox or port that stops
+    answering (``port`` None: the whole sandbox), so open connections can be cut."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, SandboxRoute] = {}
+        self._watchers: list[Callable[[str, int | None], None]] = []
+
+    def watch(self, watcher: Callable[[str, int | None], None]) -> None:
+        self._watchers.append(watcher)
+
+    def get(self, sandbox_id: str) -> SandboxRoute | None:
+        return self._routes.get(sandbox_id)
+
+    def put(self, route: SandboxRoute) -> None:
+        old = self._routes.get(route.sandbox_id)
+        self._routes[route.sandbox_id] = route
+        if old is not None:
+            for port, auth in old.ports.items():
+                now_auth = route.port_auth(port)
+                if now_auth is None or (now_auth and not auth):  # closed, or now private
+                    self._tell(route.sandbox_id, port)
+
+    def drop(self, sandbox_id: str) -> None:
+        if self._routes.pop(sandbox_id, None) is not None:
+            self._tell(sandbox_id, None)
+
+    def _tell(self, sandbox_id: str, port: int | None) -> None:
+        for watcher in self._watchers:
+            watcher(sandbox_id, port)
+
+    def __len__(self) -> int:
+        return len(self._routes)

@@ -1,0 +1,723 @@
+"""The edge proxy's I/O: an asyncio protocol server that relays HTTP/1.1 and tunnels.
+
+Per client connection, ``httptools`` parses every request head (``decide.Edge`` routes
+and authorizes each one); bodies stream to the upstream as they arrive, responses stream
+back as they arrive, and a ``101 Switching Protocols`` turns both sockets into a raw
+two-way tunnel. One upstream connection at a time per client connection, kept alive
+while consecutive requests go to the same place. Nothing is buffered beyond the socket
+write limits: when one side cannot take more, the other side stops being read.
+
+Request bodies are re-framed from what the parser decoded (``Content-Length`` bytes as
+they are, chunked bodies re-chunked), so what upstream receives is exactly what the
+proxy parsed: no request smuggling through framing the two sides read differently.
+Response heads are re-serialized from the parsed status and headers (names, values and
+order kept), bodies re-framed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import httptools
+
+from . import pages
+from .decide import Answer, Edge, Forward, Redeem, RequestHead
+
+log = logging.getLogger("sandport.proxy")
+
+WRITE_HIGH_WATER = 1 << 20  # per socket; past it the other side stops being read
+PENDING_LIMIT = 256 * 1024  # body bytes held while the upstream connects
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 200
+CONNECT_TIMEOUT_S = 5.0
+SWEEP_S = 0.5
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = ("head", "keep_alive", "upgrade", "chunked", "is_head", "body_done",
+                 "had_body", "pending", "pending_size", "streaming", "discard", "forward",
+                 "reused")
+
+    def __init__(self, head: RequestHead, keep_alive: bool, upgrade: bool,
+                 chunked: bool) -> None:
+        self.head = head
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.chunked = chunked
+        self.is_head = head.method == b"HEAD"
+        self.body_done = False
+        self.had_body = False
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.streaming = False  # the head went upstream; body bytes follow directly
+        self.discard = False  # answered without upstream: body bytes are dropped
+        self.forward: Forward | None = None
+        self.reused = False
+
+
+class ProxyServer:
+    def __init__(self, edge: Edge, redeem: Callable[[Redeem], Awaitable[Answer]], *,
+                 header_timeout_s: float = 15.0, idle_timeout_s: float = 75.0) -> None:
+        self.edge = edge
+        self.redeem = redeem
+        self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._by_sandbox: defaultdict[str, set[Upstream]] = defaultdict(set)
+        self.connections: set[ClientConnection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        return await loop.create_server(self.connection, host, port, backlog=2048,
+                                        reuse_address=True)
+
+    async def _sweep(self) -> None:
+        """Close connections past their deadline: a sweep twice a second costs less than
+        a timer armed and cancelled on every request."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for conn in [c for c in self.connections
+                         if c.deadline is not None and c.deadline <= now]:
+                conn.timed_out()
+
+    def cut(self, sandbox_id: str, port: int | None = None) -> None:
+        """Close connections to a sandbox (or one of its ports) that just went away."""
+        for upstream in list(self._by_sandbox.get(sandbox_id, ())):
+            if port is None or upstream.port == port:
+                upstream.client.abort()
+
+    def _track(self, upstream: Upstream) -> None:
+        if upstream.sandbox_id is not None:
+            self._by_sandbox[upstream.sandbox_id].add(upstream)
+
+    def _untrack(self, upstream: Upstream) -> None:
+        if upstream.sandbox_id is not None:
+            held = self._by_sandbox.get(upstream.sandbox_id)
+            if held is not None:
+                held.discard(upstream)
+                if not held:
+                    del self._by_sandbox[upstream.sandbox_id]
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.queue: deque[Exchange] = deque()  # [0] is being served; the rest wait
+        self.parsing: Exchange | None = None  # whose body the parser is reading
+        self.upstream: Upstream | None = None
+        self.closed = False
+        self.tunnel = False
+        self.upgrading = False
+        self.peer_done = False
+        self.held: list[bytes] = []  # bytes after an upgrade head, before the tunnel
+        self._pauses: set[str] = set()
+        self._writing_paused = False
+        self.deadline: float | None = None  # loop time; see ProxyServer._sweep
+        self._in_head = False
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._chunked = False
+
+    # -- transport events ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)            # a subclass
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.server.connections.add(self)
+        self._arm(self.server.idle_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.write(data)
+            return
+        if self.upgrading:
+            self.held.append(data)
+            self.pause("upgrade")
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrading = True
+            rest = data[exc.args[0]:]
+            if rest:
+                self.held.append(rest)
+            self.pause("upgrade")
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self.refuse(431, "request_header_too_large",
+                            f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+            else:
+                self.refuse(400, "bad_request", "malformed HTTP request")
+            return
+        if len(self.queue) > 1:
+            self.pause("queued")
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.upstream is not None and self.upstream.transport is not None:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+                return True  # half-close: the other direction keeps flowing
+        if self.queue and not self.tunnel:
+            self.peer_done = True  # the client sent all it will; answer, then close
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm()
+        self.server.connections.discard(self)
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # -- parser callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = []
+        self._headers = []
+        self._head_bytes = 0
+        self._chunked = False
+        self._arm(self.server.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # request trailers are not passed on
+        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) > MAX_HEADERS:
+            raise _HeadTooLarge
+        if len(name) == 17 and name.lower() == b"transfer-encoding" \
+                and b"chunked" in value.lower():
+            self._chunked = True
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        if self.closed:
+            return
+        parser = self.parser
+        upgrade = parser.should_upgrade()
+        url = self._url
+        head = RequestHead(parser.get_method(), url[0] if len(url) == 1 else b"".join(url),
+                           _VERSIONS.get(parser.get_http_version()) or b"1.1",
+                           self._headers, self.client_ip, upgrade)
+        exchange = Exchange(head, parser.should_keep_alive(), upgrade, self._chunked)
+        self.parsing = exchange
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            self.start(exchange)
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self.parsing
+        if exchange is None or self.closed:
+            return
+        exchange.had_body = True
+        if exchange.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.send_body(exchange, data)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            return
+        exchange.body_done = True
+        if exchange.chunked:
+            self.send_body(exchange, b"0\r\n\r\n")
+
+    # -- serving one exchange -------------------------------------------------------------
+    def send_body(self, exchange: Exchange, data: bytes) -> None:
+        if exchange.discard:
+            return
+        upstream = self.upstream
+        if exchange.streaming and upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+            return
+        exchange.pending.append(data)
+        exchange.pending_size += len(data)
+        if exchange.pending_size > PENDING_LIMIT:
+            self.pause("pending")
+
+    def start(self, exchange: Exchange) -> None:
+        decision = self.server.edge.decide(exchange.head)
+        if isinstance(decision, Forward):
+            self.forward(exchange, decision)
+        elif isinstance(decision, Answer):
+            self.answer(exchange, decision)
+        else:
+            self.pause("redeem")
+            self.loop.create_task(self._redeem(exchange, decision))
+
+    async def _redeem(self, exchange: Exchange, redeem: Redeem) -> None:
+        try:
+            answer = await self.server.redeem(redeem)
+        except Exception:
+            log.exception("redeeming a browser grant failed")
+            answer = Answer(lambda close: pages.error(
+                500, "internal_error", "internal error", browser=redeem.browser, close=close))
+        if not self.closed:
+            self.resume("redeem")
+            self.answer(exchange, answer)
+
+    def answer(self, exchange: Exchange, answer: Answer) -> None:
+        close = exchange.upgrade or not (exchange.body_done and exchange.keep_alive)
+        exchange.discard = True
+        exchange.pending.clear()
+        if self.transport is not None:
+            self.transport.write(answer.render(close))
+        self.exchange_done(exchange, keep=not close)
+
+    def forward(self, exchange: Exchange, forward: Forward) -> None:
+        exchange.forward = forward
+        upstream = self.upstream
+        if upstream is not None and upstream.key == forward.key and upstream.idle:
+            exchange.reused = True
+            self._send_head(upstream, exchange)
+            return
+        if upstream is not None:
+            upstream.close()
+            self.upstream = None
+        self.pause("connecting")
+        self.loop.create_task(self._connect(exchange, forward))
+
+    async def _connect(self, exchange: Exchange, forward: Forward) -> None:
+        key = forward.key
+        try:
+            if key[0] == "unix":
+                _, upstream = await self.loop.create_unix_connection(
+                    lambda: Upstream(self, forward), key[1])
+            else:
+                _, upstream = await asyncio.wait_for(self.loop.create_connection(
+                    lambda: Upstream(self, forward), key[1], int(key[2])), CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            if not self.closed:
+                self.resume("connecting")
+                self.answer(exchange, _bad_gateway(exchange, forward))
+            return
+        if self.closed:
+            upstream.close()
+            return
+        self.resume("connecting")
+        self.upstream = upstream
+        self.server._track(upstream)
+        if self._writing_paused:
+            upstream.pause_reading()
+        self._send_head(upstream, exchange)
+
+    def _send_head(self, upstream: Upstream, exchange: Exchange) -> None:
+        assert exchange.forward is not None and upstream.transport is not None
+        upstream.begin(exchange)
+        exchange.streaming = True
+        upstream.transport.write(exchange.forward.head)
+        if exchange.pending:
+            upstream.transport.writelines(exchange.pending)
+            exchange.pending.clear()
+            exchange.pending_size = 0
+        self.resume("pending")
+
+    def retry(self, exchange: Exchange) -> None:
+        """A kept-alive upstream closed before answering a bodyless request: the server
+        had timed the connection out, so send the request once more on a new one."""
+        assert exchange.forward is not None
+        exchange.reused = False
+        exchange.streaming = False
+        self.upstream = None
+        self.pause("connecting")
+        self.loop.create_task(self._connect(exchange, exchange.forward))
+
+    def exchange_done(self, exchange: Exchange, keep: bool) -> None:
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        if not keep or not exchange.body_done or self.closed or \
+                (self.peer_done and len(self.queue) == 0):
+            self.close()
+            return
+        if len(self.queue) <= 1:
+            self.resume("queued")
+        if self.queue:
+            self.start(self.queue[0])
+        else:
+            self._arm(self.server.idle_timeout_s)
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        self.tunnel = True
+        self._disarm()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and self.held:
+            upstream.transport.writelines(self.held)
+        self.held.clear()
+        self.resume("upgrade")
+
+    # -- reading control and closing --------------------------------------------------------
+    def pause(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def refuse(self, status: int, code: str, message: str) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(pages.error(status, code, message, browser=False, close=True))
+        self.close()
+
+    def close(self) -> None:
+        """Close after what was written is flushed."""
+        self._disarm()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def abort(self) -> None:
+        self._disarm()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+
+    def _arm(self, seconds: float) -> None:
+        self.deadline = self.loop.time() + seconds
+
+    def _disarm(self) -> None:
+        self.deadline = None
+
+    def timed_out(self) -> None:
+        self.deadline = None
+        if self._in_head and self.transport is not None and not self.closed:
+            self.transport.write(pages.error(408, "request_timeout",
+                                             "the request head took too long", browser=False,
+                                             close=True))
+        self.close()
+
+
+class Upstream(asyncio.Protocol):
+    """The connection to where one client's requests go: a sandbox port or the API."""
+
+    def __init__(self, client: ClientConnection, forward: Forward) -> None:
+        self.client = client
+        self.key = forward.key
+        self.sandbox_id = forward.sandbox_id
+        self.port = forward.port
+        self.transport: asyncio.Transport | None = None
+        self.reader = ResponseReader(self)
+        self.active = False  # a response is due or under way
+        self.closed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.active and not self.closed
+
+    def begin(self, exchange: Exchange) -> None:
+        self.reader.reset(exchange)
+        self.active = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client.tunnel:
+            if client.transport is not None:
+                client.transport.write(data)
+            return
+        if not self.active:
+            self.close()  # bytes nobody asked for: this connection is not reusable
+            return
+        reader = self.reader
+        try:
+            reader.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            reader.upgraded(data[exc.args[0]:])
+        except httptools.HttpParserError:
+            reader.broken()
+        finally:
+            reader.flush()  # what this read produced goes out in one write
+
+    def eof_received(self) -> bool | None:
+        client = self.client
+        if client.tunnel and client.transport is not None and client.transport.can_write_eof():
+            client.transport.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client.server._untrack(self)
+        client = self.client
+        if client.tunnel:
+            client.close()
+            return
+        if self.active:
+            self.active = False
+            self.reader.lost()
+        elif client.upstream is self:
+            client.upstream = None
+
+    def pause_writing(self) -> None:
+        self.client.pause("upstream")
+
+    def resume_writing(self) -> None:
+        self.client.resume("upstream")
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_IDLE = Exchange(RequestHead(b"", b"", b"", [], ""), False, False, False)
+
+
+class ResponseReader:
+    """Parses one response from upstream and relays it to the client as it arrives."""
+
+    __slots__ = ("upstream", "exchange", "parser", "headers", "trailers", "reason",
+                 "status", "in_body", "chunked", "until_close", "keep", "started", "done",
+                 "head", "out")
+
+    exchange: Exchange
+    headers: list[tuple[bytes, bytes]]
+    trailers: list[tuple[bytes, bytes]]
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.parser = httptools.HttpResponseParser(self)
+        self.out: list[bytes] = []
+        self.reset(_IDLE)
+
+    def reset(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.headers = []
+        self.trailers = []
+        self.reason = b""
+        self.status = 0
+        self.in_body = False
+        self.chunked = False
+        self.until_close = False
+        self.keep = False
+        self.started = False  # bytes of the response reached the client
+        self.done = False
+        self.head = b""
+
+    def _write(self, data: bytes) -> None:
+        if not self.done:
+            self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        transport = self.upstream.client.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        (self.trailers if self.in_body else self.headers).append((name, value))
+
+    def _head_bytes(self) -> bytes:
+        out = [b"HTTP/", _VERSIONS.get(self.parser.get_http_version()) or b"1.1",
+               b" %d " % self.status, self.reason, b"\r\n"]
+        for name, value in self.headers:
+            out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def on_headers_complete(self) -> None:
+        self.status = status = self.parser.get_status_code()
+        if status == 101:
+            self.head = self._head_bytes()  # sent once the tunnel is certain (upgraded)
+            return
+        if 100 <= status < 200:
+            self.started = True
+            self._write(self._head_bytes())  # e.g. 100 Continue; the real answer follows
+            return
+        has_length = False
+        for name, value in self.headers:
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                has_length = True
+            elif size == 17 and name.lower() == b"transfer-encoding" and \
+                    value.lower().rstrip().endswith(b"chunked"):
+                self.chunked = True
+        no_body = self.exchange.is_head or status in _NO_BODY_STATUSES
+        self.until_close = not (self.chunked or has_length or no_body)
+        self.keep = self.parser.should_keep_alive() and not self.until_close
+        self.in_body = True
+        self.started = True
+        self._write(self._head_bytes())
+        if no_body:
+            self.finish()
+
+    def on_body(self, data: bytes) -> None:
+        if self.chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def on_message_complete(self) -> None:
+        if not self.in_body or self.done:
+            return  # an interim 1xx answer, or a body already finished
+        if self.chunked:
+            tail = [b"0\r\n"]
+            for name, value in self.trailers:
+                tail += (name, b": ", value, b"\r\n")
+            tail.append(b"\r\n")
+            self._write(b"".join(tail))
+        self.finish()
+
+    def finish(self, keep: bool | None = None) -> None:
+        if self.done:
+            return
+        self.flush()
+        self.done = True
+        upstream = self.upstream
+        upstream.active = False
+        if self.exchange.is_head:  # the parser still waits for the body HEAD never gets
+            self.parser = httptools.HttpResponseParser(self)
+        keep = self.keep if keep is None else keep
+        if not keep:
+            upstream.close()
+        upstream.client.exchange_done(self.exchange, keep and self.exchange.keep_alive
+                                      and not self.exchange.upgrade)
+
+    def upgraded(self, rest: bytes) -> None:
+        client = self.upstream.client
+        if self.status != 101 or not self.exchange.upgrade:
+            self.broken()
+            return
+        self.flush()
+        self.done = True
+        self.upstream.active = False
+        if client.transport is not None:
+            client.transport.write(self.head + rest if rest else self.head)
+        client.start_tunnel(self.exchange)
+
+    def broken(self) -> None:
+        """Upstream sent something that is not HTTP: end both connections."""
+        client = self.upstream.client
+        if not self.started:
+            forward = self.exchange.forward
+            assert forward is not None
+            client.answer(self.exchange, _bad_gateway(self.exchange, forward, garbled=True))
+        self.done = True
+        self.upstream.abort()
+        client.abort()
+
+    def lost(self) -> None:
+        """Upstream closed while this response was due or under way."""
+        if self.done:
+            return
+        client = self.upstream.client
+        exchange = self.exchange
+        if client.upstream is self.upstream:
+            client.upstream = None
+        if self.until_close and self.in_body:
+            self.finish(keep=False)  # the close is the end of this body
+        elif not self.started:
+            self.done = True
+            if exchange.reused and exchange.body_done and not exchange.had_body:
+                client.retry(exchange)
+            else:
+                assert exchange.forward is not None
+                client.answer(exchange, _bad_gateway(exchange, exchange.forward,
+                                                     closed=True))
+        else:
+            self.done = True
+            client.abort()  # mid-response: the client must see a cut, not a hang
+
+
+def _bad_gateway(exchange: Exchange, forward: Forward, *, garbled: bool = False,
+                 closed: bool = False) -> Answer:
+    browser = any(n.lower() == b"accept" and b"text/html" in v for n, v in exchange.head.headers)
+    if forward.port is None:
+        message = "the sandport API is not answering"
+    elif garbled:
+        message = f"the server on port {forward.port} of the sandbox did not answer in HTTP"
+    elif closed:
+        message = f"the server on port {forward.port} of the sandbox closed the connection " \
+            "without answering"
+    else:
+        message = f"nothing is listening on port {forward.port} of the sandbox (start a " \
+            "server that listens on 0.0.0.0 there)"
+    return Answer(lambda close: pages.error(502, "bad_gateway", message, browser=browser,
+                                            close=close))
+

@@ -1,0 +1,227 @@
+"""What passes through the proxy unchanged: methods, paths, bodies, streams, WebSockets."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import websockets.sync.client as ws_client
+
+from .._server import ServerProcess
+from .conftest import Site
+from .upstream import PATTERN
+
+GIB = 1 << 30
+
+
+def _echo(site: Site, method: str = "GET", path: str = "/echo", **kw: object) -> dict:
+    r = httpx.request(method, site.url(3000, path), timeout=30, **kw)  # type: ignore[arg-type]
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _headers(echo: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in echo["headers"]:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def test_curl_reaches_the_server_in_the_sandbox(site: Site) -> None:
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", site.url(3000, "/echo?via=curl")],
+                         capture_output=True, text=True, check=True).stdout
+    assert '"method": "GET"' in out and '"path": "/echo?via=curl"' in out
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE",
+                                    "MKCOL"])
+def test_every_method_passes(site: Site, method: str) -> None:
+    echo = _echo(site, method, content=b"x" * 10 if method not in ("GET", "OPTIONS") else None)
+    assert echo["method"] == method
+
+
+def test_head_gets_headers_and_no_body(site: Site) -> None:
+    with httpx.Client(timeout=10) as client:
+        r = client.head(site.url(3000, "/big?n=5000"))
+        assert r.status_code == 200 and r.headers["content-length"] == "5000"
+        assert r.content == b""
+        again = client.get(site.url(3000, "/echo"))  # the connection is still in step
+        assert again.json()["method"] == "GET"
+
+
+def test_path_and_query_verbatim(site: Site) -> None:
+    raw = "/echo/a%2Fb/%7Euser/..%2f?q=%20x&q=y&empty=&odd=%zz"
+    with socket.create_connection(("127.0.0.1", site.server.port), timeout=10) as s:
+        host = urlsplit(site.url(3000)).netloc
+        s.sendall(f"GET {raw} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert b"200 OK" in data.split(b"\r\n", 1)[0]
+    assert f'"path": "{raw}"'.encode() in data
+
+
+@pytest.mark.parametrize("status", [201, 204, 302, 404, 418, 500, 503])
+def test_status_codes_verbatim(site: Site, status: int) -> None:
+    r = httpx.get(site.url(3000, f"/status/{status}"), timeout=10)
+    assert r.status_code == status
+
+
+def test_forwarded_headers_replaced_not_trusted(site: Site) -> None:
+    echo = _echo(site, headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6",
+                                "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "gopher",
+                                "X-Custom": "kept"})
+    h = _headers(echo)
+    assert h["x-forwarded-for"] == ["127.0.0.1"] and h["x-real-ip"] == ["127.0.0.1"]
+    assert h["x-forwarded-host"] == [urlsplit(site.url(3000)).netloc]
+    assert h["x-forwarded-proto"] == ["http"]
+    assert h["x-custom"] == ["kept"]
+    assert h["host"] == [urlsplit(site.url(3000)).netloc]  # no masking by default
+
+
+def test_cookies_both_ways(site: Site) -> None:
+    r = httpx.get(site.url(3000, "/cookie"), headers={"Cookie": "app=1; other=two"}, timeout=10)
+    assert r.json()["cookie"] == "app=1; other=two"
+    assert r.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+
+
+def test_chunked_request_and_response_bodies(site: Site) -> None:
+    def gen():  # no length: httpx sends it chunked
+        for _ in range(40):
+            yield PATTERN
+    r = httpx.post(site.url(3000, "/sink"), content=gen(), timeout=30)
+    assert r.json() == {"received": 40 * len(PATTERN),
+                        "sha256": hashlib.sha256(PATTERN * 40).hexdigest()}
+    with httpx.stream("GET", site.url(3000, "/chunked?n=3000000"), timeout=30) as r:
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert sum(len(c) for c in r.iter_raw()) == 3_000_000
+
+
+def test_sse_events_arrive_as_written(site: Site) -> None:
+    lags = []
+    with httpx.stream("GET", site.url(3000, "/sse?n=6&gap=0.3"), timeout=30) as r:
+        assert r.headers["content-type"] == "text/event-stream"
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                lags.append(time.time() - float(line[6:]))
+    assert len(lags) == 6
+    assert max(lags) < 0.05, lags  # unbuffered: each event is here within 50 ms
+
+
+def test_websocket_echo_text_binary_ping_close(site: Site) -> None:
+    url = site.url(3000, "/ws").replace("http://", "ws://")
+    with ws_client.connect(url, open_timeout=10) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        blob = bytes(range(256)) * 300
+        ws.send(blob)
+        assert ws.recv(timeout=5) == blob
+        ws.ping(b"p").wait(timeout=5)
+        ws.close()
+    assert ws.close_code == 1000
+
+
+def test_keepalive_and_pipelining(site: Site) -> None:
+    host = urlsplit(site.url(3000)).netloc
+    two = "".join(f"GET /echo?n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n" for i in (1, 2))
+    with socket.create_connection(("127.0.0.1", site.server.port), timeout=10) as s:
+        s.sendall(two.encode())  # both at once: answers come back in order
+        data = b""
+        while data.count(b'"method"') < 2:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.index(b"/echo?n=1") < data.index(b"/echo?n=2")
+
+
+def _rss_peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_one_gib_up_and_down_with_bounded_proxy_memory(site: Site) -> None:
+    assert site.server.proc is not None
+    pid = site.server.proc.pid
+    before = _rss_peak_kib(pid)
+    digest, size = hashlib.sha256(), 0
+    with httpx.stream("GET", site.url(3000, f"/big?n={GIB}"), timeout=120) as r:
+        assert r.headers["content-length"] == str(GIB)
+        for chunk in r.iter_raw(1 << 20):
+            size += len(chunk)
+    assert size == GIB
+
+    def upload():
+        block = PATTERN * 16  # 1 MiB
+        for _ in range(1024):
+            digest.update(block)
+            yield block
+    r = httpx.post(site.url(3000, "/sink"), content=upload(), timeout=120,
+                   headers={"content-length": str(GIB)})
+    assert r.json() == {"received": GIB, "sha256": digest.hexdigest()}
+    grown_mib = (_rss_peak_kib(pid) - before) / 1024
+    assert grown_mib < 64, f"the server's peak memory grew {grown_mib:.0f} MiB"
+
+
+def test_upstream_closing_mid_response_closes_the_client(site: Site) -> None:
+    started = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(site.url(3000, "/close-mid"), timeout=10)
+    assert time.monotonic() - started < 5
+
+
+def test_path_routes_on_the_runtime_host(site: Site) -> None:
+    for prefix in ("/p/3000", "/sb/p/3000"):
+        r = httpx.get(f"{site.runtime}{prefix}/echo/x?y=1", timeout=10)
+        assert r.status_code == 200 and r.json()["path"] == "/echo/x?y=1"
+    r = httpx.get(f"{site.runtime}/p/3000", timeout=10)
+    assert r.json()["path"] == "/"
+    assert httpx.get(f"{site.runtime}/p/3001/echo", timeout=10).status_code == 401
+    ok = httpx.get(f"{site.runtime}/p/3001/echo", timeout=10,
+                   headers={"Authorization": f"Bearer {site.token}"})
+    assert ok.status_code == 200
+
+
+def test_nothing_listening_is_502_with_an_explanation(site: Site) -> None:
+    site.sb.expose(3999, auth=False)
+    r = httpx.get(site.url(3999), timeout=10)
+    assert r.status_code == 502
+    assert r.json()["error"] == "bad_gateway" and "3999" in r.json()["message"]
+    page = httpx.get(site.url(3999), headers={"Accept": "text/html"}, timeout=10)
+    assert page.status_code == 502 and page.headers["content-type"].startswith("text/html")
+    site.sb.unexpose(3999)
+
+
+def test_slow_request_heads_are_cut(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    srv: ServerProcess = fresh_server(env={"SANDPORT_HEADER_TIMEOUT_S": "1",
+                                           "SANDPORT_IDLE_TIMEOUT_S": "2"})
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+        started = time.monotonic()
+        data = s.recv(65536)
+        assert b"408" in data.split(b"\r\n", 1)[0]
+        assert s.recv(65536) == b""  # closed
+        assert time.monotonic() - started < 3
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        started = time.monotonic()
+        assert s.recv(65536) == b""  # an idle connection is closed too
+        assert 1.5 < time.monotonic() - started < 5
+    assert httpx.get(f"{srv.base_url}/api/health").status_code == 200
+
+
+def test_client_that_half_closes_still_gets_its_answer(site: Site) -> None:
+    host = urlsplit(site.url(3000)).netloc
+    with socket.create_connection(("127.0.0.1", site.server.port), timeout=10) as s:
+        s.sendall(f"GET /echo?half HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        s.shutdown(socket.SHUT_WR)  # as `nc -q` does
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"/echo?half" in data
