@@ -49,9 +49,8 @@ class SandboxService:
     # -- views ------------------------------------------------------------------------
     def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
         urls = self.urls
-        template = f"{urls.scheme}://{urls.netloc.replace('{id}', sandbox_id)}/"
         return RuntimeTarget("regional_proxy", urls.runtime_host(sandbox_id),
-                             urls.runtime_base_url(sandbox_id), template)
+                             urls.runtime_base_url(sandbox_id), urls.port_template(sandbox_id))
 
     def exposed(self, record: SandboxRecord) -> list[ExposedPort]:
         return [ExposedPort(port, auth, self.urls.url(record.id, port))

@@ -58,6 +58,10 @@ class PublicUrls:
         """The URL of one port, ending in '/'."""
         return f"{self.scheme}://{self.netloc_for(sandbox_id, port)}/"
 
+    def port_template(self, sandbox_id: str) -> str:
+        """The sandbox's port URLs with ``{port}`` left in."""
+        return f"{self.scheme}://{self.netloc.replace('{id}', sandbox_id)}/"
+
     def runtime_base_url(self, sandbox_id: str) -> str:
         return self.url(sandbox_id, RUNTIME_PORT).rstrip("/")
 

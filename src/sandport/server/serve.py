@@ -98,7 +98,7 @@ async def _serve(settings: ServerSettings) -> None:
         try:
             listener = await _listen(proxy, settings)
             say(f"sandport serving on http://{settings.listen} (data in {settings.data_dir})")
-            say(f"sandbox ports at {urls.scheme}://{urls.netloc}/")
+            say(f"sandbox ports at {urls.port_template('{id}')}")
             await api.serve()
         finally:
             if listener is not None:
