@@ -1,7 +1,8 @@
-"""Generate src/sandport/sdk/_async.py from _sync.py, so the twins never drift.
+"""Generate the asyncio SDK (_async*.py) from the blocking one (_sync*.py), so the twins
+never drift.
 
-    python scripts/gen_async_sdk.py          # rewrite _async.py
-    python scripts/gen_async_sdk.py --check  # exit 1 if _async.py is stale (unit tests run this)
+    python scripts/gen_async_sdk.py          # rewrite _async.py and _async_runtime.py
+    python scripts/gen_async_sdk.py --check  # exit 1 if one is stale (unit tests run this)
 """
 
 from __future__ import annotations
@@ -12,10 +13,43 @@ from pathlib import Path
 
 SDK = Path(__file__).resolve().parent.parent / "src" / "sandport" / "sdk"
 
+PAIRS = [("_sync.py", "_async.py"), ("_sync_runtime.py", "_async_runtime.py")]
+CLASSES = ("Sandbox", "Files", "Processes", "Process", "Terminal", "TerminalHandle",
+           "TerminalSession", "Watch")
+ASYNC_METHODS = ("create", "get", "list", "refresh", "exec", "expose", "unexpose", "stop",
+                 "close", "_send", "stat", "exists", "read", "write", "mkdir", "move", "copy",
+                 "remove", "chmod", "chown", "upload", "download", "start", "wait", "kill",
+                 "signal", "write_stdin", "close_stdin", "resize", "connect", "send", "watch",
+                 "_put", "_fetch")
+
 # (pattern, replacement) applied in order, each a regular expression on the whole file.
 REWRITES: list[tuple[str, str]] = [
     (r"The blocking SDK: ``Sandbox``\.",
      "The asyncio SDK: ``AsyncSandbox``, generated from _sync.py by scripts/gen_async_sdk.py."),
+    (r"The blocking runtime API", "The asyncio runtime API"),
+    (r"\bfrom \._sync(_runtime)? import", r"from ._async\1 import"),
+    (r"\bfrom \._sync import", "from ._async import"),
+    (r"\b(" + "|".join(CLASSES) + r")\b(?=[(:\]\[,)]| \||$)", r"Async\1"),
+    (r"\bAsyncAsync", "Async"),
+    (r"rt\.chunks_of\(", "rt.achunks_of("),
+    (r"\bws_connect\b", "ws_aconnect"),
+    (r"\brecv_message\b", "arecv_message"),
+    (r"= arecv_message\(", "= await arecv_message("),
+    (r"= ws_aconnect\(", "= await ws_aconnect("),
+    (r"\bIterator\b", "AsyncIterator"),
+    (r"\b(ws|self\._ws)\.(recv|close|send)\(", r"await \1.\2("),
+    (r"^(    )def (events|stream)\(", r"\1async def \2("),
+    (r"TerminalSession\(ws_aconnect\(target\)\)", "TerminalSession(await ws_aconnect(target))"),
+    (r"^(    )def (connect|refresh)\(", r"\1async def \2("),
+    (r"self\._sb\._send\(", "await self._sb._send("),
+    (r"return await await", "return await"),
+    (r"^( +)with (self\._sb\._http\(\)\.stream\()", r"\1async with \2"),
+    (r"response\.read\(\)", "await response.aread()"),
+    (r"for (\w+) in response\.iter_(bytes|lines|text)\(", r"async for \1 in response.aiter_\2("),
+    (r"= self\._sb\._http\(\)\.request\(", "= await self._sb._http().request("),
+    (r"return self\._sb\._send\(", "return await self._sb._send("),
+    (r"(?<!await )\bself\.(" + "|".join(ASYNC_METHODS) + r")\(", r"await self.\1("),
+    (r"^(    (?:@overload\n    )?)def (" + "|".join(ASYNC_METHODS) + r")\(", r"\1async def \2("),
     (r"``with Sandbox\.create\(\) as sb:``", "``async with await AsyncSandbox.create() as sb:``"),
     (r"httpx\.Client\b", "httpx.AsyncClient"),
     (r"^def _send", "async def _send"),
@@ -23,10 +57,9 @@ REWRITES: list[tuple[str, str]] = [
     (r"\bclass Sandbox:", "class AsyncSandbox:"),
     (r"-> Sandbox:", "-> AsyncSandbox:"),
     (r"f\"Sandbox\(", "f\"AsyncSandbox("),
-    (r"^    def (create|get|list|refresh|exec|expose|unexpose|stop|close)\(", r"    async def \1("),
     (r"^        with _new_client", "        async with _new_client"),
     (r"^            client\.close\(\)", "            await client.aclose()"),
-    (r"(?<!await )\b_send\(", "await _send("),
+    (r"(?<![\w.])(?<!await )_send\(", "await _send("),
     (r"async def await _send\(", "async def _send("),
     (r"self\._client\.close\(\)", "await self._client.aclose()"),
     (r"def __enter__\(self\)", "async def __aenter__(self)"),
@@ -43,15 +76,16 @@ def generate(sync_source: str) -> str:
 
 
 def main() -> int:
-    expected = generate((SDK / "_sync.py").read_text())
-    target = SDK / "_async.py"
-    if "--check" in sys.argv:
-        if target.read_text() != expected:
-            print("src/sandport/sdk/_async.py is stale: run python scripts/gen_async_sdk.py")
-            return 1
-        return 0
-    target.write_text(expected)
-    return 0
+    stale = 0
+    for sync_name, async_name in PAIRS:
+        expected = generate((SDK / sync_name).read_text())
+        target = SDK / async_name
+        if "--check" not in sys.argv:
+            target.write_text(expected)
+        elif not target.exists() or target.read_text() != expected:
+            print(f"src/sandport/sdk/{async_name} is stale: run python scripts/gen_async_sdk.py")
+            stale = 1
+    return stale
 
 
 if __name__ == "__main__":

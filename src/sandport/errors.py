@@ -10,6 +10,7 @@
     │   └── ImageNotFound              404 image_not_found
     ├── Conflict                       409 conflict
     │   └── SandboxNotRunning          409 sandbox_not_running
+    ├── RequestTimeout                 408 timeout
     ├── PayloadTooLarge                413 payload_too_large
     ├── RuntimeFailure                 500 runtime_error
     ├── Unavailable                    503 unavailable
@@ -30,6 +31,7 @@ __all__ = [
     "ImageNotFound",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "RuntimeFailure",
     "SandboxNotFound",
     "SandboxNotRunning",
@@ -90,6 +92,12 @@ class SandboxNotRunning(Conflict):
     code = "sandbox_not_running"
 
 
+class RequestTimeout(SandportError):
+    """What was waited for did not happen in the time given (a process still running)."""
+
+    status, code = 408, "timeout"
+
+
 class PayloadTooLarge(SandportError):
     status, code = 413, "payload_too_large"
 
@@ -117,8 +125,8 @@ def _leaves(cls: type[SandportError]) -> list[type[SandportError]]:
 
 _BY_CODE: dict[str, type[SandportError]] = {c.code: c for c in _leaves(SandportError)}
 _BY_STATUS: dict[int, type[SandportError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: PayloadTooLarge, 503: Unavailable,
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 408: RequestTimeout,
+    409: Conflict, 413: PayloadTooLarge, 503: Unavailable,
 }
 
 

@@ -226,3 +226,125 @@ class ImageInfo:
             data["imageName"], bool(data["built"]), data.get("createdAt"),
             data.get("sizeBytes"), data.get("source", ""),
         )
+
+
+FileType = Literal["file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One entry of a sandbox's filesystem (``lstat``: a symlink is described, not followed).
+
+    ``mode`` holds the permission bits (``0o644`` is 420); ``modifiedTime`` is epoch ms.
+    """
+
+    path: str
+    name: str
+    type: FileType
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_time: int
+    symlink_target: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.name, "type": self.type, "size": self.size,
+                "mode": self.mode, "permissions": self.permissions, "owner": self.owner,
+                "group": self.group, "modifiedTime": self.modified_time,
+                "symlinkTarget": self.symlink_target}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> FileInfo:
+        return cls(data["path"], data["name"], data["type"], int(data["size"]),
+                   int(data["mode"]), data.get("permissions", ""), data.get("owner", ""),
+                   data.get("group", ""), int(data.get("modifiedTime") or 0),
+                   data.get("symlinkTarget"))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A change seen by a directory watch: ``op`` is CREATE, WRITE, REMOVE, RENAME or CHMOD."""
+
+    seq: int
+    path: str
+    op: str
+    timestamp: int
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> WatchEvent:
+        return cls(int(data["seq"]), data["path"], data["op"], int(data["timestamp"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A process started through the runtime API (``status``: running, exited, failed,
+    killed or timed_out). Times are epoch milliseconds."""
+
+    id: str
+    status: str
+    command: str
+    cwd: str
+    pid: int | None
+    exit_code: int | None
+    started_at: int
+    completed_at: int | None
+    args: list[str] | None = None
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ProcessInfo:
+        return cls(data["id"], data["status"], data["command"], data.get("cwd", ""),
+                   data.get("pid"), data.get("exit_code"), int(data["started_at"]),
+                   data.get("completed_at"), data.get("args"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """How a process ended, with the output the server still held (``output_truncated``:
+    some of it had already been dropped from the server's buffer)."""
+
+    info: ProcessInfo
+    stdout: str
+    stderr: str
+    output_truncated: bool = False
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.info.exit_code
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ProcessResult:
+        return cls(ProcessInfo.from_wire(data), data.get("stdout", ""), data.get("stderr", ""),
+                   bool(data.get("output_truncated")), data.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """Output of a process: ``stream`` is stdout or stderr; ``seq`` counts chunks from 1."""
+
+    seq: int
+    stream: str
+    data: bytes
+    timestamp: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalInfo:
+    id: str
+    command: str
+    pid: int | None
+    running: bool
+    exit_code: int | None
+    rows: int
+    cols: int
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> TerminalInfo:
+        return cls(data["id"], data["command"], data.get("pid"), bool(data["running"]),
+                   data.get("exitCode"), int(data["rows"]), int(data["cols"]))

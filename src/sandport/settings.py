@@ -59,7 +59,9 @@ class ServerSettings:
     public_url_template: str | None = None
     browser_url_ttl_s: int = 600  # how long a browserUrl grant can be redeemed
     header_timeout_s: float = 15.0  # a request head must arrive within this
-    idle_timeout_s: float = 75.0  # an idle kept-alive client connection is closed after
+    # An idle kept-alive client connection is closed after this; so is a request, response or
+    # tunnel through which no byte has moved for this long (see proxy/server.py).
+    idle_timeout_s: float = 75.0
     region: str = "us"
     default_timeout_minutes: int = 5
     log_level: str = "info"

@@ -105,3 +105,5 @@ def test_openapi_document(server: ServerProcess) -> None:
     assert doc["openapi"].startswith("3.")
     assert {"/api/sandbox", "/api/sandbox/{id}", "/api/sandboxes",
             "/api/sandbox/{id}/stop"} <= set(doc["paths"])
+    assert {"/sandbox/processes", "/sandbox/files/read", "/sandbox/pty"} <= set(doc["paths"])
+    assert doc["paths"]["/sandbox/processes"]["servers"][0]["url"] == "{runtimeBaseUrl}"

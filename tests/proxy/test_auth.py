@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
@@ -119,6 +120,48 @@ def test_grant_of_one_host_does_not_work_on_another(site: Site, other_site: Site
     query = (exposed.browser_url or "").split("?", 1)[1]
     r = httpx.get(other_site.url(3001, f"/_sandport/auth?{query}"), timeout=10)
     assert r.status_code == 403
+    # shown on the wrong host, it is not used up: it still works where it belongs
+    assert httpx.get(exposed.browser_url or "", timeout=10).status_code == 302
+
+
+def test_head_does_not_use_up_a_browser_link(site: Site) -> None:
+    link = site.sb.expose(3001, auth=True).browser_url or ""
+    assert httpx.head(link, timeout=10).status_code == 405  # e.g. a link checker
+    assert httpx.get(link, timeout=10).status_code == 302
+
+
+@pytest.mark.parametrize("path", ["/runtime/{id}/sandbox/exec", "/%72untime/{id}/sandbox/exec",
+                                  "//runtime/{id}/sandbox/exec", "/./runtime/{id}/sandbox/exec",
+                                  "/api/../runtime/{id}/sandbox/exec",
+                                  "/%2e/runtime/{id}/sandbox/exec"])
+def test_runtime_routes_are_not_reachable_from_the_control_host(site: Site, path: str) -> None:
+    """Only a sandbox's runtime host leads to its runtime API, however the path is spelled."""
+    body = b'{"command": "true"}'
+    with socket.create_connection(("127.0.0.1", site.server.port), timeout=10) as s:
+        s.sendall(f"POST {path.format(id=site.id)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Bearer {site.token}\r\nX-Sandport-Runtime: {site.id}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                  "Connection: close\r\n\r\n".encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 404"), data[:300]
+
+
+def test_runtime_routes_refuse_requests_the_proxy_did_not_map(site: Site) -> None:
+    """Even on the API's own socket, a /runtime/ request without the proxy's mark is 404."""
+    socket_path = site.server.data_dir / "run" / "api.sock"
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    with httpx.Client(transport=transport, base_url="http://api", timeout=10) as api:
+        url = f"/runtime/{site.id}/sandbox/exec"
+        auth = _bearer(site.token)
+        assert api.post(url, headers=auth, json={"command": "true"}).status_code == 404
+        marked = api.post(url, json={"command": "true"},
+                          headers={**auth, "X-Sandport-Runtime": site.id})
+        assert marked.status_code == 200, marked.text
+    via_host = httpx.post(f"{site.runtime}/sandbox/exec", headers=_bearer(site.token),
+                          json={"command": "true"}, timeout=30)
+    assert via_host.status_code == 200
 
 
 def test_open_redirects_are_refused(site: Site) -> None:

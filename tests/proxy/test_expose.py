@@ -89,10 +89,20 @@ def test_exposed_at_create_masking_and_allow_ports(server: ServerProcess) -> Non
 def test_open_mode_serves_every_port(server: ServerProcess) -> None:
     with Sandbox.create(api_key=server.api_key, base_url=server.base_url,
                         network={"openPorts": True}) as sb:
-        start_upstream(sb, 3000, 3333)
+        start_upstream(sb, 3000, 3001, 3333)
         for port in (3000, 3333):
             assert httpx.get(sb.get_exposed_url(port) + "echo", timeout=10).status_code == 200
         assert httpx.get(sb.get_exposed_url(4001), timeout=10).status_code == 404  # not a port
+        # unexposing closes a port here too: neither an open nor a private one falls back
+        # to open
+        sb.expose(3001, auth=True)
+        assert httpx.get(sb.get_exposed_url(3001) + "echo", timeout=10).status_code == 401
+        for port in (3001, 3333):
+            sb.unexpose(port)
+            assert httpx.get(sb.get_exposed_url(port) + "echo", timeout=10).status_code == 404
+        sb.expose(3333, auth=False)
+        assert httpx.get(sb.get_exposed_url(3333) + "echo", timeout=10).status_code == 200
+        assert httpx.get(sb.get_exposed_url(3000) + "echo", timeout=10).status_code == 200
 
 
 def test_exposure_on_a_stopped_sandbox_is_409(server: ServerProcess) -> None:

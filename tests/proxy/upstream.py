@@ -10,21 +10,31 @@
     GET  /status/CODE      → that status, small body
     GET  /ws               → WebSocket echo (text, binary, ping → pong, close)
     GET  /close-mid        → promises 1 MB, sends 10 KB, then closes the connection
+    GET  /slow?s=S         → answers after S seconds
+    any  /drop?key=K       → counts the request under K, closes without answering
+    GET  /hits?key=K       → JSON {hits}: how many /drop requests K got
+    GET  /te?h=A&h=B       → one Transfer-Encoding header per h, then a chunked-looking
+                             body and a close
+    GET  /raw (Upgrade)    → 101, then echoes bytes; on EOF half-closes and holds 5 s
 """
 
 import base64
 import hashlib
 import json
 import os
+import socket
 import socketserver
 import struct
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+HITS: dict[str, int] = {}
+HITS_LOCK = threading.Lock()
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -88,6 +98,29 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
+        if path == "/raw" and self.headers.get("Upgrade"):
+            return self.raw_echo()
+        if path == "/slow":
+            time.sleep(float(self.query().get("s", "1")))
+            return self.send(200, b'{"slow": true}')
+        if path == "/drop":
+            with HITS_LOCK:
+                key = self.query().get("key", "")
+                HITS[key] = HITS.get(key, 0) + 1
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if path == "/hits":
+            return self.send(200, json.dumps({"hits": HITS.get(self.query().get("key", ""),
+                                                                0)}).encode())
+        if path == "/te":
+            codings = parse_qs(urlsplit(self.path).query).get("h", [])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + b"".join(
+                b"Transfer-Encoding: %s\r\n" % c.encode() for c in codings) + b"\r\n")
+            self.wfile.write(b"5\r\nhello\r\n0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if path == "/big":
             return self.big(int(self.query().get("n", "1024")))
         if path == "/chunked":
@@ -178,6 +211,21 @@ class Handler(BaseHTTPRequestHandler):
                 self.frame(0x8, bytes(data[:2]))
                 return
             self.frame(0xA if opcode == 0x9 else opcode, bytes(data))
+
+    def raw_echo(self):
+        self.send_response(101)
+        self.send_header("Upgrade", self.headers["Upgrade"])
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            data = self.connection.recv(65536)
+            if not data:
+                break
+            self.connection.sendall(data)
+        self.connection.shutdown(socket.SHUT_WR)
+        time.sleep(5)
 
     def frame(self, opcode, data):
         n = len(data)

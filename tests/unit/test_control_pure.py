@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, cast
+
 import pytest
 
 from sandport.control import lifecycle
-from sandport.control.requests import HostLimits, parse_create, parse_list
+from sandport.control.requests import ExposePort, HostLimits, parse_create, parse_list
+from sandport.control.sandboxes import SandboxLocks, SandboxService
 from sandport.errors import SandboxNotFound, SandboxNotRunning, Unauthorized, ValidationFailed
+from sandport.proxy.grants import Grants
+from sandport.proxy.routes import RouteTable
+from sandport.proxy.urls import PublicUrls
 from sandport.runtime_api.auth import authorize, bearer_token
 from sandport.runtime_api.exec import parse_exec
+from sandport.settings import ServerSettings
 from sandport.store import SandboxRecord
+from sandport.store.sqlite import SqliteStore
 
 LIMITS = HostLimits(cpus=2, mem_mib=4096)
 
@@ -111,3 +122,41 @@ def test_authorize_refuses(record: SandboxRecord | None, header: str | None, now
 def test_authorize_accepts() -> None:
     assert authorize(_record(), "a" * 20, "bearer  spt_good ", 1000).id == "a" * 20
     assert bearer_token("Bearer x") == "x" and bearer_token("") is None
+
+
+def test_made_up_sandbox_ids_leave_no_locks_behind(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        store.open()
+        routes = RouteTable()
+        grants = Grants(store, routes, PublicUrls.parse("http://{port}-{id}.localhost"),
+                        b"s" * 32, 600)
+        service = SandboxService(ServerSettings(data_dir=tmp_path), store, cast(Any, None),
+                                 cast(Any, None), routes, grants)
+        for sandbox_id in ("not-an-id", "../../x", "A" * 20, os.urandom(10).hex()):
+            with pytest.raises(SandboxNotFound):
+                await service.expose("team", sandbox_id, ExposePort(3000))
+            with pytest.raises(SandboxNotFound):
+                await service.unexpose("team", sandbox_id, 3000)
+        assert len(service._locks) == 0
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_sandbox_locks_serialize_per_id_and_are_dropped_when_free() -> None:
+    async def scenario() -> None:
+        locks, order = SandboxLocks(), []
+
+        async def use(name: str, sandbox_id: str) -> None:
+            async with locks.hold(sandbox_id):
+                order.append(name)
+                await asyncio.sleep(0.01)
+                order.append(name)
+
+        await asyncio.gather(use("a1", "a"), use("a2", "a"), use("b", "b"))
+        assert [n for n in order if n != "b"] == ["a1", "a1", "a2", "a2"]  # one at a time
+        assert order.index("b") < order.index("a1", 1)  # another id does not wait
+        assert len(locks) == 0
+
+    asyncio.run(scenario())

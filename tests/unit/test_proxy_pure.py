@@ -8,7 +8,8 @@ from sandport.errors import ValidationFailed
 from sandport.proxy import auth, pages
 from sandport.proxy.decide import Answer, Edge, Forward, Redeem, RequestHead
 from sandport.proxy.routes import RouteTable, SandboxRoute
-from sandport.proxy.urls import PublicUrls, split_path_route
+from sandport.proxy.urls import PublicUrls, is_internal_path, split_path_route
+from sandport.server.app import came_by_runtime_host
 
 SID = "0123456789abcdef0123"
 OTHER = "fedcba9876543210fedc"
@@ -143,6 +144,8 @@ def test_grant_redemption_requests() -> None:
     assert _status(edge.decide(_req(host, b"/_sandport/auth?grant=g&next=%2F%2Fevil"))) == 400
     assert _status(edge.decide(_req(host, b"/_sandport/auth?next=%2F"))) == 400
     assert _status(edge.decide(_req(host, b"/_sandport/auth?grant=g", method=b"POST"))) == 405
+    # link checkers send HEAD: it must not use up the one-time grant
+    assert _status(edge.decide(_req(host, b"/_sandport/auth?grant=g", method=b"HEAD"))) == 405
     passthrough = edge.decide(_req(f"3000-{SID}.localhost", b"/_sandport/authx"))
     assert isinstance(passthrough, Forward)
 
@@ -173,3 +176,83 @@ def test_route_table_tells_watchers_what_closed() -> None:
     table.put(SandboxRoute(SID, "a", "t", 1.0, {3001: True}))  # 3000 closed
     table.drop(SID)
     assert told == [(SID, 3001), (SID, 3000), (SID, None)]
+
+
+@pytest.mark.parametrize("target", [
+    b"/runtime/" + SID.encode() + b"/sandbox/exec", b"/%72untime/" + SID.encode() + b"/x",
+    b"//runtime/" + SID.encode() + b"/sandbox/exec", b"/./runtime/" + SID.encode() + b"/x",
+    b"/api/../runtime/x", b"/%2Fruntime/x", b"/%2e/runtime/x?q=1", b"/RUNTIME/x", b"/runtime",
+])
+def test_internal_runtime_paths_are_refused_on_the_control_host(target: bytes) -> None:
+    assert is_internal_path(target)
+    assert _status(_edge().decide(_req("localhost:8080", target, method=b"POST"))) == 404
+
+
+@pytest.mark.parametrize("target", [b"/api/health", b"/runtimes", b"/api/runtime/x", b"*",
+                                    b"/?next=/runtime/x"])
+def test_other_control_paths_pass(target: bytes) -> None:
+    assert not is_internal_path(target)
+    assert isinstance(_edge().decide(_req("localhost:8080", target)), Forward)
+
+
+def test_only_the_proxy_marks_runtime_requests() -> None:
+    edge = _edge()
+    forged = [(b"X-Sandport-Runtime", OTHER.encode()), (b"x_sandport_runtime", OTHER.encode()),
+              (b"X-SANDPORT-RUNTIME", OTHER.encode())]
+    runtime = edge.decide(_req(f"4001-{SID}.localhost", b"/sandbox/exec", *forged))
+    assert isinstance(runtime, Forward)
+    assert OTHER.encode() not in runtime.head
+    assert f"\r\nx-sandport-runtime: {SID}\r\n".encode() in runtime.head
+    for host in ("localhost:8080", f"3000-{SID}.localhost", f"4001-{SID}.localhost"):
+        target = b"/p/3000/" if host.startswith("4001") else b"/api/health"
+        decision = edge.decide(_req(host, target, *forged))
+        assert isinstance(decision, Forward)
+        assert b"sandport-runtime" not in decision.head.lower(), host
+        assert b"sandport_runtime" not in decision.head.lower(), host
+
+
+def test_app_serves_runtime_routes_only_to_marked_requests() -> None:
+    mark = [(b"x-sandport-runtime", SID.encode())]
+    assert came_by_runtime_host(f"/runtime/{SID}/sandbox/exec", mark)
+    assert not came_by_runtime_host(f"/runtime/{SID}/sandbox/exec", [])
+    assert not came_by_runtime_host(f"/runtime/{OTHER}/sandbox/exec", mark)  # another id
+    assert not came_by_runtime_host(f"/runtime/{SID}/sandbox/exec",
+                                    [(b"x_sandport_runtime", SID.encode())])
+    assert came_by_runtime_host("/api/health", [])
+
+
+def test_hop_by_hop_and_forwarded_headers_are_not_passed_on() -> None:
+    edge = _edge()
+    decision = edge.decide(_req(
+        f"3000-{SID}.localhost", b"/",
+        (b"Connection", b"keep-alive, X-Hop, Upgrade, content-length"), (b"X-Hop", b"secret"),
+        (b"Keep-Alive", b"timeout=5"), (b"Upgrade", b"websocket"), (b"Content-Length", b"0"),
+        (b"Forwarded", b"for=6.6.6.6"), (b"X_Forwarded_For", b"6.6.6.6"),
+        (b"x_real_ip", b"6.6.6.6"), (b"X-Forwarded-Host", b"evil"), (b"X-Kept", b"1"),
+        method=b"POST"))
+    assert isinstance(decision, Forward)
+    head = decision.head
+    for gone in (b"\r\nX-Hop:", b"\r\nKeep-Alive:", b"\r\nForwarded:", b"\r\nX_Forwarded",
+                 b"\r\nx_real_ip:", b"evil", b"6.6.6.6"):
+        assert gone not in head, gone
+    for kept in (b"Connection: keep-alive, X-Hop, Upgrade, content-length\r\n",
+                 b"Upgrade: websocket\r\n", b"Content-Length: 0\r\n", b"X-Kept: 1\r\n"):
+        assert kept in head, kept
+    plain = edge.decide(_req(f"3000-{SID}.localhost", b"/", (b"Connection", b"close"),
+                             (b"X-Hop", b"kept")))
+    assert isinstance(plain, Forward) and b"X-Hop: kept\r\n" in plain.head
+
+
+def test_ports_unexposed_in_open_mode_stay_closed() -> None:
+    table, told = RouteTable(), []
+    table.watch(lambda sid, port: told.append((sid, port)))
+    table.put(SandboxRoute(SID, "a", "t", 1.0, {3001: True}, open_ports=True))
+    route = table.get(SID)
+    assert route is not None and route.port_auth(3333) is False and route.port_auth(3001)
+    table.put(SandboxRoute(SID, "a", "t", 1.0, {}, open_ports=True,
+                           closed_ports=frozenset({3001, 3333})))
+    route = table.get(SID)
+    assert route is not None
+    assert route.port_auth(3001) is None and route.port_auth(3333) is None
+    assert route.port_auth(3000) is False
+    assert sorted(told) == [(SID, 3001), (SID, 3333)]  # open connections to them are cut

@@ -98,6 +98,25 @@ def test_sqlite_store_round_trip(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_grant_is_used_up_only_on_its_own_port(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        store.open()
+        sid, other = f"{1:020d}", f"{2:020d}"
+        await store.add_grant("g", sid, 3001, 2000.0)
+        assert not await store.redeem_grant("g", other, 3001, 1000.0)  # another sandbox
+        assert not await store.redeem_grant("g", sid, 3002, 1000.0)  # another port
+        assert await store.redeem_grant("g", sid, 3001, 1000.0)  # still usable here
+        assert not await store.redeem_grant("g", sid, 3001, 1000.0)  # once
+        await store.add_grant("late", sid, 3001, 2000.0)
+        assert not await store.redeem_grant("late", sid, 3001, 2000.0)  # expired
+        await store.insert_sandbox(_record(sid, 1000).evolve(closed_ports=(3001, 4000)))
+        assert (await store.get_sandbox(sid)).closed_ports == (3001, 4000)  # type: ignore[union-attr]
+        store.close()
+
+    asyncio.run(scenario())
+
+
 def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.open()

@@ -26,7 +26,8 @@ def register(commands: Any) -> None:
     p.add_argument("--header-timeout-s", type=float, metavar="N",
                    help="a request head must arrive within N seconds (default 15)")
     p.add_argument("--idle-timeout-s", type=float, metavar="N",
-                   help="idle kept-alive connections close after N seconds (default 75)")
+                   help="idle kept-alive connections, and requests, responses and tunnels "
+                        "with no bytes moving, close after N seconds (default 75)")
     p.add_argument("--config", help="TOML file with settings (flags and environment win)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)

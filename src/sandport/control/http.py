@@ -13,15 +13,16 @@ from .auth import team_for_key
 MAX_BODY_BYTES = 1024 * 1024
 
 
-async def json_body(request: Request, *, optional: bool = False) -> Any:
+async def json_body(request: Request, *, optional: bool = False,
+                    limit: int = MAX_BODY_BYTES) -> Any:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     if not body.strip():
         if optional:
             return {}

@@ -131,3 +131,48 @@ OPENAPI: dict[str, Any] = {
     },
 }
 OPENAPI["components"]["securitySchemes"]["runtimeToken"] = {"type": "http", "scheme": "bearer"}
+
+
+def _runtime_op(summary: str, *, body: bool, params: list[str]) -> dict[str, Any]:
+    op = _op(summary + " (runtime host; Bearer runtime token)", {"type": "object"},
+             body={"type": "object"} if body else None,
+             params=[_path_param(p) for p in params])
+    return {**op, "security": [{"runtimeToken": []}]}
+
+
+# The rest of the runtime API (shapes: README, "Processes, files and terminals").
+_RUNTIME_ROUTES = [
+    ("/sandbox/processes", "post", "Start a process (SSE with Accept: text/event-stream)"),
+    ("/sandbox/processes", "get", "List processes"),
+    ("/sandbox/processes/{processId}", "get", "Get a process"),
+    ("/sandbox/processes/{processId}", "delete", "Kill a process (SIGKILL)"),
+    ("/sandbox/processes/{processId}/wait", "post", "Wait for a process (408 if running)"),
+    ("/sandbox/processes/{processId}/stream", "get", "A process's output as SSE"),
+    ("/sandbox/processes/{processId}/stdin", "post", "Write or close a process's stdin"),
+    ("/sandbox/processes/{processId}/signal", "post", "Signal a process's group"),
+    ("/sandbox/files", "get", "List a directory (?path=&depth=)"),
+    ("/sandbox/files/stat", "get", "Describe a path (?path=)"),
+    ("/sandbox/files/read", "post", "Read a file (JSON)"),
+    ("/sandbox/files/write", "post", "Write files (JSON)"),
+    ("/sandbox/files/upload", "put", "Upload raw bytes (?path=), streamed"),
+    ("/sandbox/files/download", "get", "Download raw bytes (?path=), streamed"),
+    ("/sandbox/files/mkdir", "post", "Make a directory"),
+    ("/sandbox/files/move", "post", "Move or rename"),
+    ("/sandbox/files/copy", "post", "Copy"),
+    ("/sandbox/files/delete", "post", "Delete"),
+    ("/sandbox/files/chmod", "post", "Change mode"),
+    ("/sandbox/files/chown", "post", "Change owner"),
+    ("/sandbox/files/watch", "post", "Watch a directory"),
+    ("/sandbox/files/watch/{watchId}", "get", "Get a watch"),
+    ("/sandbox/files/watch/{watchId}", "delete", "Stop a watch"),
+    ("/sandbox/pty", "post", "Start a terminal"),
+    ("/sandbox/pty/{ptyId}", "get", "Get a terminal"),
+    ("/sandbox/pty/{ptyId}/wait", "post", "Wait for a terminal's program"),
+    ("/sandbox/pty/{ptyId}/kill", "post", "Signal a terminal's program"),
+    ("/sandbox/pty/{ptyId}/resize", "post", "Resize a terminal"),
+]
+for _path, _method, _summary in _RUNTIME_ROUTES:
+    _entry = OPENAPI["paths"].setdefault(_path, {"servers": [_RUNTIME_SERVER]})
+    _entry[_method] = _runtime_op(
+        _summary, body=_method in ("post", "put") and not _path.endswith("upload"),
+        params=[p.strip("{}") for p in _path.split("/") if p.startswith("{")])

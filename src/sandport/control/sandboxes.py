@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from .. import ids
 from ..errors import RuntimeFailure, SandboxNotFound
@@ -30,6 +30,36 @@ from .requests import (
 log = logging.getLogger("sandport.control")
 
 
+class SandboxLocks:
+    """One lock per sandbox id, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, sandbox_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(sandbox_id) or (asyncio.Lock(), 0)
+        self._locks[sandbox_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[sandbox_id]
+            if users == 1:
+                del self._locks[sandbox_id]
+            else:
+                self._locks[sandbox_id] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+def _known_id(sandbox_id: str) -> str:
+    if not ids.is_sandbox_id(sandbox_id):
+        raise SandboxNotFound(f"sandbox {sandbox_id} not found")
+    return sandbox_id
+
+
 class SandboxService:
     def __init__(
         self, settings: ServerSettings, store: Store, runtime: Runtime, images: ImageStore,
@@ -44,7 +74,7 @@ class SandboxService:
         self.urls: PublicUrls = grants.urls
         self.clock = clock
         # One create/stop at a time per sandbox; different sandboxes never wait on each other.
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = SandboxLocks()
 
     # -- views ------------------------------------------------------------------------
     def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
@@ -61,8 +91,9 @@ class SandboxService:
         return SandboxRoute(
             record.id, address, record.token, record.token_expires_at,
             dict(record.exposed_ports), network.open_ports,
-            None if network.allow_ports is None else frozenset(network.allow_ports),
-            network.mask_request_host,
+            closed_ports=frozenset(record.closed_ports),
+            allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
+            mask_host=network.mask_request_host,
         )
 
     def _publish(self, record: SandboxRecord) -> None:
@@ -109,7 +140,7 @@ class SandboxService:
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=request.network.to_wire(),
         )
-        async with self._locks[record.id]:
+        async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
             spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
                                record.env)
@@ -125,19 +156,20 @@ class SandboxService:
                                    token_expires_at=started + 60 * request.timeout_minutes)
             await self.store.update_sandbox(record)
             self._publish(record)
-        self._locks.pop(record.id, None)
         log.info("sandbox %s created from %s", record.id, record.image_name)
         return record
 
     async def expose(self, team_id: str, sandbox_id: str,
                      request: ExposePort) -> ExposedPort:
         """Open a port's URL (again: idempotent, and ``auth`` may change)."""
-        async with self._locks[sandbox_id]:
+        async with self._locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             lifecycle.ensure_running(record)
             check_ingress(network_from_wire(record.network), request.port)
             ports = {**record.exposed_ports, request.port: request.auth}
-            record = record.evolve(exposed_ports=ports, updated_at=self.clock())
+            closed = tuple(p for p in record.closed_ports if p != request.port)
+            record = record.evolve(exposed_ports=ports, closed_ports=closed,
+                                   updated_at=self.clock())
             await self.store.update_sandbox(record)
             self._publish(record)
         url = self.urls.url(sandbox_id, request.port)
@@ -147,12 +179,17 @@ class SandboxService:
         return ExposedPort(request.port, True, url, browser_url, expires)
 
     async def unexpose(self, team_id: str, sandbox_id: str, port: int) -> None:
-        """Close a port's URL; closing one that is not open is success."""
-        async with self._locks[sandbox_id]:
+        """Close a port's URL; closing one that is not open is success. On an openPorts
+        sandbox the port is remembered as closed: it does not fall back to open."""
+        async with self._locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             lifecycle.ensure_running(record)
             ports = {p: a for p, a in record.exposed_ports.items() if p != port}
-            record = record.evolve(exposed_ports=ports, updated_at=self.clock())
+            closed = record.closed_ports
+            if network_from_wire(record.network).open_ports and port not in closed:
+                closed = tuple(sorted((*closed, port)))
+            record = record.evolve(exposed_ports=ports, closed_ports=closed,
+                                   updated_at=self.clock())
             await self.store.update_sandbox(record)
             self._publish(record)
 
@@ -172,7 +209,7 @@ class SandboxService:
         return await self._stop(record, reason)
 
     async def _stop(self, record: SandboxRecord, reason: str) -> SandboxRecord:
-        async with self._locks[record.id]:
+        async with self._locks.hold(record.id):
             current = await self.store.get_sandbox(record.id) or record
             if lifecycle.is_finished(current.status):
                 return current  # stopping twice is success
@@ -181,7 +218,6 @@ class SandboxService:
             self.routes.drop(record.id)
             await self.runtime.destroy(record.id)
             done = await self._finish(stopping, "closed", reason)
-        self._locks.pop(record.id, None)
         log.info("sandbox %s stopped: %s", record.id, reason)
         return done
 

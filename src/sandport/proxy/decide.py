@@ -6,10 +6,11 @@ apply per request, never once per connection.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from urllib.parse import parse_qs
 
 from . import pages
@@ -22,16 +23,49 @@ from .auth import (
     without_our_cookies,
 )
 from .routes import RouteTable, SandboxRoute
-from .urls import RUNTIME_PORT, PublicUrls, split_path_route
+from .urls import (
+    RUNTIME_HEADER,
+    RUNTIME_PORT,
+    PublicUrls,
+    is_internal_path,
+    split_path_route,
+)
 
 Header = tuple[bytes, bytes]
-# Client-supplied values of these are never passed on: the proxy writes its own.
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-                        b"x-real-ip"})
+# Client-sent headers never passed on, however spelled ('_' for '-', any case): the proxy
+# writes its own forwarded headers, and only it may say a request came by a runtime host.
+_DROPPED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                      b"x-real-ip", b"forwarded", RUNTIME_HEADER})
+
+
+def _spellings(name: bytes) -> set[bytes]:
+    """``name`` with each '-' as '-' or '_': servers may read either as the same header."""
+    first, *rest = name.split(b"-")
+    return {first + b"".join(sep + part for sep, part in zip(seps, rest, strict=True))
+            for seps in itertools.product((b"-", b"_"), repeat=len(rest))}
+
+
+_DROPPED_SPELLINGS = frozenset(itertools.chain.from_iterable(map(_spellings, _DROPPED)))
+# Named in the client's Connection header, these still go upstream: framing, the Host,
+# and the Connection/Upgrade pair a tunnel needs.
+_HOP_KEPT = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                       b"upgrade", b"close", b""})
 AUTH_PATH = b"/_sandport/auth"
 # Lengths of every header name _head may drop or rewrite: others are copied untouched.
-_REWRITTEN_LENGTHS = frozenset({*map(len, _FORWARDED), len(b"host"), len(b"cookie"),
+_REWRITTEN_LENGTHS = frozenset({*map(len, _DROPPED), len(b"host"), len(b"cookie"),
                                 len(b"authorization")})
+
+
+@dataclass(frozen=True, slots=True)
+class HopByHop:
+    """Header names a client's Connection headers list, and the name lengths _head must
+    then look at."""
+
+    names: frozenset[bytes] = frozenset()
+    lengths: frozenset[int] = _REWRITTEN_LENGTHS
+
+
+_NO_HOP = HopByHop()
 
 
 @dataclass(slots=True)
@@ -89,9 +123,10 @@ class Edge:
         host: bytes | None = None
         authorization: bytes | None = None
         cookies: list[bytes] = []
+        connection: list[bytes] = []
         browser = False
         for name, value in req.headers:
-            if len(name) not in (4, 6, 13):  # host, cookie, accept, authorization
+            if len(name) not in (4, 6, 10, 13):  # host, cookie, accept, connection, authorization
                 continue
             lname = name.lower()
             if lname == b"host":
@@ -104,6 +139,8 @@ class Edge:
                 cookies.append(value)
             elif lname == b"accept":
                 browser = b"text/html" in value
+            elif lname == b"connection":
+                connection.append(value)
         if req.method == b"CONNECT":
             return _error(405, "method_not_allowed", "CONNECT is not supported here", browser)
         if not req.target.startswith(b"/") and req.target != b"*":
@@ -115,16 +152,19 @@ class Edge:
             host = b""
         host_text = host.decode("latin-1")
         matched = self.urls.match(host_text)
+        hop = nominated(connection) if connection else _NO_HOP
         if matched is None:
-            if req.target.startswith(b"/runtime/"):  # internal route shape, not public
+            if is_internal_path(req.target):  # internal route shape, not public
                 return _error(404, "not_found", "no such route", browser)
-            return Forward(self.control_key, self._head(req, req.target, host))
+            return Forward(self.control_key, self._head(req, req.target, host, hop=hop))
         sandbox_id, port = matched
         if port == RUNTIME_PORT:
             routed = split_path_route(req.target)
             if routed is None:
+                runtime_id = sandbox_id.encode()
                 return Forward(self.control_key, self._head(
-                    req, b"/runtime/" + sandbox_id.encode() + req.target, host))
+                    req, b"/runtime/" + runtime_id + req.target, host, hop=hop,
+                    runtime_id=runtime_id))
             port, target = routed
         else:
             target = req.target
@@ -137,7 +177,7 @@ class Edge:
         if auth and not self._opens(route, port, authorization, cookies):
             return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
                           pages.BROWSER_NEEDS_AUTH)
-        head = self._head(req, target, host, route=route, port=port)
+        head = self._head(req, target, host, route=route, port=port, hop=hop)
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port)
 
     def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
@@ -156,7 +196,7 @@ class Edge:
         return False
 
     def _redeem(self, req: RequestHead, sandbox_id: str, port: int, browser: bool) -> Decision:
-        if req.method not in (b"GET", b"HEAD"):
+        if req.method != b"GET":  # HEAD too: link checkers must not use up the grant
             return _error(405, "method_not_allowed", "open the browser link with GET", browser)
         query = req.target.partition(b"?")[2].decode("latin-1")
         params = parse_qs(query, keep_blank_values=True)
@@ -170,17 +210,20 @@ class Edge:
         return Redeem(grant, next_path, sandbox_id, port, browser)
 
     def _head(self, req: RequestHead, target: bytes, host: bytes, *,
-              route: SandboxRoute | None = None, port: int = 0) -> bytes:
-        """The request head upstream sees: forwarded headers replaced, and for sandbox
-        ports the sandbox's token and sandport's cookies removed, the Host masked."""
+              route: SandboxRoute | None = None, port: int = 0,
+              hop: HopByHop = _NO_HOP, runtime_id: bytes | None = None) -> bytes:
+        """The request head upstream sees: forwarded headers replaced, hop-by-hop headers
+        the client nominated dropped, and for sandbox ports the sandbox's token and
+        sandport's cookies removed, the Host masked."""
         out = [req.method, b" ", target, b" HTTP/", req.version, b"\r\n"]
         masked = route.upstream_host(port) if route is not None else None
+        lengths, hop_names = hop.lengths, hop.names
         for name, value in req.headers:
-            if len(name) not in _REWRITTEN_LENGTHS:
+            if len(name) not in lengths:
                 out += (name, b": ", value, b"\r\n")
                 continue
             lname = name.lower()
-            if lname in _FORWARDED:
+            if lname in _DROPPED_SPELLINGS or (hop_names and lname in hop_names):
                 continue
             if route is not None:
                 if lname == b"host" and masked is not None:
@@ -192,10 +235,26 @@ class Edge:
                     if not value:
                         continue
             out += (name, b": ", value, b"\r\n")
+        if runtime_id is not None:
+            out += (RUNTIME_HEADER, b": ", runtime_id, b"\r\n")
         ip = req.client_ip.encode()
         out += (b"x-forwarded-host: ", host, b"\r\nx-forwarded-proto: ", self._proto,
                 b"\r\nx-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n\r\n")
         return b"".join(out)
+
+
+def nominated(connection: list[bytes]) -> HopByHop:
+    """What the client's Connection headers nominate: hop-by-hop, so not passed on."""
+    value = connection[0] if len(connection) == 1 else b",".join(connection)
+    return _nominated(value) if len(value) <= 64 else _nominated.__wrapped__(value)
+
+
+@lru_cache(maxsize=256)  # a few values ("keep-alive", "Upgrade") are nearly all there is
+def _nominated(value: bytes) -> HopByHop:
+    names = frozenset({token.strip().lower() for token in value.split(b",")} - _HOP_KEPT)
+    if not names:
+        return _NO_HOP
+    return HopByHop(names, _REWRITTEN_LENGTHS.union(map(len, names)))
 
 
 def redeemed(redeem: Redeem, secret: bytes, expires_at: int, now: float,

@@ -11,7 +11,7 @@ from ..models import iso
 from ..store import Store
 from .auth import SESSION_TTL_S, grant_hash
 from .decide import Answer, Redeem, grant_refused, redeemed
-from .routes import RouteTable
+from .routes import RouteTable, SandboxRoute
 from .urls import PublicUrls
 
 
@@ -35,10 +35,16 @@ class Grants:
 
     async def redeem(self, request: Redeem) -> Answer:
         now = self.clock()
-        found = await self.store.redeem_grant(grant_hash(request.grant), now)
-        route = self.routes.get(request.sandbox_id)
-        if found != (request.sandbox_id, request.port) or route is None \
-                or route.port_auth(request.port) is None:
+        if self._open_route(request) is None or not await self.store.redeem_grant(
+                grant_hash(request.grant), request.sandbox_id, request.port, now):
+            return grant_refused(request.browser)
+        route = self._open_route(request)  # again: the port may have closed meanwhile
+        if route is None:
             return grant_refused(request.browser)
         expires = int(min(now + SESSION_TTL_S, route.token_expires_at))
         return redeemed(request, self.secret, expires, now, self.urls.secure)
+
+    def _open_route(self, request: Redeem) -> SandboxRoute | None:
+        route = self.routes.get(request.sandbox_id)
+        return route if route is not None and route.port_auth(request.port) is not None \
+            else None

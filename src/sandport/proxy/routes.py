@@ -20,7 +20,8 @@ class SandboxRoute:
     token: str
     token_expires_at: float
     ports: dict[int, bool] = field(default_factory=dict)  # exposed port → auth required
-    open_ports: bool = False  # every port answers (auth off) without an expose
+    open_ports: bool = False  # every port answers (auth off) without an expose...
+    closed_ports: frozenset[int] = frozenset()  # ...but these, unexposed since
     allow_ports: frozenset[int] | None = None  # ingress policy: only these may answer
     mask_host: str | None = None  # e.g. "localhost:${PORT}": the Host upstream sees
 
@@ -31,7 +32,7 @@ class SandboxRoute:
         if self.allow_ports is not None and port not in self.allow_ports:
             return None
         auth = self.ports.get(port)
-        if auth is None and self.open_ports:
+        if auth is None and self.open_ports and port not in self.closed_ports:
             return False
         return auth
 
@@ -59,9 +60,9 @@ class RouteTable:
         old = self._routes.get(route.sandbox_id)
         self._routes[route.sandbox_id] = route
         if old is not None:
-            for port, auth in old.ports.items():
-                now_auth = route.port_auth(port)
-                if now_auth is None or (now_auth and not auth):  # closed, or now private
+            for port in {*old.ports, *(route.closed_ports - old.closed_ports)}:
+                was, now = old.port_auth(port), route.port_auth(port)
+                if was is not None and (now is None or (now and not was)):  # closed, private
                     self._tell(route.sandbox_id, port)
 
     def drop(self, sandbox_id: str) -> None:

@@ -12,6 +12,17 @@ they are, chunked bodies re-chunked), so what upstream receives is exactly what 
 proxy parsed: no request smuggling through framing the two sides read differently.
 Response heads are re-serialized from the parsed status and headers (names, values and
 order kept), bodies re-framed the same way.
+
+Deadlines, checked by one sweep task: a request head must arrive within
+``header_timeout_s`` of its first byte (else 408), counted only while no earlier request
+of the connection is still being served; a kept-alive connection with no request closes
+after ``idle_timeout_s``; and once a head has arrived, the exchange (request body,
+response, or a WebSocket tunnel) closes when no bytes have moved in either direction for
+``idle_timeout_s``, with a 504 if the upstream had not begun to answer. A stream that keeps
+sending (SSE, a busy tunnel) is never cut; a tunnel silent both ways for that long is
+closed, as nginx's ``proxy_read_timeout`` does: WebSocket clients that idle longer send
+pings. The sandport API is trusted to take its time (an exec may run for hours): while it
+works on a whole request, only a client that stops reading counts.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from typing import cast
 import httptools
 
 from . import pages
-from .decide import Answer, Edge, Forward, Redeem, RequestHead
+from .decide import Answer, Decision, Edge, Forward, Redeem, RequestHead
 
 log = logging.getLogger("sandport.proxy")
 
@@ -37,6 +48,7 @@ CONNECT_TIMEOUT_S = 5.0
 SWEEP_S = 0.5
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _NO_BODY_STATUSES = frozenset({204, 304})
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})  # safe to send twice
 
 
 class _HeadTooLarge(Exception):
@@ -46,17 +58,18 @@ class _HeadTooLarge(Exception):
 class Exchange:
     """One request and its response."""
 
-    __slots__ = ("head", "keep_alive", "upgrade", "chunked", "is_head", "body_done",
-                 "had_body", "pending", "pending_size", "streaming", "discard", "forward",
-                 "reused")
+    __slots__ = ("head", "keep_alive", "upgrade", "chunked", "is_head", "bodyless",
+                 "body_done", "had_body", "pending", "pending_size", "streaming", "discard",
+                 "forward", "reused")
 
     def __init__(self, head: RequestHead, keep_alive: bool, upgrade: bool,
-                 chunked: bool) -> None:
+                 chunked: bool, bodyless: bool = False) -> None:
         self.head = head
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.chunked = chunked
         self.is_head = head.method == b"HEAD"
+        self.bodyless = bodyless  # framed with no body: done once the head is parsed
         self.body_done = False
         self.had_body = False
         self.pending: list[bytes] = []
@@ -90,14 +103,13 @@ class ProxyServer:
 
     async def _sweep(self) -> None:
         """Close connections past their deadline: a sweep twice a second costs less than
-        a timer armed and cancelled on every request."""
+        a timer armed and cancelled on every request or read."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP_S)
             now = loop.time()
-            for conn in [c for c in self.connections
-                         if c.deadline is not None and c.deadline <= now]:
-                conn.timed_out()
+            for conn in list(self.connections):
+                conn.check_deadline(now)
 
     def cut(self, sandbox_id: str, port: int | None = None) -> None:
         """Close connections to a sandbox (or one of its ports) that just went away."""
@@ -136,11 +148,14 @@ class ClientConnection(asyncio.Protocol):
         self._pauses: set[str] = set()
         self._writing_paused = False
         self.deadline: float | None = None  # loop time; see ProxyServer._sweep
+        self.moved = False  # bytes moved since the last sweep
+        self._ended: set[str] = set()  # tunnel sides ("client", "upstream") that sent EOF
         self._in_head = False
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._chunked = False
+        self._length: bytes | None = None  # the head's Content-Length
 
     # -- transport events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,11 +166,17 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
         self._arm(self.server.idle_timeout_s)
 
+    @property
+    def busy(self) -> bool:
+        """A request is being served or waits, or the connection is a tunnel."""
+        return bool(self.queue) or self.tunnel
+
     def data_received(self, data: bytes) -> None:
+        self.moved = True
         if self.tunnel:
             upstream = self.upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.write(data)
+            if upstream is not None:
+                upstream.write(data)
             return
         if self.upgrading:
             self.held.append(data)
@@ -180,11 +201,9 @@ class ClientConnection(asyncio.Protocol):
             self.pause("queued")
 
     def eof_received(self) -> bool | None:
-        if self.tunnel and self.upstream is not None and self.upstream.transport is not None:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
-                return True  # half-close: the other direction keeps flowing
-        if self.queue and not self.tunnel:
+        if self.tunnel:
+            return self.tunnel_ended("client")
+        if self.queue:
             self.peer_done = True  # the client sent all it will; answer, then close
             return True
         return None
@@ -199,13 +218,20 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self.moved = True
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.moved = True  # the client is reading
         if self.upstream is not None:
             self.upstream.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     # -- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -214,7 +240,9 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._chunked = False
-        self._arm(self.server.header_timeout_s)
+        self._length = None
+        if not self.queue:  # else the exchange under way keeps its own deadline
+            self._arm(self.server.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -230,6 +258,8 @@ class ClientConnection(asyncio.Protocol):
         if len(name) == 17 and name.lower() == b"transfer-encoding" \
                 and b"chunked" in value.lower():
             self._chunked = True
+        elif len(name) == 14 and name.lower() == b"content-length":
+            self._length = value
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -238,7 +268,6 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
         if self.closed:
             return
         parser = self.parser
@@ -247,10 +276,12 @@ class ClientConnection(asyncio.Protocol):
         head = RequestHead(parser.get_method(), url[0] if len(url) == 1 else b"".join(url),
                            _VERSIONS.get(parser.get_http_version()) or b"1.1",
                            self._headers, self.client_ip, upgrade)
-        exchange = Exchange(head, parser.should_keep_alive(), upgrade, self._chunked)
+        bodyless = not self._chunked and (self._length is None or self._length.strip() == b"0")
+        exchange = Exchange(head, parser.should_keep_alive(), upgrade, self._chunked, bodyless)
         self.parsing = exchange
         self.queue.append(exchange)
         if len(self.queue) == 1:
+            self._arm(self.server.idle_timeout_s)
             self.start(exchange)
 
     def on_body(self, data: bytes) -> None:
@@ -276,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
             return
         upstream = self.upstream
         if exchange.streaming and upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+            upstream.write(data)
             return
         exchange.pending.append(data)
         exchange.pending_size += len(data)
@@ -284,7 +315,9 @@ class ClientConnection(asyncio.Protocol):
             self.pause("pending")
 
     def start(self, exchange: Exchange) -> None:
-        decision = self.server.edge.decide(exchange.head)
+        self.start_decided(exchange, self.server.edge.decide(exchange.head))
+
+    def start_decided(self, exchange: Exchange, decision: Decision) -> None:
         if isinstance(decision, Forward):
             self.forward(exchange, decision)
         elif isinstance(decision, Answer):
@@ -305,11 +338,14 @@ class ClientConnection(asyncio.Protocol):
             self.answer(exchange, answer)
 
     def answer(self, exchange: Exchange, answer: Answer) -> None:
-        close = exchange.upgrade or not (exchange.body_done and exchange.keep_alive)
+        """Answer without upstream. The connection stays open only when the request's
+        body is known to be over (a bodyless request may be answered before the parser
+        reports its end); a body still coming would have to be read to its end first."""
+        body_over = exchange.body_done or exchange.bodyless
+        close = exchange.upgrade or not (body_over and exchange.keep_alive)
         exchange.discard = True
         exchange.pending.clear()
-        if self.transport is not None:
-            self.transport.write(answer.render(close))
+        self.write(answer.render(close))
         self.exchange_done(exchange, keep=not close)
 
     def forward(self, exchange: Exchange, forward: Forward) -> None:
@@ -322,6 +358,7 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None:
             upstream.close()
             self.upstream = None
+            self.resume("upstream")  # its resume_writing will never come
         self.pause("connecting")
         self.loop.create_task(self._connect(exchange, forward))
 
@@ -343,6 +380,15 @@ class ClientConnection(asyncio.Protocol):
             upstream.close()
             return
         self.resume("connecting")
+        if forward.sandbox_id is not None:
+            decision = self.server.edge.decide(exchange.head)
+            if not isinstance(decision, Forward) or decision.key != forward.key:
+                # the port closed, turned private or moved while connecting: nothing cut
+                # this connection then, since it was not tracked yet
+                upstream.close()
+                self.start_decided(exchange, decision)
+                return
+            exchange.forward = decision
         self.upstream = upstream
         self.server._track(upstream)
         if self._writing_paused:
@@ -353,9 +399,9 @@ class ClientConnection(asyncio.Protocol):
         assert exchange.forward is not None and upstream.transport is not None
         upstream.begin(exchange)
         exchange.streaming = True
-        upstream.transport.write(exchange.forward.head)
+        upstream.write(exchange.forward.head)
         if exchange.pending:
-            upstream.transport.writelines(exchange.pending)
+            upstream.write(b"".join(exchange.pending))
             exchange.pending.clear()
             exchange.pending_size = 0
         self.resume("pending")
@@ -373,27 +419,44 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, exchange: Exchange, keep: bool) -> None:
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
-        if not keep or not exchange.body_done or self.closed or \
+        if not keep or not (exchange.body_done or exchange.bodyless) or self.closed or \
                 (self.peer_done and len(self.queue) == 0):
             self.close()
             return
         if len(self.queue) <= 1:
             self.resume("queued")
         if self.queue:
-            self.start(self.queue[0])
-        else:
             self._arm(self.server.idle_timeout_s)
+            self.start(self.queue[0])
+        else:  # the next head may have begun while this exchange was served
+            self._arm(self.server.header_timeout_s if self._in_head else
+                      self.server.idle_timeout_s)
 
     def start_tunnel(self, exchange: Exchange) -> None:
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
         self.tunnel = True
-        self._disarm()
+        self._arm(self.server.idle_timeout_s)
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and self.held:
-            upstream.transport.writelines(self.held)
+        if upstream is not None and self.held:
+            upstream.write(b"".join(self.held))
         self.held.clear()
         self.resume("upgrade")
+        if self.peer_done:  # the client half-closed before the tunnel existed
+            self.tunnel_ended("client")
+
+    def tunnel_ended(self, side: str) -> bool | None:
+        """One side of a tunnel sent all it will: pass the half-close on, the other
+        direction keeps flowing; once both sides have ended, close both."""
+        self._ended.add(side)
+        upstream = self.upstream
+        to = self.transport if side == "upstream" else \
+            upstream.transport if upstream is not None else None
+        if len(self._ended) == 2 or to is None or to.is_closing() or not to.can_write_eof():
+            self.close()
+            return None
+        to.write_eof()
+        return True
 
     # -- reading control and closing --------------------------------------------------------
     def pause(self, reason: str) -> None:
@@ -409,16 +472,20 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def refuse(self, status: int, code: str, message: str) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(pages.error(status, code, message, browser=False, close=True))
+        if not self.closed:
+            self.write(pages.error(status, code, message, browser=False, close=True))
         self.close()
 
     def close(self) -> None:
-        """Close after what was written is flushed."""
+        """Close after what was written is flushed; a client that reads no more is cut
+        after ``idle_timeout_s``."""
         self._disarm()
-        if self.transport is not None and not self.closed:
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            transport.close()
+            if transport.get_write_buffer_size():
+                self.loop.call_later(self.server.idle_timeout_s, transport.abort)
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
@@ -438,13 +505,42 @@ class ClientConnection(asyncio.Protocol):
     def _disarm(self) -> None:
         self.deadline = None
 
+    def check_deadline(self, now: float) -> None:
+        if self.deadline is None:
+            return
+        moved, self.moved = self.moved, False
+        if self.busy and (moved or self._api_at_work()):  # the exchange or tunnel is alive
+            self.deadline = now + self.server.idle_timeout_s
+        elif self.deadline <= now:
+            self.timed_out()
+
+    def _api_at_work(self) -> bool:
+        """The sandport API has a whole request and the client takes what it sends: an exec
+        may rightly run for hours in silence, so only a stalled client counts there."""
+        exchange = self.queue[0] if self.queue else None
+        return exchange is not None and exchange.body_done and exchange.forward is not None \
+            and exchange.forward.port is None and not self._writing_paused
+
     def timed_out(self) -> None:
         self.deadline = None
-        if self._in_head and self.transport is not None and not self.closed:
-            self.transport.write(pages.error(408, "request_timeout",
-                                             "the request head took too long", browser=False,
-                                             close=True))
-        self.close()
+        if self.closed or self.transport is None:
+            return
+        if self.busy:
+            upstream = self.upstream
+            exchange = self.queue[0] if self.queue else None
+            if exchange is not None and exchange.forward is not None and exchange.body_done \
+                    and upstream is not None and upstream.active \
+                    and not upstream.reader.started:
+                upstream.reader.done = True
+                self.write(_gateway_timeout(exchange, exchange.forward,
+                                            self.server.idle_timeout_s).render(True))
+        elif self._in_head:
+            self.write(pages.error(408, "request_timeout", "the request head took too long",
+                                   browser=False, close=True))
+        if self.transport.get_write_buffer_size():
+            self.abort()  # the client is not reading: flushing would wait forever
+        else:
+            self.close()
 
 
 class Upstream(asyncio.Protocol):
@@ -472,11 +568,16 @@ class Upstream(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
     def data_received(self, data: bytes) -> None:
         client = self.client
+        client.moved = True
         if client.tunnel:
-            if client.transport is not None:
-                client.transport.write(data)
+            client.write(data)
             return
         if not self.active:
             self.close()  # bytes nobody asked for: this connection is not reusable
@@ -492,16 +593,16 @@ class Upstream(asyncio.Protocol):
             reader.flush()  # what this read produced goes out in one write
 
     def eof_received(self) -> bool | None:
-        client = self.client
-        if client.tunnel and client.transport is not None and client.transport.can_write_eof():
-            client.transport.write_eof()
-            return True
+        if self.client.tunnel and self.client.upstream is self:
+            return self.client.tunnel_ended("upstream")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client.server._untrack(self)
         client = self.client
+        if client.upstream is self or client.upstream is None:
+            client.resume("upstream")  # its resume_writing will never come
         if client.tunnel:
             client.close()
             return
@@ -515,6 +616,7 @@ class Upstream(asyncio.Protocol):
         self.client.pause("upstream")
 
     def resume_writing(self) -> None:
+        self.client.moved = True
         self.client.resume("upstream")
 
     def pause_reading(self) -> None:
@@ -526,9 +628,15 @@ class Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        """Close after a flush; an upstream that reads no more is cut after
+        ``idle_timeout_s``."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size():
+                client = self.client
+                client.loop.call_later(client.server.idle_timeout_s, transport.abort)
 
     def abort(self) -> None:
         self.closed = True
@@ -611,13 +719,16 @@ class ResponseReader:
             self._write(self._head_bytes())  # e.g. 100 Continue; the real answer follows
             return
         has_length = False
+        coding: bytes | None = None
         for name, value in self.headers:
             size = len(name)
             if size == 14 and name.lower() == b"content-length":
                 has_length = True
-            elif size == 17 and name.lower() == b"transfer-encoding" and \
-                    value.lower().rstrip().endswith(b"chunked"):
-                self.chunked = True
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                coding = value
+        if coding is not None:  # as the parser reads it: the last coding of the last header
+            self.chunked = coding.rpartition(b",")[2].strip().lower() == b"chunked"
+            has_length = False
         no_body = self.exchange.is_head or status in _NO_BODY_STATUSES
         self.until_close = not (self.chunked or has_length or no_body)
         self.keep = self.parser.should_keep_alive() and not self.until_close
@@ -667,8 +778,7 @@ class ResponseReader:
         self.flush()
         self.done = True
         self.upstream.active = False
-        if client.transport is not None:
-            client.transport.write(self.head + rest if rest else self.head)
+        client.write(self.head + rest if rest else self.head)
         client.start_tunnel(self.exchange)
 
     def broken(self) -> None:
@@ -684,9 +794,10 @@ class ResponseReader:
 
     def lost(self) -> None:
         """Upstream closed while this response was due or under way."""
-        if self.done:
-            return
         client = self.upstream.client
+        if self.done or client.closed:
+            self.done = True
+            return
         exchange = self.exchange
         if client.upstream is self.upstream:
             client.upstream = None
@@ -694,7 +805,8 @@ class ResponseReader:
             self.finish(keep=False)  # the close is the end of this body
         elif not self.started:
             self.done = True
-            if exchange.reused and exchange.body_done and not exchange.had_body:
+            if exchange.reused and exchange.body_done and not exchange.had_body \
+                    and exchange.head.method in _RETRYABLE:
                 client.retry(exchange)
             else:
                 assert exchange.forward is not None
@@ -705,9 +817,21 @@ class ResponseReader:
             client.abort()  # mid-response: the client must see a cut, not a hang
 
 
+def _gateway_timeout(exchange: Exchange, forward: Forward, seconds: float) -> Answer:
+    where = "the sandport API" if forward.port is None else \
+        f"the server on port {forward.port} of the sandbox"
+    message = f"{where} did not answer within {seconds:g} s"
+    return Answer(lambda close: pages.error(504, "gateway_timeout", message,
+                                            browser=_browser(exchange), close=close))
+
+
+def _browser(exchange: Exchange) -> bool:
+    return any(n.lower() == b"accept" and b"text/html" in v for n, v in exchange.head.headers)
+
+
 def _bad_gateway(exchange: Exchange, forward: Forward, *, garbled: bool = False,
                  closed: bool = False) -> Answer:
-    browser = any(n.lower() == b"accept" and b"text/html" in v for n, v in exchange.head.headers)
+    browser = _browser(exchange)
     if forward.port is None:
         message = "the sandport API is not answering"
     elif garbled:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from ..errors import ValidationFailed
 
 RUNTIME_PORT = 4001  # the runtime API's host; never a sandbox port
+# Set by the proxy, and only by it, on requests it maps from a sandbox's runtime host to
+# the internal ``/runtime/<id>/...`` routes; its value is the sandbox id. The app refuses
+# ``/runtime/`` requests without it (server/app.py), so no spelling of that path on the
+# control host reaches them.
+RUNTIME_HEADER = b"x-sandport-runtime"
 _PATH_ROUTE = re.compile(rb"^(?:/sb)?/p/([0-9]{1,5})(?=/|\?|$)")
 
 
@@ -100,3 +105,17 @@ def split_path_route(target: bytes) -> tuple[int, bytes] | None:
     if not rest.startswith(b"/"):
         rest = b"/" + rest
     return int(found[1]), rest
+
+
+def is_internal_path(target: bytes) -> bool:
+    """Whether a request target names the internal ``/runtime/...`` routes, however it is
+    spelled: percent-encoded, with empty or dot segments (the API server decodes the path
+    once before routing)."""
+    segments: list[bytes] = []
+    for segment in unquote_to_bytes(target.partition(b"?")[0]).split(b"/"):
+        if segment == b"..":
+            if segments:
+                segments.pop()
+        elif segment not in (b"", b"."):
+            segments.append(segment)
+    return bool(segments) and segments[0].lower() == b"runtime"

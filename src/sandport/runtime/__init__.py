@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..models import ExecResult
+from .agent.channel import CommandChannel, CommandListener
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,21 @@ class ExecRequest:
     timeout_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """A long-lived command: ``argv`` run directly (no shell), the image's environment with
+    ``env`` over it, in ``cwd`` (default: the image's working directory)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    stdin: bool = True
+    pty: tuple[int, int] | None = None
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] | None = None
+
+
 class Runtime(Protocol):
     name: str
 
@@ -40,7 +56,16 @@ class Runtime(Protocol):
         """Start the sandbox; on failure leave nothing behind and raise RuntimeFailure."""
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
-        """Run a shell command in the sandbox and wait for it."""
+        """Run a shell command and wait for it, the old way (agent protocol 1)."""
+
+    def agent_protocol(self, sandbox_id: str) -> int:
+        """1: exec only (a sandbox made before processes existed); 2: everything."""
+        ...
+
+    async def start_command(self, sandbox_id: str, request: CommandRequest,
+                            listener: CommandListener) -> CommandChannel:
+        """Start a command that runs until it exits or the channel is closed."""
+        ...
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop the sandbox and remove everything it held; safe to repeat."""
@@ -51,9 +76,17 @@ class Runtime(Protocol):
         """The sandbox's IP address, which the host (the edge proxy) can connect to."""
         ...
 
+    def open_root(self, sandbox_id: str) -> int:
+        """A descriptor of the sandbox's root directory (see runtime/safepath)."""
+        ...
+
+    def workdir(self, sandbox_id: str) -> str:
+        """The image's working directory: where relative paths and commands start."""
+        ...
+
     def sandbox_ids(self) -> set[str]:
         """Every sandbox this runtime holds any state for (running or not)."""
         ...
 
 
-__all__ = ["ExecRequest", "Runtime", "SandboxSpec"]
+__all__ = ["CommandRequest", "ExecRequest", "Runtime", "SandboxSpec"]

@@ -22,12 +22,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..errors import RuntimeFailure, SandboxNotRunning
+from ..errors import Conflict, RuntimeFailure, SandboxNotRunning
 from ..models import ExecResult
 from ..settings import ServerSettings
-from . import ExecRequest, SandboxSpec, network, oci, seccomp
+from . import CommandRequest, ExecRequest, SandboxSpec, network, oci, seccomp
 from ._files import read_json, write_json
 from .agent.build import ensure_agent
+from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
 from .agent.client import run_command
 from .images import ImageStore
 from .mounts import mount_overlay, unmount
@@ -36,6 +37,7 @@ from .network import Lease, SlotRegistry, lease_for
 log = logging.getLogger("sandport.runtime")
 
 PIDS_LIMIT = 1024
+AGENT_PROTOCOL = 2  # what this server speaks to the agents of the sandboxes it creates
 OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -90,6 +92,7 @@ class RuncRuntime:
             write_json(bundle / "runtime.json", {
                 "slot": slot, "image": image.name, "imageVersion": image.version,
                 "workdir": image.workdir, "sandboxIp": lease.sandbox_ip,
+                "agentProtocol": AGENT_PROTOCOL,
                 "env": oci.process_env(container),
             })
             for sub in ("upper", "work", "rootfs"):
@@ -150,8 +153,13 @@ class RuncRuntime:
         return [self.settings.runc, "--root", str(self.state_root), *args]
 
     # -- exec -------------------------------------------------------------------------
+    def agent_protocol(self, sandbox_id: str) -> int:
+        version = read_json(self.bundles / sandbox_id / "runtime.json").get("agentProtocol", 1)
+        return version if isinstance(version, int) else 1
+
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
-        """Run ``/bin/sh -c command`` through the sandbox's agent (see runtime/agent)."""
+        """Run ``/bin/sh -c command`` through the sandbox's agent, protocol v1: the exec of
+        sandboxes made by a sandport before v2 (see runtime_api/exec)."""
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         meta = read_json(self.bundles / sandbox_id / "runtime.json")
@@ -161,10 +169,41 @@ class RuncRuntime:
             request.timeout_s, OUTPUT_CAP,
         )
 
+    async def start_command(self, sandbox_id: str, request: CommandRequest,
+                            listener: CommandListener) -> CommandChannel:
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        meta = read_json(self.bundles / sandbox_id / "runtime.json")
+        if meta.get("agentProtocol", 1) < AGENT_PROTOCOL:
+            raise Conflict(f"sandbox {sandbox_id} was created by an older sandport: it can "
+                           "exec, but processes and terminals need a new sandbox")
+        spec = CommandSpec(
+            argv=request.argv, env=oci.merge_env(tuple(meta["env"]), request.env),
+            cwd=request.cwd or meta.get("workdir") or "/", stdin=request.stdin, pty=request.pty,
+            uid=request.uid, gid=request.gid, groups=request.groups,
+        )
+        return await start_command(meta["sandboxIp"], spec, listener)
+
     # -- state ------------------------------------------------------------------------
     def address(self, sandbox_id: str) -> str | None:
         address = read_json(self.bundles / sandbox_id / "runtime.json").get("sandboxIp")
         return address if isinstance(address, str) else None
+
+    def open_root(self, sandbox_id: str) -> int:
+        """An ``O_PATH`` descriptor of the sandbox's root directory as its processes see it
+        (with its own mounts), for safepath; the caller closes it."""
+        pid = self.init_pid(sandbox_id)
+        if pid is None:
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self.init_pid(sandbox_id) != pid:  # the pid was reused between the two looks
+            os.close(fd)
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        return fd
+
+    def workdir(self, sandbox_id: str) -> str:
+        workdir = read_json(self.bundles / sandbox_id / "runtime.json").get("workdir")
+        return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
 
     def init_pid(self, sandbox_id: str) -> int | None:
         state = read_json(self.state_root / sandbox_id / "state.json")

@@ -12,6 +12,7 @@ from ..errors import TransportError
 from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
+from ._async_runtime import AsyncFiles, AsyncProcesses, AsyncTerminal
 
 T = TypeVar("T")
 
@@ -37,6 +38,9 @@ class AsyncSandbox:
         self.info = info
         self._settings = settings
         self._client = client or _new_client()
+        self.files = AsyncFiles(self)
+        self.processes = AsyncProcesses(self)
+        self.terminal = AsyncTerminal(self)
 
     @property
     def id(self) -> str:
@@ -51,6 +55,9 @@ class AsyncSandbox:
         if self._client.is_closed:
             self._client = _new_client()
         return self._client
+
+    async def _send(self, call: _base.Call[T]) -> T:
+        return await _send(self._http(), call)
 
     @classmethod
     async def create(

@@ -11,6 +11,7 @@ from ..errors import TransportError
 from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
+from ._sync_runtime import Files, Processes, Terminal
 
 T = TypeVar("T")
 
@@ -36,6 +37,9 @@ class Sandbox:
         self.info = info
         self._settings = settings
         self._client = client or _new_client()
+        self.files = Files(self)
+        self.processes = Processes(self)
+        self.terminal = Terminal(self)
 
     @property
     def id(self) -> str:
@@ -50,6 +54,9 @@ class Sandbox:
         if self._client.is_closed:
             self._client = _new_client()
         return self._client
+
+    def _send(self, call: _base.Call[T]) -> T:
+        return _send(self._http(), call)
 
     @classmethod
     def create(

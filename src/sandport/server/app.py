@@ -6,11 +6,15 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from ..control.routes import routes as control_routes
 from ..errors import SandportError
+from ..proxy.urls import RUNTIME_HEADER
 from ..runtime_api.routes import routes as runtime_routes
 from .context import AppContext
 
@@ -34,9 +38,39 @@ async def render_error(request: Request, exc: Exception) -> Response:
                         status_code=500)
 
 
+def came_by_runtime_host(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request for the internal ``/runtime/<id>/...`` routes was mapped there by
+    the edge proxy from that sandbox's runtime host (it marks those, and strips the mark
+    from every client request); other paths need no mark."""
+    if not path.startswith("/runtime/"):
+        return True
+    sandbox_id = path[len("/runtime/"):].partition("/")[0].encode()
+    return any(name == RUNTIME_HEADER and value == sandbox_id for name, value in headers)
+
+
+class RuntimeRoutesGuard:
+    """The runtime routes answer only requests that came by a runtime host: a path on the
+    control host that merely decodes to ``/runtime/...`` gets the router's 404."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and \
+                not came_by_runtime_host(scope["path"], scope["headers"]):
+            if scope["type"] == "websocket":
+                await WebSocketClose()(scope, receive, send)
+            else:
+                await JSONResponse({"error": "not_found", "message": "no such route"},
+                                   status_code=404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=[*control_routes, *runtime_routes],
+        middleware=[Middleware(RuntimeRoutesGuard)],
         exception_handlers={SandportError: render_error, HTTPException: render_error,
                             Exception: render_error},
     )

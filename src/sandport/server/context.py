@@ -11,6 +11,7 @@ from ..control.requests import HostLimits
 from ..control.sandboxes import SandboxService
 from ..runtime import Runtime
 from ..runtime.images import ImageStore
+from ..runtime_api.sessions import RuntimeSessions
 from ..settings import ServerSettings
 from ..store import Store
 
@@ -23,6 +24,7 @@ class AppContext:
     images: ImageStore
     sandboxes: SandboxService
     limits: HostLimits
+    sessions: RuntimeSessions = field(default_factory=RuntimeSessions)
     clock: Callable[[], float] = field(default=time.time)
 
 

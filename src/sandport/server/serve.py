@@ -93,6 +93,7 @@ async def _serve(settings: ServerSettings) -> None:
                             header_timeout_s=settings.header_timeout_s,
                             idle_timeout_s=settings.idle_timeout_s)
         routes.watch(proxy.cut)
+        routes.watch(ctx.sessions.sandbox_gone)
         reaper = asyncio.ensure_future(run_reaper(sandboxes))
         listener: asyncio.Server | None = None
         try:

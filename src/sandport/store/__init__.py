@@ -36,6 +36,8 @@ class SandboxRecord:
     close_reason: str | None = None
     exposed_ports: dict[int, bool] = field(default_factory=dict)  # port → auth
     network: dict[str, Any] = field(default_factory=dict)  # the policy, in wire form
+    # Ports unexposed on a network.openPorts sandbox: they stay closed until exposed again.
+    closed_ports: tuple[int, ...] = ()
 
     def evolve(self, **changes: Any) -> SandboxRecord:
         return replace(self, **changes)
@@ -77,9 +79,11 @@ class Store(Protocol):
     async def add_grant(self, grant_hash: str, sandbox_id: str, port: int,
                         expires_at: float) -> None: ...
 
-    async def redeem_grant(self, grant_hash: str, now: float) -> tuple[str, int] | None:
-        """(sandbox id, port) of a grant that is unused and unexpired, marking it used;
-        None otherwise. At most one caller ever gets a grant."""
+    async def redeem_grant(self, grant_hash: str, sandbox_id: str, port: int,
+                           now: float) -> bool:
+        """Whether the grant is for (sandbox, port), unused and unexpired, marking it used
+        if so (a grant shown on another host stays usable). At most one caller ever gets
+        a grant."""
         ...
 
 

@@ -61,6 +61,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX grants_by_expiry ON grants (expires_at);
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN closed_ports TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -173,13 +176,14 @@ class SqliteStore:
         self.db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, NULL)",
                         (grant_hash, sandbox_id, port, expires_at))
 
-    async def redeem_grant(self, grant_hash: str, now: float) -> tuple[str, int] | None:
+    async def redeem_grant(self, grant_hash: str, sandbox_id: str, port: int,
+                           now: float) -> bool:
         row = self.db.execute(
-            "UPDATE grants SET used_at=? WHERE grant_hash=? AND used_at IS NULL"
-            " AND expires_at > ? RETURNING sandbox_id, port",
-            (now, grant_hash, now),
+            "UPDATE grants SET used_at=? WHERE grant_hash=? AND sandbox_id=? AND port=?"
+            " AND used_at IS NULL AND expires_at > ? RETURNING 1",
+            (now, grant_hash, sandbox_id, port, now),
         ).fetchone()
-        return (str(row[0]), int(row[1])) if row else None
+        return row is not None
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]:
         rows = self.db.execute(
@@ -188,7 +192,7 @@ class SqliteStore:
         return [_from_row(r) for r in rows.fetchall()]
 
 
-_JSON_COLUMNS = ("env", "exposed_ports", "network")
+_JSON_COLUMNS = ("env", "exposed_ports", "network", "closed_ports")
 
 
 def _to_row(record: SandboxRecord) -> tuple[Any, ...]:
@@ -203,4 +207,5 @@ def _from_row(row: sqlite3.Row) -> SandboxRecord:
     for column in _JSON_COLUMNS:
         values[column] = json.loads(values[column])
     values["exposed_ports"] = {int(p): bool(a) for p, a in values["exposed_ports"].items()}
+    values["closed_ports"] = tuple(int(p) for p in values["closed_ports"])
     return SandboxRecord(**values)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import Sequence
 
@@ -59,6 +61,17 @@ async def run_command(
         exit_code=124 if code is None else code,
         timed_out=code is None,
     )
+
+
+def abort_connection(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (RST), which the agent notices at once and answers by killing the
+    command's group even when its stdin is backed up: then the agent is not reading the
+    socket, and a plain close's FIN can wait behind unsent input (see agent.c)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _start_failure(message: str, cwd: str) -> Exception:

@@ -1,0 +1,175 @@
+"""Watch a directory of a sandbox for changes, from the host, with inotify(7).
+
+The directory is found with safepath (inside the sandbox's root) and watched through its
+descriptor, so a watch never covers a host directory. Changes made by the sandbox's own
+processes go through the same filesystem (its overlay, its tmpfs) and so raise events.
+Recursive watches add every subdirectory, including ones created later.
+
+Events are named like fsnotify's: CREATE, WRITE, REMOVE, RENAME, CHMOD.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import posixpath
+import struct
+from dataclasses import dataclass
+
+from .safepath import open_dir
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW = 0x400, 0x800, 0x2000, 0x4000
+IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x8000, 0x1000000, 0x40000000
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+        | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+_EVENT = struct.Struct("iIII")
+MAX_DIRS = 8192  # per watch (the host's fs.inotify.max_user_watches is shared by all)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str  # inside the sandbox
+    op: str
+
+
+def op_name(mask: int) -> str | None:
+    """The fsnotify name of one inotify event, or None for events we do not report."""
+    if mask & (IN_CREATE | IN_MOVED_TO):
+        return "CREATE"
+    if mask & IN_DELETE:
+        return "REMOVE"
+    if mask & IN_MOVED_FROM:
+        return "RENAME"
+    if mask & IN_MODIFY:
+        return "WRITE"
+    if mask & IN_ATTRIB:
+        return "CHMOD"
+    return None
+
+
+class DirectoryWatch:
+    """One inotify instance over a directory (and, if recursive, its subdirectories).
+
+    ``fileno()`` is readable when events wait; ``read()`` returns them. ``ended`` turns
+    true when the watched directory itself is removed, moved or unmounted.
+    """
+
+    def __init__(self, root_fd: int, path: str, recursive: bool) -> None:
+        self.path = "/" + posixpath.normpath("/" + path).lstrip("/")
+        self.recursive = recursive
+        self.ended = False
+        self._dirs: dict[int, str] = {}
+        self._fd: int = int(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+        if self._fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self._root = os.dup(root_fd)  # new subdirectories are found from the root again
+        try:
+            dir_fd = open_dir(root_fd, self.path)
+            try:
+                self._add_tree(dir_fd, self.path, depth=64 if recursive else 0)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            os.close(self._fd)
+            os.close(self._root)
+            raise
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            os.close(self._root)
+            self._fd = -1
+
+    def _add(self, dir_fd: int, path: str) -> None:
+        if len(self._dirs) >= MAX_DIRS:
+            return
+        wd = _libc.inotify_add_watch(self._fd, f"/proc/self/fd/{dir_fd}".encode(), MASK)
+        if wd < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOENT, errno.ENOTDIR):
+                return
+            raise OSError(err, os.strerror(err), path)
+        self._dirs[wd] = path
+
+    def _add_tree(self, dir_fd: int, path: str, depth: int) -> None:
+        self._add(dir_fd, path)
+        if depth <= 0:
+            return
+        try:
+            names = os.listdir(_readable(dir_fd))
+        except OSError:
+            return
+        for name in names:
+            try:
+                sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=dir_fd)
+            except OSError:
+                continue  # not a directory, a symlink, or gone
+            try:
+                self._add_tree(sub, posixpath.join(path, name), depth - 1)
+            finally:
+                os.close(sub)
+
+    def read(self) -> list[Change]:
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return []
+        changes: list[Change] = []
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            raw = data[offset + _EVENT.size: offset + _EVENT.size + length]
+            offset += _EVENT.size + length
+            self._one(wd, mask, raw.split(b"\0", 1)[0].decode(errors="replace"), changes)
+        return changes
+
+    def _one(self, wd: int, mask: int, name: str, changes: list[Change]) -> None:
+        base = self._dirs.get(wd)
+        if mask & IN_Q_OVERFLOW:
+            changes.append(Change(self.path, "OVERFLOW"))
+            return
+        if base is None:
+            return
+        if mask & IN_IGNORED:
+            del self._dirs[wd]
+            if base == self.path:
+                self.ended = True
+            return
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
+            if base == self.path:
+                self.ended = True
+            return
+        path = posixpath.join(base, name) if name else base
+        op = op_name(mask)
+        if op is not None:
+            changes.append(Change(path, op))
+        if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+            self._add_new_dir(path)
+
+    def _add_new_dir(self, path: str) -> None:
+        """A directory appeared: watch it (and what it already holds, if moved in)."""
+        try:
+            sub = open_dir(self._root, path)
+        except OSError:
+            return  # gone again, or not a directory any more
+        try:
+            self._add_tree(sub, path, depth=64)
+        finally:
+            os.close(sub)
+
+
+def _readable(path_fd: int) -> int | str:
+    """listdir needs a real descriptor or a path; an O_PATH one is reopened by its link."""
+    return f"/proc/self/fd/{path_fd}"
+

@@ -1,0 +1,293 @@
+"""Processes and terminals running in sandboxes: their state, output and followers.
+
+A ``ProcessSession`` owns one agent channel. Its output is a sequence of numbered chunks
+(``seq`` 1, 2, …, stdout and stderr interleaved as they came). The session keeps the most
+recent ``buffer_bytes`` of it, so a client that attaches late (or reconnects) reads what it
+missed, within that bound. A follower that is attached never misses a chunk: while it lags
+more than the buffer behind, reading from the sandbox pauses (the command's writes block)
+rather than dropping what it has not read. Memory per process is thus at most about twice
+the buffer, whatever the command prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import Conflict, NotFound
+from ..runtime.agent.channel import CommandChannel, CommandListener
+
+ProcessStatus = Literal["running", "exited", "failed", "killed", "timed_out"]
+DEFAULT_BUFFER_BYTES = 4 << 20
+MAX_BUFFER_BYTES = 64 << 20
+KEEP_FINISHED = 200  # per sandbox: older finished processes are forgotten
+KILL_GRACE_S = 5.0
+PIN, PIN_S = -1, 10.0
+MERGE_MAX = 256 << 10
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    seq: int
+    stream: str  # stdout, stderr (a terminal's output is stdout)
+    data: bytes
+    timestamp: int
+
+
+@dataclass
+class ProcessSession(CommandListener):
+    id: str
+    sandbox_id: str
+    command: str
+    args: list[str] | None
+    cwd: str
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    pty: tuple[int, int] | None = None
+    status: ProcessStatus = "running"
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int = 0
+    error: str | None = None
+    started_at: int = field(default_factory=now_ms)
+    completed_at: int | None = None
+    channel: CommandChannel | None = None
+    chunks: deque[Chunk] = field(default_factory=deque)
+    last_seq: int = 0
+    buffered: int = 0
+    dropped: bool = False  # some output is no longer in the buffer
+    stdin_open: bool = True
+    _followers: dict[int, int] = field(default_factory=dict)  # follower → last seq read
+    _next_follower: itertools.count[int] = field(default_factory=itertools.count)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _paused: bool = False
+    _kill_reason: ProcessStatus | None = None
+    _deadline: asyncio.TimerHandle | None = None
+
+    # -- from the channel ---------------------------------------------------------------
+    def on_output(self, stream: str, data: bytes) -> None:
+        last = self.chunks[-1] if self.chunks else None
+        if last is not None and last.stream == stream and len(last.data) + len(data) <= MERGE_MAX \
+                and all(cursor < last.seq for cursor in self._followers.values()):
+            # Nobody has read the newest chunk yet: grow it rather than add one. When the
+            # reader is slower than the command, chunks get bigger and fewer.
+            self.chunks[-1] = Chunk(last.seq, stream, last.data + data, last.timestamp)
+        else:
+            self.last_seq += 1
+            self.chunks.append(Chunk(self.last_seq, stream, data, now_ms()))
+        self.buffered += len(data)
+        self._trim()
+        self._wake()
+
+    def on_exit(self, code: int, signum: int) -> None:
+        if signum and self._kill_reason:
+            self._finish(self._kill_reason, code, signum)
+        else:
+            self._finish("killed" if signum else "exited", code, signum)
+
+    def on_failed(self, message: str) -> None:
+        self._finish("failed", None, 0, message)
+
+    def on_lost(self) -> None:
+        if self.status == "running":
+            self._finish(self._kill_reason or "failed", None, 0,
+                         "the connection to the sandbox ended (was it stopped?)")
+
+    def _finish(self, status: ProcessStatus, code: int | None, signum: int,
+                error: str | None = None) -> None:
+        if self.status != "running":
+            return
+        self.status, self.exit_code, self.signal, self.error = status, code, signum, error
+        self.completed_at = now_ms()
+        self.stdin_open = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.channel is not None:
+            self.channel.close()
+        self._wake()
+
+    # -- output buffer ------------------------------------------------------------------
+    def _trim(self) -> None:
+        """Drop chunks beyond the buffer that every follower has read; pause reading if a
+        follower lags so far that nothing more may be dropped."""
+        oldest_needed = min(self._followers.values(), default=self.last_seq)
+        while self.buffered > self.buffer_bytes and self.chunks \
+                and self.chunks[0].seq <= oldest_needed:
+            self.buffered -= len(self.chunks.popleft().data)
+            self.dropped = True
+        lagging = self.buffered > 2 * self.buffer_bytes
+        if lagging != self._paused and self.channel is not None:
+            self._paused = lagging
+            (self.channel.pause if lagging else self.channel.resume)()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def retained_from(self) -> int:
+        """The first seq still in the buffer (last_seq + 1 when it is empty)."""
+        return self.chunks[0].seq if self.chunks else self.last_seq + 1
+
+    def pin_start(self) -> None:
+        """Keep every chunk from the start until the first follower from seq 0 adopts the
+        pin (the stream answering the start request, or a client's first ``stream()``)
+        or ``PIN_S`` passes, whichever is first: a client that starts a process and then
+        reads its output gets all of it, however fast it prints."""
+        self._followers[PIN] = 0
+        asyncio.get_running_loop().call_later(PIN_S, self._unpin)
+
+    def _unpin(self) -> None:
+        if self._followers.pop(PIN, None) is not None:
+            self._trim()
+
+    async def follow(self, after_seq: int = 0,
+                     heartbeat_s: float | None = None) -> AsyncIterator[Chunk | None]:
+        """Chunks with seq > ``after_seq`` (from the oldest kept), live, until the process
+        has ended and everything was read. Yields None every ``heartbeat_s`` of silence."""
+        key = next(self._next_follower)
+        pinned = self._followers.pop(PIN, None) if after_seq == 0 else None
+        self._followers[key] = pinned if pinned is not None else max(
+            after_seq, self.retained_from() - 1)
+        try:
+            while True:
+                chunk = self._after(self._followers[key])
+                if chunk is not None:
+                    # Taken before it is handed out: from now on it may not grow (on_output).
+                    self._followers[key] = chunk.seq
+                    self._trim()
+                    yield chunk
+                    continue
+                if not self.running:
+                    return
+                try:
+                    await asyncio.wait_for(self._changed.wait(), heartbeat_s)
+                except TimeoutError:
+                    yield None
+        finally:
+            del self._followers[key]
+            self._trim()
+
+    def _after(self, cursor: int) -> Chunk | None:
+        """The chunk following seq ``cursor`` (seqs in the buffer are consecutive)."""
+        if not self.chunks or self.chunks[-1].seq <= cursor:
+            return None
+        return self.chunks[max(0, cursor + 1 - self.chunks[0].seq)]
+
+    async def wait(self, timeout_s: float | None) -> bool:
+        """True once the process has ended; False if ``timeout_s`` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while self.running:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
+    def output_text(self) -> tuple[str, str]:
+        out = b"".join(c.data for c in self.chunks if c.stream == "stdout")
+        err = b"".join(c.data for c in self.chunks if c.stream == "stderr")
+        return out.decode(errors="replace"), err.decode(errors="replace")
+
+    # -- control ------------------------------------------------------------------------
+    def _channel(self) -> CommandChannel:
+        if not self.running or self.channel is None:
+            raise Conflict(f"process {self.id} has already ended ({self.status})")
+        return self.channel
+
+    def write_stdin(self, data: bytes) -> None:
+        channel = self._channel()
+        if not self.stdin_open:
+            raise Conflict(f"process {self.id}: its stdin is closed")
+        if data:
+            channel.write_stdin(data)
+
+    def close_stdin(self) -> None:
+        channel = self._channel()
+        if self.stdin_open:
+            self.stdin_open = self.pty is not None  # a terminal gets ^D and stays usable
+            channel.close_stdin()
+
+    def send_signal(self, signum: int) -> None:
+        self._channel().signal(signum)
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._channel().resize(rows, cols)
+        self.pty = (rows, cols)
+
+    def kill(self, reason: ProcessStatus = "killed") -> None:
+        """SIGKILL the process group; hang up if the agent does not report the exit."""
+        if not self.running or self.channel is None:
+            return
+        self._kill_reason = reason
+        self.channel.kill()
+        channel = self.channel
+        asyncio.get_running_loop().call_later(KILL_GRACE_S, channel.close)
+
+    def set_timeout(self, timeout_s: float | None) -> None:
+        if timeout_s is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(timeout_s, self.kill, "timed_out")
+
+    # -- wire -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "command": self.command,
+                "args": self.args, "cwd": self.cwd, "pid": self.pid,
+                "exit_code": self.exit_code, "started_at": self.started_at,
+                "completed_at": self.completed_at}
+
+    def result(self, *, with_output: bool) -> dict[str, Any]:
+        stdout, stderr = self.output_text() if with_output else ("", "")
+        return {**self.summary(), "stdout": stdout, "stderr": stderr,
+                "last_seq": self.last_seq, "output_truncated": with_output and self.dropped,
+                "error": self.error, "signal": self.signal or None}
+
+
+class ProcessRegistry:
+    """Every process and terminal session of this server, by id."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, ProcessSession] = {}
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{secrets.token_hex(8)}"
+
+    def add(self, session: ProcessSession) -> None:
+        self._sessions[session.id] = session
+        finished = [s for s in self._sessions.values()
+                    if s.sandbox_id == session.sandbox_id and not s.running]
+        for old in sorted(finished, key=lambda s: s.started_at)[:-KEEP_FINISHED or None]:
+            del self._sessions[old.id]
+
+    def get(self, sandbox_id: str, session_id: str) -> ProcessSession:
+        session = self._sessions.get(session_id)
+        if session is None or session.sandbox_id != sandbox_id:
+            raise NotFound(f"process {session_id} not found")
+        return session
+
+    def of_sandbox(self, sandbox_id: str, *, terminals: bool) -> list[ProcessSession]:
+        return sorted((s for s in self._sessions.values() if s.sandbox_id == sandbox_id
+                       and (s.pty is not None) == terminals), key=lambda s: s.started_at)
+
+    def sandbox_gone(self, sandbox_id: str) -> None:
+        for session in [s for s in self._sessions.values() if s.sandbox_id == sandbox_id]:
+            if session.channel is not None:
+                session.channel.close()
+            session.on_lost()
+            del self._sessions[session.id]
