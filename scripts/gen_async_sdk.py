@@ -37,6 +37,7 @@ REWRITES: list[tuple[str, str]] = [
     (r"= arecv_message\(", "= await arecv_message("),
     (r"= ws_aconnect\(", "= await ws_aconnect("),
     (r"\bIterator\b", "AsyncIterator"),
+    (r"def __iter__\(", "def __aiter__("),
     (r"\b(ws|self\._ws)\.(recv|close|send)\(", r"await \1.\2("),
     (r"^(    )def (events|stream)\(", r"\1async def \2("),
     (r"TerminalSession\(ws_aconnect\(target\)\)", "TerminalSession(await ws_aconnect(target))"),

@@ -20,7 +20,7 @@ def test_start_stream_wait(make_sandbox: Callable[..., Sandbox]) -> None:
     proc = sb.processes.start("for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.05; done;"
                               " exit 5")
     assert proc.pid and proc.info.status == "running"
-    chunks = list(proc.stream())
+    chunks = list(proc)  # iterating a process is streaming its output
     assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
     assert "".join(c.text for c in chunks if c.stream == "stdout") == "out1\nout2\nout3\n"
     assert "".join(c.text for c in chunks if c.stream == "stderr") == "err1\nerr2\nerr3\n"
@@ -175,7 +175,7 @@ def test_async_twins(server: ServerProcess) -> None:
             proc = await sb.processes.start("cat")
             await proc.write_stdin("async\n")
             await proc.close_stdin()
-            assert [c.text async for c in proc.stream()] == ["async\n"]
+            assert [c.text async for c in proc] == ["async\n"]
             assert (await proc.wait()).exit_code == 0
             term = await sb.terminal.create("bash")
             session = await term.connect()

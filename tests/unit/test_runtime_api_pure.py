@@ -27,7 +27,14 @@ from sandport.runtime_api.commands import (
     parse_start,
     parse_terminal,
 )
-from sandport.runtime_api.process_state import Chunk, ProcessSession
+from sandport.runtime_api.process_state import (
+    FINISHED_BUFFER_BUDGET,
+    MAX_RUNNING,
+    RUNNING_BUFFER_BUDGET,
+    Chunk,
+    ProcessRegistry,
+    ProcessSession,
+)
 from sandport.runtime_api.processes import output_event
 from sandport.sdk._runtime import EventStreamParser
 
@@ -226,3 +233,29 @@ def test_timeout_status() -> None:
 
     asyncio.run(main())
 
+
+
+def test_registry_limits_running_processes_and_buffers() -> None:
+    registry = ProcessRegistry()
+    for i in range(MAX_RUNNING):
+        registry.add(ProcessSession(f"p{i}", "sb", "cmd", None, "/", buffer_bytes=1))
+    with pytest.raises(Conflict):
+        registry.admit("sb", 1)
+    registry.admit("other", 1)  # limits are per sandbox
+    with pytest.raises(Conflict):
+        registry.admit("other", RUNNING_BUFFER_BUDGET + 1)
+
+
+def test_registry_bounds_the_output_kept_of_finished_processes() -> None:
+    registry = ProcessRegistry()
+    sessions = []
+    for i in range(4):
+        session = ProcessSession(f"p{i}", "sb", "cmd", None, "/", buffer_bytes=40 << 20)
+        session.started_at = i
+        session.on_output("stdout", b"x" * (30 << 20))
+        session.on_exit(0, 0)
+        registry.add(session)
+        sessions.append(session)
+    kept = [s.buffered for s in sessions]
+    assert sum(kept) <= FINISHED_BUFFER_BUDGET and kept[-1] == 30 << 20
+    assert sessions[0].dropped and sessions[0].result(with_output=True)["output_truncated"]

@@ -26,7 +26,12 @@ from ..runtime.agent.channel import CommandChannel, CommandListener
 ProcessStatus = Literal["running", "exited", "failed", "killed", "timed_out"]
 DEFAULT_BUFFER_BYTES = 4 << 20
 MAX_BUFFER_BYTES = 64 << 20
-KEEP_FINISHED = 200  # per sandbox: older finished processes are forgotten
+# Per sandbox: older finished processes are forgotten, and the output kept of finished
+# ones is bounded; running ones are limited in number and in buffer space.
+KEEP_FINISHED = 200
+FINISHED_BUFFER_BUDGET = 64 << 20
+MAX_RUNNING = 256
+RUNNING_BUFFER_BUDGET = 256 << 20
 KILL_GRACE_S = 5.0
 PIN, PIN_S = -1, 10.0
 MERGE_MAX = 256 << 10
@@ -200,6 +205,11 @@ class ProcessSession(CommandListener):
                 return False
         return True
 
+    def forget_output(self) -> None:
+        self.chunks.clear()
+        self.buffered = 0
+        self.dropped = True
+
     def output_text(self) -> tuple[str, str]:
         out = b"".join(c.data for c in self.chunks if c.stream == "stdout")
         err = b"".join(c.data for c in self.chunks if c.stream == "stderr")
@@ -268,12 +278,31 @@ class ProcessRegistry:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{secrets.token_hex(8)}"
 
+    def admit(self, sandbox_id: str, buffer_bytes: int) -> None:
+        """Refuse a start that would pass the sandbox's limits (see MAX_RUNNING)."""
+        running = [s for s in self._sessions.values()
+                   if s.sandbox_id == sandbox_id and s.running]
+        if len(running) >= MAX_RUNNING:
+            raise Conflict(f"a sandbox may run {MAX_RUNNING} processes and terminals "
+                           "through the API at once")
+        if sum(s.buffer_bytes for s in running) + buffer_bytes > RUNNING_BUFFER_BUDGET:
+            raise Conflict(f"the output buffers of this sandbox's running processes would "
+                           f"pass {RUNNING_BUFFER_BUDGET >> 20} MiB: ask for a smaller "
+                           "outputBufferBytes or end some processes")
+
     def add(self, session: ProcessSession) -> None:
         self._sessions[session.id] = session
-        finished = [s for s in self._sessions.values()
-                    if s.sandbox_id == session.sandbox_id and not s.running]
-        for old in sorted(finished, key=lambda s: s.started_at)[:-KEEP_FINISHED or None]:
+        finished = sorted((s for s in self._sessions.values()
+                           if s.sandbox_id == session.sandbox_id and not s.running),
+                          key=lambda s: s.started_at)
+        for old in finished[:-KEEP_FINISHED or None]:
             del self._sessions[old.id]
+        kept = sum(s.buffered for s in finished)
+        for old in finished:  # the oldest finished processes' output goes first
+            if kept <= FINISHED_BUFFER_BUDGET:
+                break
+            kept -= old.buffered
+            old.forget_output()
 
     def get(self, sandbox_id: str, session_id: str) -> ProcessSession:
         session = self._sessions.get(session_id)

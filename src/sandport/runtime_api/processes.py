@@ -64,6 +64,7 @@ async def launch(request: Request, sandbox_id: str, start: StartRequest, prefix:
     """Start ``start`` in the sandbox and register it; start failures are 4xx/5xx errors.
     ``pin`` keeps all output from the start for the stream that is about to follow it."""
     ctx = request.app.state.ctx
+    registry(request).admit(sandbox_id, start.buffer_bytes)
     user = await user_of(request, sandbox_id, start.run_as)
     env = dict(start.env)
     cwd = start.cwd

@@ -28,7 +28,7 @@ from ._common import bool_field, int_field, require_object, runtime_record, stri
 from .files import in_sandbox
 from .websocket import deny
 
-EVENT_BUFFER = 10_000
+EVENT_BUFFER = 4096
 MAX_WATCHES_PER_SANDBOX = 32
 
 

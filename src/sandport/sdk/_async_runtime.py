@@ -170,6 +170,9 @@ class AsyncWatch:
         finally:
             await ws.close()
 
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self.events()
+
     async def stop(self) -> None:
         await self._sb._send(rt.stop_watch_call(self._sb._settings, self._sb.info, self.id))
 
@@ -247,6 +250,10 @@ class AsyncProcess:
                         return
         except httpx.HTTPError as exc:
             raise TransportError(f"the output stream of {self.id} broke: {exc}") from None
+
+    def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        """``for chunk in proc:`` is ``proc.stream()``."""
+        return self.stream()
 
     async def write_stdin(self, data: str | bytes) -> None:
         await self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, data, False))

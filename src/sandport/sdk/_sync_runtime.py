@@ -169,6 +169,9 @@ class Watch:
         finally:
             ws.close()
 
+    def __iter__(self) -> Iterator[WatchEvent]:
+        return self.events()
+
     def stop(self) -> None:
         self._sb._send(rt.stop_watch_call(self._sb._settings, self._sb.info, self.id))
 
@@ -246,6 +249,10 @@ class Process:
                         return
         except httpx.HTTPError as exc:
             raise TransportError(f"the output stream of {self.id} broke: {exc}") from None
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        """``for chunk in proc:`` is ``proc.stream()``."""
+        return self.stream()
 
     def write_stdin(self, data: str | bytes) -> None:
         self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, data, False))
