@@ -158,6 +158,15 @@ def test_paths_never_leave_the_sandbox(make_sandbox: Callable[..., Sandbox]) -> 
                      "/proc/1/root/etc/hostname", "/p/loop1"):
             with pytest.raises((BadRequest, NotFound)):
                 sb.files.read(path)
+        # Kernel interfaces are not files: read as the server (host root) they would
+        # bypass the sandbox's missing capabilities (/proc/kmsg is the host's kernel log).
+        for path in ("/proc/kmsg", "/proc/1/environ", "/sys/kernel/uevent_helper",
+                     "/sys/fs/cgroup/cgroup.procs"):
+            with pytest.raises((Forbidden, NotFound)):
+                sb.files.read(path)
+        with pytest.raises(Forbidden):
+            sb.files.read("/proc/kmsg")
+        assert [e.name for e in sb.files.list("/proc") if e.name == "1"]  # listing is fine
         for path in ("/p/blk", "/p/chr", "/p/fifo"):
             with pytest.raises(Forbidden):
                 sb.files.read(path)

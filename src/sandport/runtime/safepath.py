@@ -20,6 +20,7 @@ import errno
 import os
 import posixpath
 import stat
+import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_OPENAT2 = 437  # the same number on every architecture (added after the unification)
@@ -27,6 +28,20 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 RENAME_NOREPLACE = 1
+# Kernel pseudo-filesystems whose "files" are interfaces, checked against the caller's
+# privileges: read as the server (host root) they would bypass the capabilities the
+# sandbox lacks (/proc/kmsg is the host's kernel log and blocks). Never opened for I/O.
+KERNEL_FILESYSTEMS = frozenset({
+    0x9FA0,      # proc
+    0x62656572,  # sysfs
+    0x64626720,  # debugfs
+    0x73636673,  # securityfs
+    0x27E0EB,    # cgroup
+    0x63677270,  # cgroup2
+    0xCAFE4A11,  # bpf
+    0x74726163,  # tracefs
+    0x6E736673,  # nsfs
+})
 
 
 class _OpenHow(ctypes.Structure):
@@ -84,8 +99,19 @@ def reopen_dir(root_fd: int, path: str) -> int:
     return openat2(root_fd, relative(path), os.O_RDONLY | os.O_DIRECTORY)
 
 
+def filesystem_type(fd: int) -> int:
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], sys.byteorder, signed=True)
+
+
 def reopen(path_fd: int, flags: int) -> int:
-    """Turn an ``O_PATH`` descriptor into a real one, for the same inode."""
+    """Turn an ``O_PATH`` descriptor into a real one, for the same inode; never one on a
+    kernel pseudo-filesystem (KERNEL_FILESYSTEMS)."""
+    if filesystem_type(path_fd) & 0xFFFFFFFF in KERNEL_FILESYSTEMS:
+        raise PermissionError(errno.EPERM, "a kernel interface, not a file")
     return os.open(f"/proc/self/fd/{path_fd}", flags | os.O_CLOEXEC | os.O_NOCTTY)
 
 

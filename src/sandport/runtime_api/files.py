@@ -13,6 +13,7 @@ import mimetypes
 import os
 import posixpath
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -32,6 +33,13 @@ from ._common import (
 )
 
 T = TypeVar("T")
+# File work runs in its own threads: a slow copy in one sandbox must not hold up the
+# server's default executor (or other sandboxes' small operations) for long.
+FS_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sandport-fs")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(FS_THREADS, fn, *args)
 TRANSFER_CHUNK = 1 << 20
 MAX_READ_BYTES = 64 << 20  # a JSON read answers at most this much (``truncated`` says so)
 MAX_WRITE_BODY = 48 << 20  # JSON writes; bigger files go through upload
@@ -54,7 +62,7 @@ async def in_sandbox(request: Request, run_as: str | None, op: Callable[[Sandbox
         finally:
             os.close(root)
 
-    return await asyncio.to_thread(work)
+    return await in_thread(work)
 
 
 def _run_as(source: dict[str, Any]) -> str | None:
@@ -142,10 +150,10 @@ async def upload_file(request: Request) -> Response:
         async for chunk in request.stream():
             pending += chunk
             if len(pending) >= TRANSFER_CHUNK:
-                written += await asyncio.to_thread(_write_all, fd, bytes(pending), path)
+                written += await in_thread(_write_all, fd, bytes(pending), path)
                 pending.clear()
         if pending:
-            written += await asyncio.to_thread(_write_all, fd, bytes(pending), path)
+            written += await in_thread(_write_all, fd, bytes(pending), path)
     finally:
         os.close(fd)
     info = await in_sandbox(request, _run_as(query), lambda fs: fs.stat(path))
@@ -174,7 +182,7 @@ async def download_file(request: Request) -> Response:
         offset = start
         try:
             while offset < end:
-                chunk = await asyncio.to_thread(os.pread, fd, min(TRANSFER_CHUNK, end - offset),
+                chunk = await in_thread(os.pread, fd, min(TRANSFER_CHUNK, end - offset),
                                                 offset)
                 if not chunk:
                     break  # the file shrank while we sent it

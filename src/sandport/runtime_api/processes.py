@@ -8,7 +8,6 @@ kept as process_state describes, and ``GET …/{id}/stream?from_seq=`` reads it 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -25,6 +24,7 @@ from ..runtime import CommandRequest, safepath
 from ..runtime.sandboxfs import ROOT, SandboxFS, User
 from ._common import decode_data, int_field, require_object, runtime_record
 from .commands import StartRequest, parse_signal, parse_start, parse_wait_timeout
+from .files import in_thread
 from .process_state import Chunk, ProcessRegistry, ProcessSession
 
 HEARTBEAT_S = 15.0
@@ -56,7 +56,7 @@ async def user_of(request: Request, sandbox_id: str, name: str | None) -> User:
         finally:
             os.close(root)
 
-    return await asyncio.to_thread(look_up)
+    return await in_thread(look_up)
 
 
 async def launch(request: Request, sandbox_id: str, start: StartRequest, prefix: str,
