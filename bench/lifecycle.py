@@ -80,6 +80,13 @@ def main() -> None:
             bare_exec = [timed(lambda: subprocess.run([*runc, "exec", sb.id, "true"],
                                                       check=True))
                          for _ in range(args.execs // 2)]
+            pauses, resumes, bare_pause = [], [], []
+            for _ in range(args.execs // 4):
+                pauses.append(timed(sb.pause))
+                resumes.append(timed(sb.resume))
+                bare_pause.append(timed(lambda: subprocess.run([*runc, "pause", sb.id],
+                                                               check=True)))
+                subprocess.run([*runc, "resume", sb.id], check=True)
             for sb in sandboxes:
                 stops.append(timed(sb.stop))
 
@@ -98,6 +105,9 @@ def main() -> None:
             print(f"  peer: bare `runc exec true`: {percentiles(bare_exec)}")
             ratio = statistics.median(exec_rtt) / statistics.median(bare_exec)
             print(f"  ratio sandport / bare runc:  {ratio:.2f}")
+            print(f"pause (freezer) via the API:   {percentiles(pauses)}")
+            print(f"resume via the API:            {percentiles(resumes)}")
+            print(f"  peer: bare `runc pause`:     {percentiles(bare_pause)}")
             print(f"stop:                          {percentiles(stops)}")
             print(f"host memory per idle sandbox:  {per_sandbox_mib:.2f} MiB "
                   f"({args.held} held; MemAvailable delta)   budget ≤ 10 MiB")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-SandboxStatus = Literal["active", "closed", "error"]
-SANDBOX_STATUSES: tuple[str, ...] = ("active", "closed", "error")
+SandboxStatus = Literal["active", "paused", "closed", "error"]
+SANDBOX_STATUSES: tuple[str, ...] = ("active", "paused", "closed", "error")
 
 
 def iso(ts: float | None) -> str | None:

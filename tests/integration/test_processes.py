@@ -136,6 +136,10 @@ def test_user_cwd_env_and_clear_errors(make_sandbox: Callable[..., Sandbox]) -> 
     assert as_nobody.stdout.split()[0] == "65534"
     here = sb.processes.start("pwd; echo $X", cwd="/tmp", env={"X": "y"}).wait(10)
     assert here.stdout == "/tmp\ny\n"
+    itself = sb.exec("echo $SANDPORT_SANDBOX_ID; echo $SANDPORT_PUBLIC_URL_TEMPLATE").stdout
+    template = itself.split()[1]
+    assert itself.split()[0] == sb.id and "{port}" in template
+    assert template.replace("{port}", "3000") == sb.get_exposed_url(3000)
     with pytest.raises(BadRequest):
         sb.processes.start("true", cwd="/does/not/exist")
     with pytest.raises(BadRequest):

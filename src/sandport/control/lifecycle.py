@@ -1,8 +1,10 @@
 """The sandbox state machine (pure).
 
     creating ──► active ──► stopping ──► closed
-        │           │                      ▲
-        └──► error  └──────(timeout)───────┘
+        │         ▲   │                    ▲
+        └──► error│   └──────(timeout)─────┤
+                  ▼                        │
+                paused ────────────────────┘   (pause / resume; stop or timeout)
 
 ``creating`` and ``stopping`` exist only in the store, so that a crash in the middle of
 either is found and finished on the next boot. On the wire they read as ``active``.
@@ -14,12 +16,13 @@ from ..errors import SandboxNotRunning
 from ..store import RecordStatus, SandboxRecord
 
 _WIRE: dict[str, str] = {
-    "creating": "active", "active": "active", "stopping": "active",
+    "creating": "active", "active": "active", "stopping": "active", "paused": "paused",
     "closed": "closed", "error": "error",
 }
 TRANSITIONS: dict[str, frozenset[str]] = {
     "creating": frozenset({"active", "error", "closed"}),
-    "active": frozenset({"stopping", "closed"}),
+    "active": frozenset({"paused", "stopping", "closed"}),
+    "paused": frozenset({"active", "stopping", "closed"}),
     "stopping": frozenset({"closed"}),
     "closed": frozenset(),
     "error": frozenset(),
@@ -45,6 +48,9 @@ def is_finished(status: RecordStatus) -> bool:
 
 
 def ensure_running(record: SandboxRecord) -> None:
+    if record.status == "paused":
+        raise SandboxNotRunning(f"sandbox {record.id} is paused: resume it first "
+                                f"(POST /api/sandbox/{record.id}/resume)")
     if record.status != "active":
         state = "starting" if record.status == "creating" else wire_status(record.status)
         raise SandboxNotRunning(f"sandbox {record.id} is {state}, not running")

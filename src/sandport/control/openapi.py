@@ -69,7 +69,7 @@ OPENAPI: dict[str, Any] = {
                 "browserUrlExpiresAt": {"type": "string", "nullable": True}}},
             "SandboxDetail": {"type": "object", "properties": {
                 "id": {"type": "string"}, "teamId": {"type": "string"},
-                "status": {"type": "string", "enum": ["active", "closed", "error"]},
+                "status": {"type": "string", "enum": ["active", "paused", "closed", "error"]},
                 "imageName": {"type": "string"}, "createdAt": {"type": "string"},
                 "updatedAt": {"type": "string"},
                 "startTime": {"type": "integer", "nullable": True},
@@ -106,6 +106,11 @@ OPENAPI: dict[str, Any] = {
                                          params=[_path_param("id")])},
         "/api/sandbox/{id}/stop": {"put": _op("Stop a sandbox (idempotent)", _SANDBOX,
                                               params=[_path_param("id")])},
+        "/api/sandbox/{id}/pause": {"post": _op(
+            "Freeze the sandbox's processes (idempotent); its URLs answer 503", _SANDBOX,
+            params=[_path_param("id")])},
+        "/api/sandbox/{id}/resume": {"post": _op(
+            "Thaw a paused sandbox (idempotent)", _SANDBOX, params=[_path_param("id")])},
         "/api/sandbox/{id}/expose": {"post": _op(
             "Give a port a public URL (idempotent; auth may change)",
             {"$ref": "#/components/schemas/ExposedPort"}, body=_EXPOSE,

@@ -259,5 +259,6 @@ def _record_statuses(wire_status: str | None) -> tuple[str, ...] | None:
     """Store statuses shown on the wire as ``wire_status`` (see lifecycle.wire_status)."""
     if wire_status is None:
         return None
-    return {"active": ("creating", "active", "stopping"), "closed": ("closed",),
+    return {"active": ("creating", "active", "stopping"), "paused": ("paused",),
+            "closed": ("closed",),
             "error": ("error",)}[wire_status]

@@ -47,6 +47,18 @@ async def stop_sandbox(request: Request) -> Response:
     return JSONResponse({"success": True, **ctx.sandboxes.to_info(record).to_wire()})
 
 
+async def pause_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.pause(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def resume_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.resume(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
 async def expose_port(request: Request) -> Response:
     ctx = request.app.state.ctx
     team = await caller_team(request)
@@ -109,6 +121,8 @@ routes = [
     Route("/api/sandbox", create_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
     Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
+    Route("/api/sandbox/{id}/pause", pause_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
     Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),
     Route("/api/sandboxes", list_sandboxes, methods=["GET"]),

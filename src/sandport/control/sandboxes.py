@@ -93,8 +93,13 @@ class SandboxService:
             dict(record.exposed_ports), network.open_ports,
             closed_ports=frozenset(record.closed_ports),
             allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
-            mask_host=network.mask_request_host,
+            mask_host=network.mask_request_host, paused=record.status == "paused",
         )
+
+    def identity_env(self, sandbox_id: str) -> dict[str, str]:
+        """What a sandbox knows of itself: code inside can print its own preview link."""
+        return {"SANDPORT_SANDBOX_ID": sandbox_id,
+                "SANDPORT_PUBLIC_URL_TEMPLATE": self.urls.port_template(sandbox_id)}
 
     def _publish(self, record: SandboxRecord) -> None:
         address = self.runtime.address(record.id)
@@ -143,7 +148,7 @@ class SandboxService:
         async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
             spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
-                               record.env)
+                               {**record.env, **self.identity_env(record.id)})
             try:
                 await self.runtime.create(spec)
             except BaseException as exc:
@@ -193,6 +198,32 @@ class SandboxService:
             await self.store.update_sandbox(record)
             self._publish(record)
 
+    async def pause(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """Freeze the sandbox's processes (idempotent); its URLs answer 503 meanwhile."""
+        return await self._freeze(team_id, sandbox_id, "paused")
+
+    async def resume(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """Thaw a paused sandbox (idempotent): same URLs, processes where they were."""
+        return await self._freeze(team_id, sandbox_id, "active")
+
+    async def _freeze(self, team_id: str, sandbox_id: str,
+                      target: RecordStatus) -> SandboxRecord:
+        async with self._locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.status == target:
+                return record
+            if record.status not in ("active", "paused"):
+                lifecycle.ensure_running(record)
+            if target == "paused":
+                await self.runtime.pause(record.id)
+            else:
+                await self.runtime.resume(record.id)
+            record = record.evolve(status=target, updated_at=self.clock())
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        log.info("sandbox %s %s", record.id, "paused" if target == "paused" else "resumed")
+        return record
+
     async def get(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         record = await self.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
         if record is None or record.team_id != team_id:
@@ -238,7 +269,7 @@ class SandboxService:
 
     async def stop_exited(self) -> int:
         """Close active sandboxes whose container is gone (e.g. killed from outside)."""
-        gone = [r for r in await self.store.sandboxes_in(("active",))
+        gone = [r for r in await self.store.sandboxes_in(("active", "paused"))
                 if not self.runtime.is_running(r.id)]
         for record in gone:
             await self._stop(record, lifecycle.CLOSE_EXITED)
@@ -248,8 +279,9 @@ class SandboxService:
         """On boot: adopt running containers, close the lost, finish interrupted verbs,
         and remove runtime leftovers that no record owns."""
         counts = {"adopted": 0, "lost": 0, "interrupted": 0, "orphans": 0}
-        for record in await self.store.sandboxes_in(("creating", "active", "stopping")):
-            if record.status == "active" and self.runtime.is_running(record.id):
+        for record in await self.store.sandboxes_in(("creating", "active", "paused",
+                                                      "stopping")):
+            if record.status in ("active", "paused") and self.runtime.is_running(record.id):
                 counts["adopted"] += 1
                 self._publish(record)
                 continue

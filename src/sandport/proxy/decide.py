@@ -177,6 +177,8 @@ class Edge:
         if auth and not self._opens(route, port, authorization, cookies):
             return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
                           pages.BROWSER_NEEDS_AUTH)
+        if route.paused:
+            return _error(503, "sandbox_paused", pages.PAUSED, browser)
         head = self._head(req, target, host, route=route, port=port, hop=hop)
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port)
 

@@ -17,6 +17,7 @@ _REASONS = {302: "Found", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidd
 
 NOT_FOUND = "no sandbox port answers at this address (unknown or stopped sandbox, or a " \
     "port that is not exposed)"
+PAUSED = "this sandbox is paused: its ports answer again once it is resumed"
 NEEDS_AUTH = "this port needs the sandbox's token: send Authorization: Bearer <token>, " \
     "or open the port's browserUrl (POST /api/sandbox/{id}/expose returns one)"
 BROWSER_NEEDS_AUTH = "This port of the sandbox is private. Open it through its browser " \

@@ -67,6 +67,12 @@ class Runtime(Protocol):
         """Start a command that runs until it exits or the channel is closed."""
         ...
 
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox (cgroup freezer); memory stays."""
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox; its processes go on where they were."""
+
     async def destroy(self, sandbox_id: str) -> None:
         """Stop the sandbox and remove everything it held; safe to repeat."""
 

@@ -225,12 +225,32 @@ class RuncRuntime:
                 found.update(p.name for p in directory.iterdir() if p.is_dir())
         return found
 
+    # -- pause --------------------------------------------------------------------------
+    async def pause(self, sandbox_id: str) -> None:
+        await self._checked("pause", sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self._checked("resume", sandbox_id)
+
+    async def _checked(self, verb: str, sandbox_id: str) -> None:
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        proc = await asyncio.create_subprocess_exec(
+            *self._runc(verb, sandbox_id), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            log.error("sandbox %s: runc %s failed: %s", sandbox_id, verb,
+                      err.decode(errors="replace").strip())
+            raise RuntimeFailure(f"the sandbox could not be {verb}d")
+
     # -- destroy ----------------------------------------------------------------------
     async def destroy(self, sandbox_id: str) -> None:
         bundle = self.bundles / sandbox_id
         meta = read_json(bundle / "runtime.json")
         state = read_json(self.state_root / sandbox_id / "state.json")
         init_pid = state.get("init_process_pid")
+        await self._quiet("resume", sandbox_id)  # frozen processes would not die of KILL
         await self._quiet("kill", sandbox_id, "KILL")
         if isinstance(init_pid, int) and init_pid > 0:
             await _wait_gone(init_pid)

@@ -91,6 +91,12 @@ def list_call(settings: ClientSettings, status: str | None, page: int,
                 headers=_api_headers(settings))
 
 
+def pause_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[SandboxInfo]:
+    """``verb``: pause or resume."""
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/{verb}",
+                SandboxInfo.from_wire, headers=_api_headers(settings))
+
+
 def stop_call(settings: ClientSettings, sandbox_id: str) -> Call[SandboxInfo]:
     return Call("PUT", f"{settings.base_url}/api/sandbox/{sandbox_id}/stop",
                 SandboxInfo.from_wire, headers=_api_headers(settings))

@@ -129,6 +129,17 @@ class Sandbox:
         """``port``'s public URL, derived locally (it answers once the port is exposed)."""
         return _base.exposed_url(self.info, port)
 
+    def pause(self) -> SandboxInfo:
+        """Freeze every process of the sandbox, memory kept; its URLs answer 503 and its
+        runtime API 409 until ``resume()``."""
+        self.info = _send(self._http(), _base.pause_call(self._settings, self.id, "pause"))
+        return self.info
+
+    def resume(self) -> SandboxInfo:
+        """Thaw it: same URLs, processes continue where they were."""
+        self.info = _send(self._http(), _base.pause_call(self._settings, self.id, "resume"))
+        return self.info
+
     def stop(self) -> SandboxInfo:
         self.info = _send(self._http(), _base.stop_call(self._settings, self.id))
         return self.info

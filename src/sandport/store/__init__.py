@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 # "creating" and "stopping" are the store's own transitional states; the wire shows the
 # Hyperbrowser statuses (control/lifecycle.py maps them).
-RecordStatus = Literal["creating", "active", "stopping", "closed", "error"]
+RecordStatus = Literal["creating", "active", "paused", "stopping", "closed", "error"]
 
 
 @dataclass(frozen=True, slots=True)

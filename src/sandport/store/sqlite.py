@@ -187,7 +187,8 @@ class SqliteStore:
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]:
         rows = self.db.execute(
-            "SELECT * FROM sandboxes WHERE status='active' AND expires_at <= ?", (now,)
+            "SELECT * FROM sandboxes WHERE status IN ('active', 'paused') AND expires_at <= ?",
+            (now,)
         )
         return [_from_row(r) for r in rows.fetchall()]
 
