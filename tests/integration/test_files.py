@@ -4,10 +4,13 @@ and the ways code in a sandbox could try to make the server touch host files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -300,3 +303,62 @@ def test_watch_cannot_leave_the_sandbox(make_sandbox: Callable[..., Sandbox],
     paths = [e.path for e in watch.events()]  # named under the path that was asked for
     assert "/x/out/sandbox-change" in paths
     assert not [p for p in paths if "host-change" in p]
+
+
+RACER = '''
+import ctypes, os, shutil, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.makedirs("/tmp/r", exist_ok=True)
+v, link = b"/tmp/r/v", b"/tmp/r/L"
+n = 0
+while True:
+    n += 1
+    if n % 64 == 0:
+        kinds = sorted("l" if os.path.islink(p) else "d" if os.path.isdir(p) else ""
+                       for p in (v, link))
+        if kinds != ["d", "l"]:
+            for p in (v, link):
+                if os.path.islink(p) or os.path.isfile(p):
+                    os.unlink(p)
+                elif os.path.isdir(p):
+                    shutil.rmtree(p, ignore_errors=True)
+            os.mkdir(v)
+            os.symlink(sys.argv[1], link)
+    libc.renameat2(-100, v, -100, link, 2)  # RENAME_EXCHANGE: a dir and a symlink swap
+'''
+
+
+def test_recursive_delete_racing_a_symlink_swap_stays_inside(
+        make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    """A process in the sandbox swaps a directory with a symlink to a host directory
+    while the API deletes it recursively: nothing on the host is opened or removed."""
+    sb = make_sandbox()
+    host_dir = tmp_path / "precious"
+    host_dir.mkdir()
+    (host_dir / "file").write_text("keep")
+    libc = ctypes.CDLL(None, use_errno=True)
+    inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert libc.inotify_add_watch(inotify, str(host_dir).encode(), 0x20) >= 0  # IN_OPEN
+    try:
+        sb.files.write("/tmp/racer.py", RACER)
+        racer = sb.processes.start(["python3", "/tmp/racer.py", str(host_dir)])
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            with contextlib.suppress(NotFound, Conflict, BadRequest):
+                sb.files.remove("/tmp/r/v", recursive=True)
+        racer.kill()
+        with pytest.raises(BlockingIOError):
+            os.read(inotify, 4096)  # the server never opened the host directory
+    finally:
+        os.close(inotify)
+    assert (host_dir / "file").read_text() == "keep"
+
+
+def test_mount_points_of_the_sandbox_stay(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    for path in ("/etc/hosts", "/dev/init", "/dev/shm"):
+        with pytest.raises(Conflict, match="busy"):
+            sb.files.remove(path, recursive=True)
+        with pytest.raises(Conflict):
+            sb.files.move(path, "/tmp/moved")
+    assert sb.exec("test -e /etc/hosts && test -e /dev/init").exit_code == 0

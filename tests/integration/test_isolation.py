@@ -238,3 +238,12 @@ for host in ("127.0.0.1", {ip!r}):
 """)
     assert out.split() == ["127.0.0.1", "closed", ip, "closed"]
     assert sb.exec("test -e /tmp/pwned").exit_code == 1
+
+
+def test_container_stdio_is_not_a_host_file(make_sandbox: MakeSandbox) -> None:
+    """The init's and the agent's stdio: a host file there could be written (and grown
+    without a quota) from inside through /proc/<pid>/fd."""
+    sb = make_sandbox()
+    out = sb.exec("for p in $(pgrep -f '^/dev/(init|sandport-agent)'); do"
+                  " readlink /proc/$p/fd/0 /proc/$p/fd/1 /proc/$p/fd/2; done").stdout.split()
+    assert out and set(out) == {"/dev/null"}, out

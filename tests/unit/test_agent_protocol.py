@@ -128,3 +128,14 @@ def test_frame_decoder_handles_any_split() -> None:
         assert decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) == expected
     decoder = p.FrameDecoder()
     assert [f for byte in stream for f in decoder.feed(bytes([byte]))] == expected
+
+
+@pytest.mark.parametrize("frame", [
+    struct.pack(">BI", ord("o"), p.MAX_FRAME + 1),        # a huge output frame
+    struct.pack(">BI", ord("o"), 0xFFFF_FFF0) + b"x",     # nearly 4 GiB announced
+    struct.pack(">BI", ord("p"), 5) + b"\0" * 5,          # a pid is 4 bytes
+    struct.pack(">BI", ord("x"), 6) + b"\0" * 6,          # an exit is 4 or 8
+])
+def test_frames_no_agent_sends_are_refused(frame: bytes) -> None:
+    with pytest.raises(p.FrameError):
+        p.FrameDecoder().feed(frame)

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from sandport.errors import Conflict, ValidationFailed
+from sandport.errors import Conflict, Unavailable, ValidationFailed
 from sandport.runtime.fswatch import (
     IN_ATTRIB,
     IN_CREATE,
@@ -30,6 +30,7 @@ from sandport.runtime_api.commands import (
 from sandport.runtime_api.process_state import (
     FINISHED_BUFFER_BUDGET,
     MAX_RUNNING,
+    MAX_STDIN_BACKLOG,
     RUNNING_BUFFER_BUDGET,
     Chunk,
     ProcessRegistry,
@@ -155,6 +156,9 @@ class FakeChannel:
     def write_stdin(self, data: bytes) -> None:
         self.sent.append(("stdin", data))
 
+    def backlog(self) -> int:
+        return sum(len(d) for kind, d in self.sent if kind == "stdin")  # type: ignore[arg-type]
+
     def close_stdin(self) -> None:
         self.sent.append(("eof", None))
 
@@ -220,6 +224,14 @@ def test_control_after_exit_is_a_conflict() -> None:
     with pytest.raises(Conflict):
         session.send_signal(15)
     assert channel.sent[:2] == [("stdin", b"x"), ("eof", None)]
+
+
+def test_stdin_that_is_not_read_is_refused_not_buffered() -> None:
+    session, channel = _session(100)
+    session.write_stdin(b"x" * (MAX_STDIN_BACKLOG - 1))
+    with pytest.raises(Unavailable):
+        session.write_stdin(b"yy")
+    assert len(channel.sent) == 1
 
 
 def test_timeout_status() -> None:

@@ -29,7 +29,10 @@ IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 _EVENT = struct.Struct("iIII")
-MAX_DIRS = 8192  # per watch (the host's fs.inotify.max_user_watches is shared by all)
+# Per watch: the host's fs.inotify.max_user_watches is shared by every sandbox (and root),
+# and directories that appear are walked on the event loop, a bounded number per event.
+MAX_DIRS = 2048
+WALK_BUDGET = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,11 @@ class DirectoryWatch:
             os.close(self._root)
             raise
 
+    @property
+    def watched(self) -> int:
+        """How many directories this watch holds an inotify watch on."""
+        return len(self._dirs)
+
     def fileno(self) -> int:
         return self._fd
 
@@ -101,24 +109,35 @@ class DirectoryWatch:
             raise OSError(err, os.strerror(err), path)
         self._dirs[wd] = path
 
-    def _add_tree(self, dir_fd: int, path: str, depth: int) -> None:
+    def _add_tree(self, dir_fd: int, path: str, depth: int,
+                  budget: list[int] | None = None) -> bool:
+        """Watch ``path`` and its subdirectories; False if the walk was cut short (the
+        watch's MAX_DIRS, or ``budget``: directories this walk may still add)."""
+        if len(self._dirs) >= MAX_DIRS or (budget is not None and budget[0] <= 0):
+            return False
+        if budget is not None:
+            budget[0] -= 1
         self._add(dir_fd, path)
         if depth <= 0:
-            return
+            return True
         try:
             names = os.listdir(_readable(dir_fd))
         except OSError:
-            return
+            return True
+        complete = True
         for name in names:
+            if len(self._dirs) >= MAX_DIRS or (budget is not None and budget[0] <= 0):
+                return False
             try:
                 sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                               dir_fd=dir_fd)
             except OSError:
                 continue  # not a directory, a symlink, or gone
             try:
-                self._add_tree(sub, posixpath.join(path, name), depth - 1)
+                complete &= self._add_tree(sub, posixpath.join(path, name), depth - 1, budget)
             finally:
                 os.close(sub)
+        return complete
 
     def read(self) -> list[Change]:
         try:
@@ -155,16 +174,18 @@ class DirectoryWatch:
         if op is not None:
             changes.append(Change(path, op))
         if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-            self._add_new_dir(path)
+            if not self._add_new_dir(path):
+                changes.append(Change(path, "OVERFLOW"))  # not all of it is watched
 
-    def _add_new_dir(self, path: str) -> None:
-        """A directory appeared: watch it (and what it already holds, if moved in)."""
+    def _add_new_dir(self, path: str) -> bool:
+        """A directory appeared: watch it (and what it already holds, if moved in), at
+        most WALK_BUDGET directories of it; False if some are left unwatched."""
         try:
             sub = open_dir(self._root, path)
         except OSError:
-            return  # gone again, or not a directory any more
+            return True  # gone again, or not a directory any more
         try:
-            self._add_tree(sub, path, depth=64)
+            return self._add_tree(sub, path, depth=64, budget=[WALK_BUDGET])
         finally:
             os.close(sub)
 

@@ -136,16 +136,22 @@ class RuncRuntime:
         write_json(bundle / "config.json", oci.container_config(container, self._seccomp))
 
     async def _runc_run(self, sandbox_id: str, bundle: Path) -> None:
-        # runc's stderr goes to a file: a pipe would be inherited by the detached container
-        # and never reach EOF.
-        with open(bundle / "runc.err", "wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *self._runc("run", "-d", "--bundle", str(bundle), sandbox_id),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err,
-            )
-            code = await proc.wait()
+        # The detached container inherits runc's stdio: /dev/null, never a host file (the
+        # sandbox could write it through /proc/1/fd/2) nor a pipe (never at EOF). runc's
+        # own complaints go to its log file.
+        log_file = bundle / "runc.log"
+        proc = await asyncio.create_subprocess_exec(
+            self.settings.runc, "--root", str(self.state_root), "--log", str(log_file),
+            "run", "-d", "--bundle", str(bundle), sandbox_id,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        code = await proc.wait()
         if code != 0:
-            detail = (bundle / "runc.err").read_text(errors="replace").strip()
+            try:
+                detail = log_file.read_text(errors="replace").strip()[-2000:]
+            except OSError:
+                detail = f"exit status {code}"
             log.error("sandbox %s: runc run failed: %s", sandbox_id, detail)
             raise RuntimeFailure("the sandbox's container failed to start")
 

@@ -14,15 +14,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import platform
 import posixpath
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, SandportError
+from ..errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RuntimeFailure,
+    SandportError,
+)
 from ..models import FileInfo, FileType
 from . import safepath
 from .safepath import create_regular, open_dir, open_regular, split
@@ -44,6 +52,7 @@ class User:
 
 
 ROOT = User("root", 0, 0, (0,), "/root")
+MAX_ID = 0xFFFF_FFFE  # (uid_t)-1 means "no change" to the kernel
 
 
 @contextlib.contextmanager
@@ -60,10 +69,19 @@ def acting_as(user: User) -> Iterator[None]:
     if _SYS_SETGROUPS is None:
         raise BadRequest("acting as another user is not supported on this host architecture")
     saved = os.getgroups()
+    ids = [i for i in (user.uid, user.gid, *user.groups) if not 0 <= i <= MAX_ID]
+    if ids:
+        raise BadRequest(f"user {user.name!r} has an id out of range")
     groups = (ctypes.c_uint * max(1, len(user.groups)))(*(user.groups or (user.gid,)))
     _libc.syscall(_SYS_SETGROUPS, max(1, len(user.groups)), groups)
-    _libc.setfsgid(user.gid)
-    _libc.setfsuid(user.uid)
+    _libc.setfsgid(ctypes.c_uint(user.gid))
+    _libc.setfsuid(ctypes.c_uint(user.uid))
+    # setfsuid reports nothing on failure: ask (an invalid id changes nothing) and check.
+    if _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) != user.uid or \
+            _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != user.gid:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+        raise RuntimeFailure("could not take the user's identity for a file operation")
     try:
         yield
     finally:
@@ -155,8 +173,9 @@ class SandboxFS:
 
     def _walk(self, dir_fd: int, path: str, depth: int, found: list[FileInfo],
               limit: int) -> bool:
-        with os.scandir(dir_fd) as entries:
-            children = sorted(entries, key=lambda e: e.name)
+        with os.scandir(dir_fd) as entries:  # no more than the limit is ever held
+            children = sorted(itertools.islice(entries, max(0, limit - len(found)) + 1),
+                              key=lambda e: e.name)
         for entry in children:
             if len(found) >= limit:
                 return True
@@ -212,10 +231,16 @@ class SandboxFS:
         with client_errors(path):
             if parents:
                 self._make_parents(path)
-            flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+            flags = os.O_WRONLY | (os.O_APPEND if append else 0)
             fd, _ = create_regular(self.root_fd, path, flags, 0o644 if mode is None else mode)
-            if mode is not None:
-                os.fchmod(fd, mode)
+            try:  # the mode first: a file we may not chmod is left as it was
+                if mode is not None:
+                    os.fchmod(fd, mode)
+                if not append:
+                    os.ftruncate(fd, 0)
+            except BaseException:
+                os.close(fd)
+                raise
             return fd
 
     def write(self, path: str, data: bytes, *, append: bool = False,
@@ -268,6 +293,9 @@ class SandboxFS:
             with self._parent(source) as (src_parent, src_name), \
                     self._parent(destination) as (dst_parent, dst_name):
                 flags = 0 if overwrite else safepath.RENAME_NOREPLACE
+                _refuse_mount_point(src_parent, src_name)
+                if _exists(dst_parent, dst_name):
+                    _refuse_mount_point(dst_parent, dst_name)
                 try:
                     safepath.renameat2(src_parent, src_name, dst_parent, dst_name, flags)
                 except OSError as exc:
@@ -370,6 +398,9 @@ class SandboxFS:
         for row in self._table("/etc/passwd"):
             if len(row) >= 6 and (row[0] == name or row[2] == name) and row[3].isdigit():
                 uid, gid = int(row[2]), int(row[3])
+                if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+                    raise BadRequest(f"user {name!r} has an id out of range in the "
+                                     "sandbox's /etc/passwd")
                 groups = {gid} | {int(g[2]) for g in self._table("/etc/group")
                                   if len(g) >= 4 and g[2].isdigit() and row[0] in g[3].split(",")}
                 return User(row[0], uid, gid, tuple(sorted(groups)), row[5] or "/")
@@ -411,14 +442,43 @@ def _refuse_into_itself(source: str, destination: str) -> None:
         raise BadRequest(f"cannot copy or move {source} into itself")
 
 
-def _remove_child(parent: int, name: str, *, recursive: bool) -> None:
+def _refuse_mount_point(parent: int, name: str) -> os.stat_result:
+    """The entry's lstat; a mount point of the sandbox (its /etc/hosts, /dev/init, a
+    tmpfs) is refused: the server, outside the sandbox's mount namespace, could move or
+    remove what the sandbox itself cannot."""
     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if st.st_dev != os.fstat(parent).st_dev:
+        raise OSError(errno.EBUSY, "a mount point of the sandbox", name)
+    return st
+
+
+def _remove_child(parent: int, name: str, *, recursive: bool, depth: int = MAX_DEPTH) -> None:
+    """unlink/rmdir, recursively if asked; never follows a symlink, even one swapped in
+    while we work (each directory is opened O_NOFOLLOW relative to its parent's fd), and
+    never descends into another filesystem."""
+    st = _refuse_mount_point(parent, name)
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
-    elif recursive:
-        shutil.rmtree(name, dir_fd=parent)  # the fd-based walk: never follows a symlink
-    else:
-        os.rmdir(name, dir_fd=parent)
+        return
+    if recursive:
+        if depth == 0:
+            raise OSError(errno.ELOOP, "directory tree too deep", name)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(name, dir_fd=parent)  # it became a file or a symlink: remove that
+            return
+        try:
+            if os.fstat(fd).st_dev != os.fstat(parent).st_dev:
+                raise OSError(errno.EBUSY, "a mount point of the sandbox", name)
+            for child in os.listdir(fd):
+                _remove_child(fd, child, recursive=True, depth=depth - 1)
+        finally:
+            os.close(fd)
+    os.rmdir(name, dir_fd=parent)
 
 
 def _open_child_regular(parent: int, name: str) -> int:

@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -41,7 +42,7 @@ FS_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="sandport-fs"
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(FS_THREADS, fn, *args)
 TRANSFER_CHUNK = 1 << 20
-MAX_READ_BYTES = 64 << 20  # a JSON read answers at most this much (``truncated`` says so)
+MAX_READ_BYTES = 16 << 20  # a JSON read answers at most this much (``truncated`` says so)
 MAX_WRITE_BODY = 48 << 20  # JSON writes; bigger files go through upload
 MAX_LIST_ENTRIES = 10_000
 
@@ -191,9 +192,11 @@ async def download_file(request: Request) -> Response:
         finally:
             os.close(fd)
 
-    name = posixpath.basename(path).replace('"', "")
+    name = posixpath.basename(path)
+    plain = "".join(c for c in name if c.isascii() and c.isprintable() and c not in '"\\')
+    disposition = f"attachment; filename=\"{plain or 'download'}\"; filename*=UTF-8''{quote(name)}"
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
-        "content-length": str(size), "content-disposition": f'attachment; filename="{name}"'})
+        "content-length": str(size), "content-disposition": disposition})
 
 
 async def make_dir(request: Request) -> Response:

@@ -12,15 +12,16 @@ the buffer, whatever the command prints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, Unavailable
 from ..runtime.agent.channel import CommandChannel, CommandListener
 
 ProcessStatus = Literal["running", "exited", "failed", "killed", "timed_out"]
@@ -34,6 +35,7 @@ MAX_RUNNING = 256
 RUNNING_BUFFER_BUDGET = 256 << 20
 KILL_GRACE_S = 5.0
 PIN, PIN_S = -1, 10.0
+MAX_STDIN_BACKLOG = 8 << 20  # stdin written but not yet read, per process
 MERGE_MAX = 256 << 10
 
 
@@ -118,6 +120,7 @@ class ProcessSession(CommandListener):
             self._deadline.cancel()
         if self.channel is not None:
             self.channel.close()
+            self.channel = None  # and its buffers with it
         self._wake()
 
     # -- output buffer ------------------------------------------------------------------
@@ -225,6 +228,9 @@ class ProcessSession(CommandListener):
         channel = self._channel()
         if not self.stdin_open:
             raise Conflict(f"process {self.id}: its stdin is closed")
+        if channel.backlog() + len(data) > MAX_STDIN_BACKLOG:
+            raise Unavailable(f"process {self.id} is not reading its stdin "
+                              f"({channel.backlog() >> 10} KiB wait): try again later")
         if data:
             channel.write_stdin(data)
 
@@ -274,18 +280,34 @@ class ProcessRegistry:
 
     def __init__(self) -> None:
         self._sessions: dict[str, ProcessSession] = {}
+        self._starting: dict[str, list[int]] = {}  # sandbox → buffers of starts under way
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{secrets.token_hex(8)}"
 
+    @contextlib.contextmanager
+    def admitting(self, sandbox_id: str, buffer_bytes: int) -> Iterator[None]:
+        """Hold a place for a start under way (refused past the sandbox's limits, see
+        MAX_RUNNING), so that concurrent starts are counted before any has finished."""
+        self.admit(sandbox_id, buffer_bytes)
+        starting = self._starting.setdefault(sandbox_id, [])
+        starting.append(buffer_bytes)
+        try:
+            yield
+        finally:
+            starting.remove(buffer_bytes)
+            if not starting:
+                del self._starting[sandbox_id]
+
     def admit(self, sandbox_id: str, buffer_bytes: int) -> None:
         """Refuse a start that would pass the sandbox's limits (see MAX_RUNNING)."""
-        running = [s for s in self._sessions.values()
+        running = [s.buffer_bytes for s in self._sessions.values()
                    if s.sandbox_id == sandbox_id and s.running]
+        running += self._starting.get(sandbox_id, [])
         if len(running) >= MAX_RUNNING:
             raise Conflict(f"a sandbox may run {MAX_RUNNING} processes and terminals "
                            "through the API at once")
-        if sum(s.buffer_bytes for s in running) + buffer_bytes > RUNNING_BUFFER_BUDGET:
+        if sum(running) + buffer_bytes > RUNNING_BUFFER_BUDGET:
             raise Conflict(f"the output buffers of this sandbox's running processes would "
                            f"pass {RUNNING_BUFFER_BUDGET >> 20} MiB: ask for a smaller "
                            "outputBufferBytes or end some processes")

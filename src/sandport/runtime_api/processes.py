@@ -63,8 +63,13 @@ async def launch(request: Request, sandbox_id: str, start: StartRequest, prefix:
                  pin: bool = False) -> ProcessSession:
     """Start ``start`` in the sandbox and register it; start failures are 4xx/5xx errors.
     ``pin`` keeps all output from the start for the stream that is about to follow it."""
+    with registry(request).admitting(sandbox_id, start.buffer_bytes):
+        return await _launch(request, sandbox_id, start, prefix, pin)
+
+
+async def _launch(request: Request, sandbox_id: str, start: StartRequest, prefix: str,
+                  pin: bool) -> ProcessSession:
     ctx = request.app.state.ctx
-    registry(request).admit(sandbox_id, start.buffer_bytes)
     user = await user_of(request, sandbox_id, start.run_as)
     env = dict(start.env)
     cwd = start.cwd

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..control.http import json_body
-from ..errors import Conflict, NotFound, SandportError
+from ..errors import Conflict, NotFound, SandportError, Unavailable
 from ..runtime.fswatch import DirectoryWatch
 from ..runtime.sandboxfs import client_errors
 from ._common import bool_field, int_field, require_object, runtime_record, string_field
@@ -29,7 +29,12 @@ from .files import in_sandbox
 from .websocket import deny
 
 EVENT_BUFFER = 4096
-MAX_WATCHES_PER_SANDBOX = 32
+MAX_WATCHES_PER_SANDBOX = 8
+KEEP_STOPPED = 8  # per sandbox: ended watches kept for a last read of their events
+# For the whole server: inotify watches and instances are host-wide resources of root
+# (fs.inotify.max_user_watches, max_user_instances: 128 by default).
+MAX_WATCHED_DIRS = 32768
+MAX_ACTIVE_WATCHES = 64
 
 
 def _ms() -> int:
@@ -81,10 +86,19 @@ class WatchRegistry:
         self._watches: dict[str, WatchSession] = {}
 
     def add(self, sandbox_id: str, watch: DirectoryWatch) -> WatchSession:
-        active = sum(1 for w in self._watches.values() if w.sandbox_id == sandbox_id and w.active)
-        if active >= MAX_WATCHES_PER_SANDBOX:
+        mine = [w for w in self._watches.values() if w.sandbox_id == sandbox_id]
+        watched = sum(w.watch.watched for w in self._watches.values() if w.watch is not None)
+        if sum(1 for w in mine if w.active) >= MAX_WATCHES_PER_SANDBOX:
             watch.close()
             raise Conflict(f"a sandbox may have {MAX_WATCHES_PER_SANDBOX} active watches")
+        active = sum(1 for w in self._watches.values() if w.active)
+        if watched + watch.watched > MAX_WATCHED_DIRS or active >= MAX_ACTIVE_WATCHES:
+            watch.close()
+            raise Unavailable("this server watches as many directories as it may: "
+                              "stop some watches, or watch fewer directories")
+        stopped = sorted((w for w in mine if not w.active), key=lambda w: w.created_at)
+        for old in stopped[:-KEEP_STOPPED or None]:
+            del self._watches[old.id]
         session = WatchSession("w_" + secrets.token_hex(8), sandbox_id, watch.path,
                                watch.recursive, watch)
         self._watches[session.id] = session
@@ -161,7 +175,7 @@ async def delete_watch(request: Request) -> Response:
     record = await runtime_record(request)
     registry = _registry(request)
     session = registry.get(record.id, request.path_params["watch_id"])
-    registry.stop(session)
+    registry.stop(session)  # kept a while (KEEP_STOPPED) for a last read of its events
     return JSONResponse({"watch": session.status()})
 
 

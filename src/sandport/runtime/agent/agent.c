@@ -67,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -684,6 +685,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: sandport-agent PORT HOST_IP\n");
         return 2;
     }
+    /* Not dumpable: the sandbox's own root processes (same uid, no CAP_SYS_PTRACE) can
+     * then neither ptrace the agent nor take its sockets with pidfd_getfd. Commands get
+     * a dumpable state of their own again at execve. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     int port = atoi(argv[1]);
     struct in_addr peer;
     if (inet_pton(AF_INET, argv[2], &peer) != 1) {

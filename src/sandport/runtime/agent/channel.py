@@ -22,6 +22,7 @@ from .client import CONNECT_RETRY_S
 from .protocol import (
     AGENT_PORT,
     FrameDecoder,
+    FrameError,
     close_stdin_frame,
     decode_exit,
     decode_pid,
@@ -71,7 +72,12 @@ class CommandChannel(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        for kind, payload in self._decoder.feed(data):
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError:
+            self.close()  # not our agent talking: hang up (connection_lost reports it)
+            return
+        for kind, payload in frames:
             if kind == "p":
                 self.pid = decode_pid(payload)
                 if not self.started.done():
@@ -105,6 +111,13 @@ class CommandChannel(asyncio.Protocol):
     def write_stdin(self, data: bytes) -> None:
         for start in range(0, len(data), 1 << 20):
             self._send(stdin_frame(data[start:start + (1 << 20)]))
+
+    def backlog(self) -> int:
+        """Bytes written to the agent that it has not taken yet (stdin the command is
+        not reading backs up here)."""
+        if self._transport is None or self._transport.is_closing():
+            return 0
+        return int(self._transport.get_write_buffer_size())
 
     def close_stdin(self) -> None:
         self._send(close_stdin_frame())

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ...errors import RuntimeFailure, ValidationFailed
 from ...models import ExecResult
-from .protocol import AGENT_PORT, FrameDecoder, encode_request, exit_code
+from .protocol import AGENT_PORT, FrameDecoder, FrameError, encode_request, exit_code
 
 CONNECT_RETRY_S = 3.0  # a sandbox created a moment ago may not be listening yet
 
@@ -40,7 +40,11 @@ async def run_command(
 
         async def collect() -> int:
             while chunk := await reader.read(65536):
-                for kind, payload in decoder.feed(chunk):
+                try:
+                    frames = decoder.feed(chunk)
+                except FrameError:
+                    raise RuntimeFailure("the sandbox's agent sent a malformed frame") from None
+                for kind, payload in frames:
                     if kind == "x":
                         return exit_code(payload)
                     if kind == "f":

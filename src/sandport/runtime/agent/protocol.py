@@ -116,8 +116,18 @@ def resize_frame(rows: int, cols: int) -> bytes:
     return encode_frame("w", struct.pack(">HH", rows, cols))
 
 
+MAX_FRAME = 1 << 20  # the agent sends output in frames of at most 64 KiB
+_FIXED_LENGTHS = {ord("p"): (4,), ord("x"): (4, 8)}
+
+
+class FrameError(ValueError):
+    """The peer sent a frame no agent sends: the connection is to be dropped."""
+
+
 class FrameDecoder:
-    """Feed bytes as they arrive; get complete ``(kind, payload)`` frames back."""
+    """Feed bytes as they arrive; get complete ``(kind, payload)`` frames back. A frame
+    longer than MAX_FRAME, or a pid/exit frame of the wrong size, raises FrameError: the
+    connection is in the sandbox, and code there must not make the server buffer at will."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -127,6 +137,8 @@ class FrameDecoder:
         frames = []
         while len(self._buffer) >= _HEAD.size:
             kind, length = _HEAD.unpack_from(self._buffer)
+            if length > MAX_FRAME or length not in _FIXED_LENGTHS.get(kind, (length,)):
+                raise FrameError(f"frame {chr(kind)!r} of {length} bytes")
             end = _HEAD.size + length
             if len(self._buffer) < end:
                 break
