@@ -20,7 +20,7 @@ ASYNC_METHODS = ("create", "get", "list", "refresh", "exec", "expose", "unexpose
                  "close", "_send", "stat", "exists", "read", "write", "mkdir", "move", "copy",
                  "remove", "chmod", "chown", "upload", "download", "start", "wait", "kill",
                  "signal", "write_stdin", "close_stdin", "resize", "connect", "send", "watch",
-                 "_put", "_fetch", "pause", "resume")
+                 "_put", "_fetch", "pause", "resume", "set_timeout")
 
 # (pattern, replacement) applied in order, each a regular expression on the whole file.
 REWRITES: list[tuple[str, str]] = [

@@ -95,6 +95,8 @@ class SandboxInfo:
     network: dict[str, Any] = field(default_factory=dict)
     token: str | None = None
     token_expires_at: str | None = None
+    expires_at: str | None = None  # when the timeout acts (None: no deadline now)
+    on_timeout: str = "stop"  # or "pause"
 
     @property
     def duration(self) -> int:
@@ -127,6 +129,8 @@ class SandboxInfo:
             "runtime": self.runtime.to_wire(),
             "exposedPorts": [p.to_wire() for p in self.exposed_ports],
             "network": self.network,
+            "expiresAt": self.expires_at,
+            "onTimeout": self.on_timeout,
         }
         if with_token:
             wire["token"] = self.token
@@ -156,6 +160,8 @@ class SandboxInfo:
             network=data.get("network") or {},
             token=data.get("token"),
             token_expires_at=data.get("tokenExpiresAt"),
+            expires_at=data.get("expiresAt"),
+            on_timeout=data.get("onTimeout") or "stop",
         )
 
 

@@ -50,6 +50,7 @@ OPENAPI: dict[str, Any] = {
             "CreateSandbox": {"type": "object", "additionalProperties": False, "properties": {
                 "imageName": {"type": "string"},
                 "timeoutMinutes": {"type": "integer", "minimum": 1},
+                "onTimeout": {"type": "string", "enum": ["stop", "pause"]},
                 "vcpus": {"type": "integer", "minimum": 1},
                 "memMiB": {"type": "integer", "minimum": 64},
                 "diskSizeMiB": {"type": "integer", "minimum": 256},
@@ -108,6 +109,11 @@ OPENAPI: dict[str, Any] = {
                                               params=[_path_param("id")])},
         "/api/sandbox/{id}/pause": {"post": _op(
             "Freeze the sandbox's processes (idempotent); its URLs answer 503", _SANDBOX,
+            params=[_path_param("id")])},
+        "/api/sandbox/{id}/timeout": {"post": _op(
+            "A new deadline, timeoutMinutes from now", _SANDBOX,
+            body={"type": "object", "required": ["timeoutMinutes"], "properties": {
+                "timeoutMinutes": {"type": "integer", "minimum": 1}}},
             params=[_path_param("id")])},
         "/api/sandbox/{id}/resume": {"post": _op(
             "Thaw a paused sandbox (idempotent)", _SANDBOX, params=[_path_param("id")])},

@@ -71,6 +71,7 @@ class CreateSandbox:
     env: dict[str, str] = field(default_factory=dict)
     exposed_ports: tuple[ExposePort, ...] = ()
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    on_timeout: str = "stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,8 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
-             "exposedPorts", "network", "allowInternetAccess", *_IGNORED_WHEN_NULL}
+             "exposedPorts", "network", "allowInternetAccess", "onTimeout",
+             *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed(
@@ -156,7 +158,27 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         env=parse_env(body.get("env")),
         exposed_ports=ports,
         network=network,
+        on_timeout=parse_on_timeout(body.get("onTimeout")),
     )
+
+
+def parse_on_timeout(value: Any) -> str:
+    if value is None:
+        return "stop"
+    if value not in ("stop", "pause"):
+        raise ValidationFailed('onTimeout must be "stop" or "pause"')
+    return str(value)
+
+
+def parse_set_timeout(body: Any) -> int:
+    """``{"timeoutMinutes": N}``: the new deadline is N minutes from now."""
+    body = _object(body, "the request body")
+    unknown = sorted(set(body) - {"timeoutMinutes"})
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
+    if "timeoutMinutes" not in body:
+        raise ValidationFailed("timeoutMinutes is required")
+    return _int(body, "timeoutMinutes", 1, 1, MAX_TIMEOUT_MINUTES)
 
 
 def parse_port(value: Any, key: str = "port") -> int:

@@ -14,7 +14,7 @@ from ..errors import SandportError
 from ..models import SandboxPage
 from .http import caller_team, json_body
 from .openapi import OPENAPI
-from .requests import parse_create, parse_expose, parse_list, parse_unexpose
+from .requests import parse_create, parse_expose, parse_list, parse_set_timeout, parse_unexpose
 
 
 async def create_sandbox(request: Request) -> Response:
@@ -45,6 +45,14 @@ async def stop_sandbox(request: Request) -> Response:
     ctx = request.app.state.ctx
     record = await ctx.sandboxes.stop(await caller_team(request), request.path_params["id"])
     return JSONResponse({"success": True, **ctx.sandboxes.to_info(record).to_wire()})
+
+
+async def set_timeout(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    minutes = parse_set_timeout(await json_body(request))
+    record = await ctx.sandboxes.set_timeout(await caller_team(request),
+                                             request.path_params["id"], minutes)
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 
 async def pause_sandbox(request: Request) -> Response:
@@ -122,6 +130,7 @@ routes = [
     Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
     Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
     Route("/api/sandbox/{id}/pause", pause_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
     Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
     Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),

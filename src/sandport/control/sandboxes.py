@@ -128,6 +128,8 @@ class SandboxService:
             network=record.network,
             token=record.token,
             token_expires_at=iso(record.token_expires_at),
+            expires_at=iso(record.expires_at) if record.status in ("active", "paused") else None,
+            on_timeout=record.on_timeout,
         )
 
     # -- verbs ------------------------------------------------------------------------
@@ -143,7 +145,7 @@ class SandboxService:
             token=ids.new_runtime_token(), token_expires_at=expires, created_at=now,
             updated_at=now, runtime=self.runtime.name, env=request.env,
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
-            network=request.network.to_wire(),
+            network=request.network.to_wire(), on_timeout=request.on_timeout,
         )
         async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
@@ -198,6 +200,22 @@ class SandboxService:
             await self.store.update_sandbox(record)
             self._publish(record)
 
+    async def set_timeout(self, team_id: str, sandbox_id: str, minutes: int) -> SandboxRecord:
+        """A new deadline, ``minutes`` from now (a sandbox paused by its timeout gets one
+        too); its runtime token lives as long."""
+        async with self._locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.status not in ("active", "paused"):
+                lifecycle.ensure_running(record)
+            now = self.clock()
+            record = record.evolve(timeout_minutes=minutes, expires_at=now + 60 * minutes,
+                                   token_expires_at=max(record.token_expires_at,
+                                                        now + 60 * minutes),
+                                   updated_at=now)
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        return record
+
     async def pause(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         """Freeze the sandbox's processes (idempotent); its URLs answer 503 meanwhile."""
         return await self._freeze(team_id, sandbox_id, "paused")
@@ -218,7 +236,13 @@ class SandboxService:
                 await self.runtime.pause(record.id)
             else:
                 await self.runtime.resume(record.id)
-            record = record.evolve(status=target, updated_at=self.clock())
+            now = self.clock()
+            record = record.evolve(status=target, updated_at=now)
+            if target == "active" and record.expires_at is None:
+                # Paused by its timeout: a resume starts a new timeoutMinutes period.
+                expires = now + 60 * record.timeout_minutes
+                record = record.evolve(expires_at=expires, token_expires_at=max(
+                    record.token_expires_at, expires))
             await self.store.update_sandbox(record)
             self._publish(record)
         log.info("sandbox %s %s", record.id, "paused" if target == "paused" else "resumed")
@@ -262,10 +286,27 @@ class SandboxService:
 
     # -- housekeeping -----------------------------------------------------------------
     async def stop_expired(self) -> int:
+        """Act on deadlines: stop, or pause (``onTimeout: "pause"``; a paused sandbox then
+        has no deadline until it is given one again)."""
         due = await self.store.expired_sandboxes(self.clock())
         for record in due:
-            await self._stop(record, lifecycle.CLOSE_TIMEOUT)
+            if record.on_timeout == "pause":
+                await self._pause_on_timeout(record)
+            else:
+                await self._stop(record, lifecycle.CLOSE_TIMEOUT)
         return len(due)
+
+    async def _pause_on_timeout(self, record: SandboxRecord) -> None:
+        async with self._locks.hold(record.id):
+            current = await self.store.get_sandbox(record.id) or record
+            if current.status not in ("active", "paused"):
+                return
+            if current.status == "active":
+                await self.runtime.pause(record.id)
+            current = current.evolve(status="paused", expires_at=None, updated_at=self.clock())
+            await self.store.update_sandbox(current)
+            self._publish(current)
+        log.info("sandbox %s paused: timeout", record.id)
 
     async def stop_exited(self) -> int:
         """Close active sandboxes whose container is gone (e.g. killed from outside)."""

@@ -66,13 +66,15 @@ def create_call(
     settings: ClientSettings, image: str, *, timeout_minutes: int | None, vcpus: int | None,
     mem_mib: int | None, disk_size_mib: int | None, env: dict[str, str] | None,
     exposed_ports: dict[int, bool] | None = None, network: dict[str, Any] | None = None,
+    on_timeout: str | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {"imageName": image}
     ports = None if exposed_ports is None else [
         {"port": port, "auth": auth} for port, auth in exposed_ports.items()]
     for key, value in (("timeoutMinutes", timeout_minutes), ("vcpus", vcpus),
                        ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env),
-                       ("exposedPorts", ports), ("network", network)):
+                       ("exposedPorts", ports), ("network", network),
+                       ("onTimeout", on_timeout)):
         if value is not None:
             body[key] = value
     return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,
@@ -95,6 +97,12 @@ def pause_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[San
     """``verb``: pause or resume."""
     return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/{verb}",
                 SandboxInfo.from_wire, headers=_api_headers(settings))
+
+
+def timeout_call(settings: ClientSettings, sandbox_id: str,
+                 minutes: int) -> Call[SandboxInfo]:
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/timeout",
+                SandboxInfo.from_wire, {"timeoutMinutes": minutes}, _api_headers(settings))
 
 
 def stop_call(settings: ClientSettings, sandbox_id: str) -> Call[SandboxInfo]:

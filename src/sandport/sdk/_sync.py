@@ -63,8 +63,8 @@ class Sandbox:
         cls, image: str = "python", *, timeout_minutes: int | None = None,
         vcpus: int | None = None, mem_mib: int | None = None, disk_size_mib: int | None = None,
         env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
-        network: dict[str, Any] | None = None, api_key: str | None = None,
-        base_url: str | None = None,
+        network: dict[str, Any] | None = None, on_timeout: str | None = None,
+        api_key: str | None = None, base_url: str | None = None,
     ) -> Sandbox:
         """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
         ``network`` is the policy in its JSON form, e.g. ``{"maskRequestHost":
@@ -75,7 +75,7 @@ class Sandbox:
             info = _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
-                network=network))
+                network=network, on_timeout=on_timeout))
         except BaseException:
             client.close()
             raise
@@ -128,6 +128,11 @@ class Sandbox:
     def get_exposed_url(self, port: int) -> str:
         """``port``'s public URL, derived locally (it answers once the port is exposed)."""
         return _base.exposed_url(self.info, port)
+
+    def set_timeout(self, minutes: int) -> SandboxInfo:
+        """A new deadline, ``minutes`` from now (``info.expires_at`` shows it)."""
+        self.info = _send(self._http(), _base.timeout_call(self._settings, self.id, minutes))
+        return self.info
 
     def pause(self) -> SandboxInfo:
         """Freeze every process of the sandbox, memory kept; its URLs answer 503 and its

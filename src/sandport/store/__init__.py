@@ -38,6 +38,7 @@ class SandboxRecord:
     network: dict[str, Any] = field(default_factory=dict)  # the policy, in wire form
     # Ports unexposed on a network.openPorts sandbox: they stay closed until exposed again.
     closed_ports: tuple[int, ...] = ()
+    on_timeout: str = "stop"  # what the deadline does: "stop" or "pause"
 
     def evolve(self, **changes: Any) -> SandboxRecord:
         return replace(self, **changes)

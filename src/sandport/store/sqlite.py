@@ -64,6 +64,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE sandboxes ADD COLUMN closed_ports TEXT NOT NULL DEFAULT '[]';
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN on_timeout TEXT NOT NULL DEFAULT 'stop';
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
