@@ -264,25 +264,43 @@ def test_watch_sees_changes_made_inside(make_sandbox: Callable[..., Sandbox]) ->
     watch = sb.files.watch("/w", recursive=True)
     deadline = threading.Timer(30, watch.stop)  # an expected event that never comes: fail
     deadline.start()
-    done = sb.exec("mkdir /w/sub/new && echo x > /w/sub/new/f && chmod 600 /w/sub/new/f"
-                   " && mv /w/sub/new/f /w/g && rm /w/g && echo y > /w/top")
-    assert done.exit_code == 0, done.stderr
-    seen: list[tuple[str, str]] = []
-    for event in watch.events():
-        seen.append((event.op, event.path))
-        if event.path == "/w/top" and event.op == "WRITE":
-            break
-    for expected in [("CREATE", "/w/sub/new"), ("CREATE", "/w/sub/new/f"),
-                     ("WRITE", "/w/sub/new/f"), ("CHMOD", "/w/sub/new/f"),
-                     ("RENAME", "/w/sub/new/f"), ("CREATE", "/w/g"), ("REMOVE", "/w/g"),
-                     ("CREATE", "/w/top")]:
-        assert expected in seen, (expected, seen)
-    # A reconnect with the last seq seen gets only what came after.
-    sb.exec("touch /w/after")
-    watch.stop()
-    deadline.cancel()
-    rest = [(e.op, e.path) for e in watch.events(cursor=len(seen))]
-    assert ("CREATE", "/w/after") in rest and ("CREATE", "/w/sub/new") not in rest
+    try:
+        seen: list[tuple[str, str]] = []
+        events = iter(watch.events())
+
+        def until(op: str, path: str) -> None:
+            for event in events:
+                seen.append((event.op, event.path))
+                if (event.op, event.path) == (op, path):
+                    return
+            raise AssertionError(("never seen", op, path, seen))
+
+        # Once the new directory's CREATE has been delivered, it is watched too.
+        assert sb.exec("mkdir /w/sub/new").exit_code == 0
+        until("CREATE", "/w/sub/new")
+        done = sb.exec("echo x > /w/sub/new/f && chmod 600 /w/sub/new/f"
+                       " && mv /w/sub/new/f /w/g && rm /w/g && echo y > /w/top")
+        assert done.exit_code == 0, done.stderr
+        until("WRITE", "/w/top")
+        for expected in [("CREATE", "/w/sub/new"), ("CREATE", "/w/sub/new/f"),
+                         ("WRITE", "/w/sub/new/f"), ("CHMOD", "/w/sub/new/f"),
+                         ("RENAME", "/w/sub/new/f"), ("CREATE", "/w/g"), ("REMOVE", "/w/g"),
+                         ("CREATE", "/w/top")]:
+            assert expected in seen, (expected, seen)
+        # A tree made in one go: whatever was in a directory before its watch was in place is
+        # reported when the directory is found, so nothing made inside it is lost.
+        assert sb.exec("mkdir -p /w/a/b/c && touch /w/a/b/c/deep && echo z > /w/a/b/c/deep2"
+                       " && touch /w/last").exit_code == 0
+        until("CREATE", "/w/last")
+        for path in ("/w/a", "/w/a/b", "/w/a/b/c", "/w/a/b/c/deep", "/w/a/b/c/deep2"):
+            assert ("CREATE", path) in seen, (path, seen)
+        # A reconnect with the last seq seen gets only what came after.
+        sb.exec("touch /w/after")
+        watch.stop()
+        rest = [(e.op, e.path) for e in watch.events(cursor=len(seen))]
+        assert ("CREATE", "/w/after") in rest and ("CREATE", "/w/sub/new") not in rest
+    finally:
+        deadline.cancel()
     with pytest.raises(NotFound):
         sb.files.watch("/nope")
 

@@ -3,7 +3,9 @@
 The directory is found with safepath (inside the sandbox's root) and watched through its
 descriptor, so a watch never covers a host directory. Changes made by the sandbox's own
 processes go through the same filesystem (its overlay, its tmpfs) and so raise events.
-Recursive watches add every subdirectory, including ones created later.
+Recursive watches add every subdirectory, including ones created later. A directory that
+appears is watched first and then listed, and what it already holds is reported as CREATE:
+a file made in it before its watch was in place is not lost (it may be reported twice).
 
 Events are named like fsnotify's: CREATE, WRITE, REMOVE, RENAME, CHMOD.
 """
@@ -33,6 +35,7 @@ _EVENT = struct.Struct("iIII")
 # and directories that appear are walked on the event loop, a bounded number per event.
 MAX_DIRS = 2048
 WALK_BUDGET = 256
+MAX_FOUND = 4096  # entries of a new directory reported as CREATE per event; then OVERFLOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +112,11 @@ class DirectoryWatch:
             raise OSError(err, os.strerror(err), path)
         self._dirs[wd] = path
 
-    def _add_tree(self, dir_fd: int, path: str, depth: int,
-                  budget: list[int] | None = None) -> bool:
+    def _add_tree(self, dir_fd: int, path: str, depth: int, budget: list[int] | None = None,
+                  found: list[Change] | None = None) -> bool:
         """Watch ``path`` and its subdirectories; False if the walk was cut short (the
-        watch's MAX_DIRS, or ``budget``: directories this walk may still add)."""
+        watch's MAX_DIRS, or ``budget``: directories this walk may still add). Entries
+        listed after their directory's watch is in place go to ``found`` as CREATE."""
         if len(self._dirs) >= MAX_DIRS or (budget is not None and budget[0] <= 0):
             return False
         if budget is not None:
@@ -126,6 +130,10 @@ class DirectoryWatch:
             return True
         complete = True
         for name in names:
+            if found is not None:
+                if len(found) >= MAX_FOUND:
+                    return False
+                found.append(Change(posixpath.join(path, name), "CREATE"))
             if len(self._dirs) >= MAX_DIRS or (budget is not None and budget[0] <= 0):
                 return False
             try:
@@ -134,7 +142,8 @@ class DirectoryWatch:
             except OSError:
                 continue  # not a directory, a symlink, or gone
             try:
-                complete &= self._add_tree(sub, posixpath.join(path, name), depth - 1, budget)
+                complete &= self._add_tree(sub, posixpath.join(path, name), depth - 1, budget,
+                                           found)
             finally:
                 os.close(sub)
         return complete
@@ -174,18 +183,19 @@ class DirectoryWatch:
         if op is not None:
             changes.append(Change(path, op))
         if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-            if not self._add_new_dir(path):
+            if not self._add_new_dir(path, changes):
                 changes.append(Change(path, "OVERFLOW"))  # not all of it is watched
 
-    def _add_new_dir(self, path: str) -> bool:
-        """A directory appeared: watch it (and what it already holds, if moved in), at
-        most WALK_BUDGET directories of it; False if some are left unwatched."""
+    def _add_new_dir(self, path: str, changes: list[Change]) -> bool:
+        """A directory appeared: watch it (and what it already holds, if moved in, or made
+        before its watch was in place: reported in ``changes``), at most WALK_BUDGET
+        directories of it; False if some are left unwatched."""
         try:
             sub = open_dir(self._root, path)
         except OSError:
             return True  # gone again, or not a directory any more
         try:
-            return self._add_tree(sub, path, depth=64, budget=[WALK_BUDGET])
+            return self._add_tree(sub, path, depth=64, budget=[WALK_BUDGET], found=changes)
         finally:
             os.close(sub)
 
