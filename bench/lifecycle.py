@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandport import Sandbox  # noqa: E402
@@ -54,6 +56,28 @@ def cgroup_usage_mib(sandbox_id: str) -> float | None:
     return None
 
 
+def wake_latency(kw: dict[str, str], server: ServerProcess,
+                 samples: int) -> tuple[list[float], list[float]]:
+    """GET on a paused autoResume sandbox's URL (the request wakes it), and the same GET
+    on the running sandbox, through the proxy."""
+    sb = Sandbox.create(auto_resume=True, **kw)
+    try:
+        sb.exec("setsid python3 -m http.server 3000 >/dev/null 2>&1 &")
+        sb.expose(3000)
+        host = sb.get_exposed_url(3000).split("//")[1].rstrip("/")
+        with httpx.Client(base_url=server.base_url, headers={"host": host}) as http:
+            while http.get("/").status_code != 200:
+                time.sleep(0.05)
+            woken, warm = [], []
+            for _ in range(samples):
+                sb.pause()
+                woken.append(timed(lambda: http.get("/").raise_for_status()))
+                warm.append(timed(lambda: http.get("/").raise_for_status()))
+        return woken, warm
+    finally:
+        sb.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20)
@@ -87,6 +111,7 @@ def main() -> None:
                 bare_pause.append(timed(lambda: subprocess.run([*runc, "pause", sb.id],
                                                                check=True)))
                 subprocess.run([*runc, "resume", sb.id], check=True)
+            wake, warm = wake_latency(kw, server, args.execs // 4)
             for sb in sandboxes:
                 stops.append(timed(sb.stop))
 
@@ -108,6 +133,8 @@ def main() -> None:
             print(f"pause (freezer) via the API:   {percentiles(pauses)}")
             print(f"resume via the API:            {percentiles(resumes)}")
             print(f"  peer: bare `runc pause`:     {percentiles(bare_pause)}")
+            print(f"wake on request (autoResume):  {percentiles(wake)}")
+            print(f"  peer: same GET, not paused:  {percentiles(warm)}")
             print(f"stop:                          {percentiles(stops)}")
             print(f"host memory per idle sandbox:  {per_sandbox_mib:.2f} MiB "
                   f"({args.held} held; MemAvailable delta)   budget ≤ 10 MiB")

@@ -97,6 +97,7 @@ class SandboxInfo:
     token_expires_at: str | None = None
     expires_at: str | None = None  # when the timeout acts (None: no deadline now)
     on_timeout: str = "stop"  # or "pause"
+    auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
 
     @property
     def duration(self) -> int:
@@ -131,6 +132,7 @@ class SandboxInfo:
             "network": self.network,
             "expiresAt": self.expires_at,
             "onTimeout": self.on_timeout,
+            "autoResume": self.auto_resume,
         }
         if with_token:
             wire["token"] = self.token
@@ -162,6 +164,7 @@ class SandboxInfo:
             token_expires_at=data.get("tokenExpiresAt"),
             expires_at=data.get("expiresAt"),
             on_timeout=data.get("onTimeout") or "stop",
+            auto_resume=bool(data.get("autoResume")),
         )
 
 

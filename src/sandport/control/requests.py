@@ -72,6 +72,7 @@ class CreateSandbox:
     exposed_ports: tuple[ExposePort, ...] = ()
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     on_timeout: str = "stop"
+    auto_resume: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,7 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
-             "exposedPorts", "network", "allowInternetAccess", "onTimeout",
+             "exposedPorts", "network", "allowInternetAccess", "onTimeout", "autoResume",
              *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
@@ -159,7 +160,17 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         exposed_ports=ports,
         network=network,
         on_timeout=parse_on_timeout(body.get("onTimeout")),
+        auto_resume=_bool(body, "autoResume"),
     )
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValidationFailed(f"{key} must be true or false")
+    return value
 
 
 def parse_on_timeout(value: Any) -> str:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from .. import ids
-from ..errors import RuntimeFailure, SandboxNotFound
+from ..errors import RuntimeFailure, SandboxNotFound, SandportError
 from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
 from ..proxy.routes import RouteTable, SandboxRoute
@@ -75,6 +75,7 @@ class SandboxService:
         self.clock = clock
         # One create/stop at a time per sandbox; different sandboxes never wait on each other.
         self._locks = SandboxLocks()
+        self._waking: dict[str, asyncio.Future[bool]] = {}
 
     # -- views ------------------------------------------------------------------------
     def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
@@ -94,6 +95,7 @@ class SandboxService:
             closed_ports=frozenset(record.closed_ports),
             allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
             mask_host=network.mask_request_host, paused=record.status == "paused",
+            auto_resume=record.auto_resume,
         )
 
     def identity_env(self, sandbox_id: str) -> dict[str, str]:
@@ -129,7 +131,7 @@ class SandboxService:
             token=record.token,
             token_expires_at=iso(record.token_expires_at),
             expires_at=iso(record.expires_at) if record.status in ("active", "paused") else None,
-            on_timeout=record.on_timeout,
+            on_timeout=record.on_timeout, auto_resume=record.auto_resume,
         )
 
     # -- verbs ------------------------------------------------------------------------
@@ -146,6 +148,7 @@ class SandboxService:
             updated_at=now, runtime=self.runtime.name, env=request.env,
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=request.network.to_wire(), on_timeout=request.on_timeout,
+            auto_resume=request.auto_resume,
         )
         async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
@@ -219,6 +222,28 @@ class SandboxService:
     async def pause(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         """Freeze the sandbox's processes (idempotent); its URLs answer 503 meanwhile."""
         return await self._freeze(team_id, sandbox_id, "paused")
+
+    async def wake(self, sandbox_id: str) -> bool:
+        """Resume a paused ``autoResume`` sandbox for a request to one of its URLs; the
+        requests that arrive meanwhile share this one resume. True once it runs."""
+        waking = self._waking.get(sandbox_id)
+        if waking is None:
+            waking = asyncio.ensure_future(self._wake(sandbox_id))
+            self._waking[sandbox_id] = waking
+            waking.add_done_callback(lambda _: self._waking.pop(sandbox_id, None))
+        return await asyncio.shield(waking)
+
+    async def _wake(self, sandbox_id: str) -> bool:
+        record = await self.store.get_sandbox(sandbox_id)
+        if record is None or not record.auto_resume:
+            return False
+        try:
+            record = await self.resume(record.team_id, sandbox_id)
+        except SandportError as exc:
+            log.warning("sandbox %s: waking on a request failed: %s", sandbox_id, exc.message)
+            return False
+        log.info("sandbox %s woken by a request", sandbox_id)
+        return record.status == "active"
 
     async def resume(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         """Thaw a paused sandbox (idempotent): same URLs, processes where they were."""

@@ -100,7 +100,15 @@ class Redeem:
     browser: bool
 
 
-Decision = Forward | Answer | Redeem
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """The sandbox is paused with autoResume: resume it, then decide this request again."""
+
+    sandbox_id: str
+    browser: bool
+
+
+Decision = Forward | Answer | Redeem | Wake
 
 
 def _error(status: int, code: str, message: str, browser: bool,
@@ -178,6 +186,8 @@ class Edge:
             return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
                           pages.BROWSER_NEEDS_AUTH)
         if route.paused:
+            if route.auto_resume:
+                return Wake(sandbox_id, browser)
             return _error(503, "sandbox_paused", pages.PAUSED, browser)
         head = self._head(req, target, host, route=route, port=port, hop=hop)
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port)

@@ -24,7 +24,8 @@ class SandboxRoute:
     closed_ports: frozenset[int] = frozenset()  # ...but these, unexposed since
     allow_ports: frozenset[int] | None = None  # ingress policy: only these may answer
     mask_host: str | None = None  # e.g. "localhost:${PORT}": the Host upstream sees
-    paused: bool = False  # frozen: its ports answer 503 until it is resumed
+    paused: bool = False  # frozen: its ports answer 503 until it is resumed...
+    auto_resume: bool = False  # ...or a request to them resumes it (autoResume)
 
     def port_auth(self, port: int) -> bool | None:
         """Whether ``port`` needs auth; None when it does not answer at all."""

@@ -36,7 +36,7 @@ from typing import cast
 import httptools
 
 from . import pages
-from .decide import Answer, Decision, Edge, Forward, Redeem, RequestHead
+from .decide import Answer, Decision, Edge, Forward, Redeem, RequestHead, Wake
 
 log = logging.getLogger("sandport.proxy")
 
@@ -82,9 +82,11 @@ class Exchange:
 
 class ProxyServer:
     def __init__(self, edge: Edge, redeem: Callable[[Redeem], Awaitable[Answer]], *,
+                 wake: Callable[[str], Awaitable[bool]] | None = None,
                  header_timeout_s: float = 15.0, idle_timeout_s: float = 75.0) -> None:
         self.edge = edge
         self.redeem = redeem
+        self.wake = wake
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._by_sandbox: defaultdict[str, set[Upstream]] = defaultdict(set)
@@ -322,9 +324,30 @@ class ClientConnection(asyncio.Protocol):
             self.forward(exchange, decision)
         elif isinstance(decision, Answer):
             self.answer(exchange, decision)
+        elif isinstance(decision, Wake):
+            self.pause("wake")
+            self.loop.create_task(self._wake(exchange, decision))
         else:
             self.pause("redeem")
             self.loop.create_task(self._redeem(exchange, decision))
+
+    async def _wake(self, exchange: Exchange, wake: Wake) -> None:
+        """Resume the sandbox (one resume shared by every request meanwhile), then serve
+        the request as if it had never been paused: the client sees one slower answer."""
+        try:
+            woken = self.server.wake is not None and await self.server.wake(wake.sandbox_id)
+        except Exception:
+            log.exception("waking sandbox %s failed", wake.sandbox_id)
+            woken = False
+        if self.closed:
+            return
+        self.resume("wake")
+        decision = self.server.edge.decide(exchange.head) if woken else None
+        if decision is None or isinstance(decision, Wake):
+            self.answer(exchange, Answer(lambda close: pages.error(
+                503, "sandbox_paused", pages.PAUSED, browser=wake.browser, close=close)))
+        else:
+            self.start_decided(exchange, decision)
 
     async def _redeem(self, exchange: Exchange, redeem: Redeem) -> None:
         try:

@@ -64,18 +64,21 @@ class Sandbox:
         vcpus: int | None = None, mem_mib: int | None = None, disk_size_mib: int | None = None,
         env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
         network: dict[str, Any] | None = None, on_timeout: str | None = None,
-        api_key: str | None = None, base_url: str | None = None,
+        auto_resume: bool | None = None, api_key: str | None = None,
+        base_url: str | None = None,
     ) -> Sandbox:
         """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
         ``network`` is the policy in its JSON form, e.g. ``{"maskRequestHost":
-        "localhost:${PORT}", "ingress": {"allowPorts": [3000]}, "openPorts": False}``."""
+        "localhost:${PORT}", "ingress": {"allowPorts": [3000]}, "openPorts": False}``;
+        ``on_timeout="pause"`` pauses at the deadline instead of stopping;
+        ``auto_resume=True`` lets a request to a paused sandbox's URL resume it."""
         settings = ClientSettings.load(base_url, api_key)
         client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
         try:
             info = _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
-                network=network, on_timeout=on_timeout))
+                network=network, on_timeout=on_timeout, auto_resume=auto_resume))
         except BaseException:
             client.close()
             raise

@@ -90,7 +90,7 @@ async def _serve(settings: ServerSettings) -> None:
         )
         api = uvicorn.Server(config)
         proxy = ProxyServer(Edge(urls, routes, str(socket_path), secret), grants.redeem,
-                            header_timeout_s=settings.header_timeout_s,
+                            wake=sandboxes.wake, header_timeout_s=settings.header_timeout_s,
                             idle_timeout_s=settings.idle_timeout_s)
         routes.watch(proxy.cut)
         routes.watch(ctx.sessions.sandbox_gone)

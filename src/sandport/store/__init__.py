@@ -39,6 +39,7 @@ class SandboxRecord:
     # Ports unexposed on a network.openPorts sandbox: they stay closed until exposed again.
     closed_ports: tuple[int, ...] = ()
     on_timeout: str = "stop"  # what the deadline does: "stop" or "pause"
+    auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
 
     def evolve(self, **changes: Any) -> SandboxRecord:
         return replace(self, **changes)

@@ -67,6 +67,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE sandboxes ADD COLUMN on_timeout TEXT NOT NULL DEFAULT 'stop';
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -212,4 +215,5 @@ def _from_row(row: sqlite3.Row) -> SandboxRecord:
         values[column] = json.loads(values[column])
     values["exposed_ports"] = {int(p): bool(a) for p, a in values["exposed_ports"].items()}
     values["closed_ports"] = tuple(int(p) for p in values["closed_ports"])
+    values["auto_resume"] = bool(values["auto_resume"])
     return SandboxRecord(**values)
