@@ -20,7 +20,8 @@ ASYNC_METHODS = ("create", "get", "list", "refresh", "exec", "expose", "unexpose
                  "close", "_send", "stat", "exists", "read", "write", "mkdir", "move", "copy",
                  "remove", "chmod", "chown", "upload", "download", "start", "wait", "kill",
                  "signal", "write_stdin", "close_stdin", "resize", "connect", "send", "watch",
-                 "_put", "_fetch", "pause", "resume", "set_timeout")
+                 "_put", "_fetch", "pause", "resume", "set_timeout", "_rt", "refresh_token",
+                 "revoke_token")
 
 # (pattern, replacement) applied in order, each a regular expression on the whole file.
 REWRITES: list[tuple[str, str]] = [
@@ -43,6 +44,7 @@ REWRITES: list[tuple[str, str]] = [
     (r"TerminalSession\(ws_aconnect\(target\)\)", "TerminalSession(await ws_aconnect(target))"),
     (r"^(    )def (connect|refresh)\(", r"\1async def \2("),
     (r"self\._sb\._send\(", "await self._sb._send("),
+    (r"self\._sb\._rt\(\)", "(await self._sb._rt())"),
     (r"return await await", "return await"),
     (r"^( +)with (self\._sb\._http\(\)\.stream\()", r"\1async with \2"),
     (r"response\.read\(\)", "await response.aread()"),

@@ -58,6 +58,7 @@ class ServerSettings:
     # Sandbox ports' URLs; default: http://{port}-{id}.localhost:<listen port>
     public_url_template: str | None = None
     browser_url_ttl_s: int = 600  # how long a browserUrl grant can be redeemed
+    token_ttl_s: int = 3600  # how long a runtime token opens its sandbox (refresh for more)
     header_timeout_s: float = 15.0  # a request head must arrive within this
     # An idle kept-alive client connection is closed after this; so is a request, response or
     # tunnel through which no byte has moved for this long (see proxy/server.py).
@@ -125,7 +126,7 @@ class ServerSettings:
         if self.default_timeout_minutes < 1:
             raise ValidationFailed("default_timeout_minutes must be at least 1")
         PublicUrls.parse(self.url_template)
-        for name in ("browser_url_ttl_s", "header_timeout_s", "idle_timeout_s"):
+        for name in ("browser_url_ttl_s", "token_ttl_s", "header_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValidationFailed(f"{name} must be positive")
         return self
@@ -149,7 +150,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)
-    if name in ("default_timeout_minutes", "browser_url_ttl_s"):
+    if name in ("default_timeout_minutes", "browser_url_ttl_s", "token_ttl_s"):
         try:
             return int(value)
         except (TypeError, ValueError):

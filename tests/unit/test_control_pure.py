@@ -21,6 +21,7 @@ from sandport.runtime_api.exec import parse_exec
 from sandport.settings import ServerSettings
 from sandport.store import SandboxRecord
 from sandport.store.sqlite import SqliteStore
+from sandport.tokens import MAX_OLDER, TokenSet
 
 LIMITS = HostLimits(cpus=2, mem_mib=4096)
 
@@ -122,6 +123,30 @@ def test_authorize_refuses(record: SandboxRecord | None, header: str | None, now
 def test_authorize_accepts() -> None:
     assert authorize(_record(), "a" * 20, "bearer  spt_good ", 1000).id == "a" * 20
     assert bearer_token("Bearer x") == "x" and bearer_token("") is None
+
+
+def test_token_sets_rotate_revoke_and_end() -> None:
+    first = TokenSet("spt_a", 100.0)
+    second = first.rotated(50, 100)  # "spt_a" is kept as a hash until 100
+    assert second.token != "spt_a" and second.expires_at == 150
+    assert second.opens("spt_a", 99) and not second.opens("spt_a", 100)
+    assert second.knows("spt_a") and not second.knows("spt_b") and not second.opens("", 60)
+    assert "spt_a" not in repr(second.older)  # only its hash is kept
+    third = second.rotated(120, 100)  # "spt_a" has expired by now: dropped
+    assert len(third.older) == 1 and not third.knows("spt_a") and third.opens(second.token, 121)
+    # Revoking the current token issues a new one; revoking an older one only ends it.
+    assert not (r := third.revoked(third.token, 130, 100)).knows(third.token) and r.opens(
+        r.token, 131) and r.opens(second.token, 131)
+    assert not (r := third.revoked(second.token, 130, 100)).knows(second.token) and r.opens(
+        third.token, 131)
+    assert (r := third.revoked(None, 130, 100)).older == () and r.token != third.token
+    assert not third.ended(130).opens(third.token, 130) and third.ended(130).older == ()
+    many = first
+    for i in range(40):
+        many = many.rotated(60 + i, 1000)
+    assert len(many.older) == MAX_OLDER  # the oldest beyond this end
+    assert TokenSet("t", 1000).due(800, 3600) and not TokenSet("t", 1000).due(600, 3600)
+    assert TokenSet("t", 1000).due(997, 8) and not TokenSet("t", 1000).due(995, 8)
 
 
 def test_made_up_sandbox_ids_leave_no_locks_behind(tmp_path: Path) -> None:

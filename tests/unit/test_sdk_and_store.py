@@ -76,6 +76,11 @@ def test_sqlite_store_round_trip(tmp_path: Path) -> None:
         for i in range(5):
             await store.insert_sandbox(_record(f"{i:020d}", 1000 + i))
         await store.update_sandbox(_record(f"{0:020d}", 1000, "closed"))
+        retokened = _record(f"{4:020d}", 1004).with_tokens(
+            _record("x", 0).tokens.rotated(200, 60))
+        await store.update_sandbox(retokened)
+        kept = await store.get_sandbox(retokened.id)
+        assert kept is not None and kept.tokens == retokened.tokens and kept.older_tokens
         page, total = await store.list_sandboxes("team", ("active",), 0, 2)
         assert total == 4 and [r.id for r in page] == [f"{4:020d}", f"{3:020d}"]
         assert (await store.get_sandbox(f"{1:020d}")).env == {"A": "1"}  # type: ignore[union-attr]

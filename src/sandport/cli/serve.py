@@ -23,6 +23,9 @@ def register(commands: Any) -> None:
                         "(default http://{port}-{id}.localhost:PORT)")
     p.add_argument("--browser-url-ttl-s", type=int, metavar="N",
                    help="how long a browserUrl link can be opened (default 600)")
+    p.add_argument("--token-ttl-s", type=int, metavar="N",
+                   help="runtime tokens expire after N seconds; POST .../refresh gives a new "
+                        "one (default 3600)")
     p.add_argument("--header-timeout-s", type=float, metavar="N",
                    help="a request head must arrive within N seconds (default 15)")
     p.add_argument("--idle-timeout-s", type=float, metavar="N",
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         "public_url": args.public_url, "config": args.config, "log_level": args.log_level,
         "public_url_template": args.public_url_template,
         "browser_url_ttl_s": args.browser_url_ttl_s, "header_timeout_s": args.header_timeout_s,
-        "idle_timeout_s": args.idle_timeout_s,
+        "idle_timeout_s": args.idle_timeout_s, "token_ttl_s": args.token_ttl_s,
     }
     settings = ServerSettings.load(flags)
     try:

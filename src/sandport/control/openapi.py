@@ -117,6 +117,16 @@ OPENAPI: dict[str, Any] = {
             params=[_path_param("id")])},
         "/api/sandbox/{id}/resume": {"post": _op(
             "Thaw a paused sandbox (idempotent)", _SANDBOX, params=[_path_param("id")])},
+        "/api/sandbox/{id}/refresh": {"post": _op(
+            "A new runtime token; earlier ones work until their own expiry", _SANDBOX,
+            params=[_path_param("id")])},
+        "/api/sandbox/{id}/connect": {"post": _op(
+            "Resume if paused, and a new runtime token", _SANDBOX,
+            params=[_path_param("id")])},
+        "/api/sandbox/{id}/revoke": {"post": _op(
+            "End one runtime token ({token}) or all of them ({}); a new current one is issued",
+            _SANDBOX, body={"type": "object", "properties": {"token": {"type": "string"}}},
+            params=[_path_param("id")])},
         "/api/sandbox/{id}/expose": {"post": _op(
             "Give a port a public URL (idempotent; auth may change)",
             {"$ref": "#/components/schemas/ExposedPort"}, body=_EXPOSE,

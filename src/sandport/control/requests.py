@@ -192,6 +192,20 @@ def parse_set_timeout(body: Any) -> int:
     return _int(body, "timeoutMinutes", 1, 1, MAX_TIMEOUT_MINUTES)
 
 
+def parse_revoke(body: Any) -> str | None:
+    """``{"token": "..."}``: that token; ``{}``: every token of the sandbox."""
+    body = _object(body, "the request body")
+    unknown = sorted(set(body) - {"token"})
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(unknown)}")
+    token = body.get("token")
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token:
+        raise ValidationFailed("token must be a non-empty string")
+    return token
+
+
 def parse_port(value: Any, key: str = "port") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationFailed(f"{key} must be an integer")

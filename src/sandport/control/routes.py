@@ -14,7 +14,14 @@ from ..errors import SandportError
 from ..models import SandboxPage
 from .http import caller_team, json_body
 from .openapi import OPENAPI
-from .requests import parse_create, parse_expose, parse_list, parse_set_timeout, parse_unexpose
+from .requests import (
+    parse_create,
+    parse_expose,
+    parse_list,
+    parse_revoke,
+    parse_set_timeout,
+    parse_unexpose,
+)
 
 
 async def create_sandbox(request: Request) -> Response:
@@ -28,7 +35,30 @@ async def create_sandbox(request: Request) -> Response:
 
 async def get_sandbox(request: Request) -> Response:
     ctx = request.app.state.ctx
-    record = await ctx.sandboxes.get(await caller_team(request), request.path_params["id"])
+    record = await ctx.sandboxes.shown(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def refresh_token(request: Request) -> Response:
+    """A new runtime token (and the runtime URL) in the sandbox's detail."""
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.refresh(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def connect_sandbox(request: Request) -> Response:
+    """Resumed if paused, with a new runtime token."""
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.connect(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
+async def revoke_token(request: Request) -> Response:
+    """``{"token": ...}`` ends that runtime token; ``{}`` ends all of them."""
+    ctx = request.app.state.ctx
+    token = parse_revoke(await json_body(request, optional=True))
+    record = await ctx.sandboxes.revoke(await caller_team(request), request.path_params["id"],
+                                        token)
     return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 
@@ -132,6 +162,9 @@ routes = [
     Route("/api/sandbox/{id}/pause", pause_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
     Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/refresh", refresh_token, methods=["POST"]),
+    Route("/api/sandbox/{id}/connect", connect_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/revoke", revoke_token, methods=["POST"]),
     Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
     Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),
     Route("/api/sandboxes", list_sandboxes, methods=["GET"]),

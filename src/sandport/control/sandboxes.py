@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from .. import ids
+from .. import ids, tokens
 from ..errors import RuntimeFailure, SandboxNotFound, SandportError
 from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
@@ -95,7 +95,7 @@ class SandboxService:
             closed_ports=frozenset(record.closed_ports),
             allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
             mask_host=network.mask_request_host, paused=record.status == "paused",
-            auto_resume=record.auto_resume,
+            auto_resume=record.auto_resume, older_tokens=record.older_tokens,
         )
 
     def identity_env(self, sandbox_id: str) -> dict[str, str]:
@@ -139,12 +139,12 @@ class SandboxService:
         self.images.check_name(request.image_name)
         await self.images.ensure(request.image_name, lambda line: log.info("%s", line))
         now = self.clock()
-        expires = now + 60 * request.timeout_minutes
+        first = tokens.issue(now, self.settings.token_ttl_s)
         record = SandboxRecord(
             id=ids.new_sandbox_id(), team_id=team_id, status="creating",
             image_name=request.image_name, vcpus=request.vcpus, mem_mib=request.mem_mib,
             disk_size_mib=request.disk_size_mib, timeout_minutes=request.timeout_minutes,
-            token=ids.new_runtime_token(), token_expires_at=expires, created_at=now,
+            token=first.token, token_expires_at=first.expires_at, created_at=now,
             updated_at=now, runtime=self.runtime.name, env=request.env,
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=request.network.to_wire(), on_timeout=request.on_timeout,
@@ -163,7 +163,7 @@ class SandboxService:
             started = self.clock()
             record = record.evolve(status="active", started_at=started, updated_at=started,
                                    expires_at=started + 60 * request.timeout_minutes,
-                                   token_expires_at=started + 60 * request.timeout_minutes)
+                                   token_expires_at=started + self.settings.token_ttl_s)
             await self.store.update_sandbox(record)
             self._publish(record)
         log.info("sandbox %s created from %s", record.id, record.image_name)
@@ -205,15 +205,13 @@ class SandboxService:
 
     async def set_timeout(self, team_id: str, sandbox_id: str, minutes: int) -> SandboxRecord:
         """A new deadline, ``minutes`` from now (a sandbox paused by its timeout gets one
-        too); its runtime token lives as long."""
+        too)."""
         async with self._locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
             now = self.clock()
             record = record.evolve(timeout_minutes=minutes, expires_at=now + 60 * minutes,
-                                   token_expires_at=max(record.token_expires_at,
-                                                        now + 60 * minutes),
                                    updated_at=now)
             await self.store.update_sandbox(record)
             self._publish(record)
@@ -249,6 +247,48 @@ class SandboxService:
         """Thaw a paused sandbox (idempotent): same URLs, processes where they were."""
         return await self._freeze(team_id, sandbox_id, "active")
 
+    async def shown(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """The record for its detail: a running sandbox's current token is replaced first
+        when little of its life is left, so a client that reads the detail (Hyperbrowser's
+        SDK does, to renew) always gets one it can use; the old one keeps working."""
+        record = await self.get(team_id, sandbox_id)
+        if record.status in ("active", "paused") and \
+                record.tokens.due(self.clock(), self.settings.token_ttl_s):
+            return await self.refresh(team_id, sandbox_id)
+        return record
+
+    async def refresh(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """A new runtime token; the ones handed out before keep working until they expire."""
+        return await self._retoken(team_id, sandbox_id,
+                                   lambda t, now: t.rotated(now, self.settings.token_ttl_s))
+
+    async def connect(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """Ready to use: resumed if paused, with a new runtime token."""
+        record = await self.get(team_id, sandbox_id)
+        if record.status == "paused":
+            await self.resume(team_id, sandbox_id)
+        return await self.refresh(team_id, sandbox_id)
+
+    async def revoke(self, team_id: str, sandbox_id: str, token: str | None) -> SandboxRecord:
+        """End one runtime token, or (None) all of them; a new current one is issued when
+        the current one ends."""
+        return await self._retoken(
+            team_id, sandbox_id,
+            lambda t, now: t.revoked(token, now, self.settings.token_ttl_s))
+
+    async def _retoken(self, team_id: str, sandbox_id: str,
+                       change: Callable[[tokens.TokenSet, float], tokens.TokenSet],
+                       ) -> SandboxRecord:
+        async with self._locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.status not in ("active", "paused"):
+                lifecycle.ensure_running(record)
+            now = self.clock()
+            record = record.with_tokens(change(record.tokens, now)).evolve(updated_at=now)
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        return record
+
     async def _freeze(self, team_id: str, sandbox_id: str,
                       target: RecordStatus) -> SandboxRecord:
         async with self._locks.hold(_known_id(sandbox_id)):
@@ -265,9 +305,7 @@ class SandboxService:
             record = record.evolve(status=target, updated_at=now)
             if target == "active" and record.expires_at is None:
                 # Paused by its timeout: a resume starts a new timeoutMinutes period.
-                expires = now + 60 * record.timeout_minutes
-                record = record.evolve(expires_at=expires, token_expires_at=max(
-                    record.token_expires_at, expires))
+                record = record.evolve(expires_at=now + 60 * record.timeout_minutes)
             await self.store.update_sandbox(record)
             self._publish(record)
         log.info("sandbox %s %s", record.id, "paused" if target == "paused" else "resumed")
@@ -304,8 +342,8 @@ class SandboxService:
     async def _finish(self, record: SandboxRecord, status: RecordStatus,
                       reason: str) -> SandboxRecord:
         now = self.clock()
-        done = record.evolve(status=status, ended_at=now, updated_at=now, close_reason=reason,
-                             token_expires_at=min(record.token_expires_at, now))
+        done = record.evolve(status=status, ended_at=now, updated_at=now,
+                             close_reason=reason).with_tokens(record.tokens.ended(now))
         await self.store.update_sandbox(done)
         return done
 

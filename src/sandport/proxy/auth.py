@@ -55,8 +55,14 @@ def bearer(authorization: bytes | None) -> str | None:
 
 def token_opens(route: SandboxRoute, authorization: bytes | None, now: float) -> bool:
     token = bearer(authorization)
-    return token is not None and now < route.token_expires_at and \
-        secrets_equal(token, route.token)
+    return token is not None and route.tokens.opens(token, now)
+
+
+def is_sandbox_token(route: SandboxRoute, authorization: bytes | None) -> bool:
+    """Whether the header carries one of the sandbox's tokens, even an expired one (it is
+    stripped before the request goes to the sandbox)."""
+    token = bearer(authorization)
+    return token is not None and route.tokens.knows(token)
 
 
 def cookie_values(cookie_headers: list[bytes], name: str) -> list[str]:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 from . import pages
 from .auth import (
     cookie_name,
+    is_sandbox_token,
     safe_next,
     session_opens,
     sign_session,
@@ -240,7 +241,7 @@ class Edge:
             if route is not None:
                 if lname == b"host" and masked is not None:
                     value = masked
-                elif lname == b"authorization" and token_opens(route, value, 0.0):
+                elif lname == b"authorization" and is_sandbox_token(route, value):
                     continue
                 elif lname == b"cookie":
                     value = without_our_cookies(value)

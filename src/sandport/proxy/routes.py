@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..tokens import Older, TokenSet
 from .urls import RUNTIME_PORT
 
 
@@ -26,6 +27,11 @@ class SandboxRoute:
     mask_host: str | None = None  # e.g. "localhost:${PORT}": the Host upstream sees
     paused: bool = False  # frozen: its ports answer 503 until it is resumed...
     auto_resume: bool = False  # ...or a request to them resumes it (autoResume)
+    older_tokens: Older = ()  # replaced tokens, valid until their own expiry
+
+    @property
+    def tokens(self) -> TokenSet:
+        return TokenSet(self.token, self.token_expires_at, self.older_tokens)
 
     def port_auth(self, port: int) -> bool | None:
         """Whether ``port`` needs auth; None when it does not answer at all."""

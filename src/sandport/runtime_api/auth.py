@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..control import lifecycle
 from ..errors import SandboxNotFound, Unauthorized
-from ..ids import secrets_equal
 from ..store import SandboxRecord
 
 
@@ -29,9 +28,11 @@ def authorize(record: SandboxRecord | None, sandbox_id: str, authorization: str 
     token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("missing runtime token: send Authorization: Bearer <token>")
-    if not secrets_equal(token, record.token):
+    tokens = record.tokens
+    if not tokens.knows(token):
         raise Unauthorized("invalid runtime token for this sandbox")
     lifecycle.ensure_running(record)
-    if now >= record.token_expires_at:
-        raise Unauthorized("runtime token expired")
+    if not tokens.opens(token, now):
+        raise Unauthorized("runtime token expired: get a new one with POST "
+                           f"/api/sandbox/{sandbox_id}/refresh")
     return record

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -59,6 +60,13 @@ class AsyncSandbox:
     async def _send(self, call: _base.Call[T]) -> T:
         return await _send(self._http(), call)
 
+    async def _rt(self) -> SandboxInfo:
+        """The sandbox as a runtime call needs it: with a runtime token renewed first when
+        it is about to run out (the one it replaces stays valid until its own expiry)."""
+        if _base.token_due(self.info, time.time()):
+            await self.refresh_token()
+        return self.info
+
     @classmethod
     async def create(
         cls, image: str = "python", *, timeout_minutes: int | None = None,
@@ -103,8 +111,34 @@ class AsyncSandbox:
         async with _new_client() as client:
             return await _send(client, _base.list_call(settings, status, page, limit))
 
+    @classmethod
+    async def connect(cls, sandbox_id: str, *, api_key: str | None = None,
+                base_url: str | None = None) -> AsyncSandbox:
+        """An existing sandbox, ready to use: resumed if it was paused, with a new runtime
+        token."""
+        settings = ClientSettings.load(base_url, api_key)
+        client = _new_client()
+        try:
+            info = await _send(client, _base.verb_call(settings, sandbox_id, "connect"))
+            return cls(info, settings, client)
+        except BaseException:
+            await client.aclose()
+            raise
+
     async def refresh(self) -> SandboxInfo:
         self.info = await _send(self._http(), _base.get_call(self._settings, self.id))
+        return self.info
+
+    async def refresh_token(self) -> SandboxInfo:
+        """A new runtime token now (calls renew it by themselves shortly before it runs
+        out); tokens handed out before keep working until their own expiry."""
+        self.info = await _send(self._http(), _base.verb_call(self._settings, self.id, "refresh"))
+        return self.info
+
+    async def revoke_token(self, token: str | None = None) -> SandboxInfo:
+        """End ``token`` at once, or every runtime token of the sandbox when None; the
+        sandbox gets a new current token when its current one ends."""
+        self.info = await _send(self._http(), _base.revoke_call(self._settings, self.id, token))
         return self.info
 
     async def exec(
@@ -112,7 +146,7 @@ class AsyncSandbox:
         timeout: float = 60.0,
     ) -> ExecResult:
         """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
-        call = _base.exec_call(self._settings, self.info, command, cwd=cwd, env=env,
+        call = _base.exec_call(self._settings, await self._rt(), command, cwd=cwd, env=env,
                                timeout_s=timeout)
         return await _send(self._http(), call)
 
@@ -141,12 +175,12 @@ class AsyncSandbox:
     async def pause(self) -> SandboxInfo:
         """Freeze every process of the sandbox, memory kept; its URLs answer 503 and its
         runtime API 409 until ``resume()``."""
-        self.info = await _send(self._http(), _base.pause_call(self._settings, self.id, "pause"))
+        self.info = await _send(self._http(), _base.verb_call(self._settings, self.id, "pause"))
         return self.info
 
     async def resume(self) -> SandboxInfo:
         """Thaw it: same URLs, processes continue where they were."""
-        self.info = await _send(self._http(), _base.pause_call(self._settings, self.id, "resume"))
+        self.info = await _send(self._http(), _base.verb_call(self._settings, self.id, "resume"))
         return self.info
 
     async def stop(self) -> SandboxInfo:

@@ -33,7 +33,7 @@ class AsyncFiles:
         return await self._sb._send(call)
 
     async def stat(self, path: str) -> FileInfo:
-        return await self._send(rt.stat_call(self._sb._settings, self._sb.info, path))
+        return await self._send(rt.stat_call(self._sb._settings, (await self._sb._rt()), path))
 
     async def exists(self, path: str) -> bool:
         try:
@@ -43,7 +43,7 @@ class AsyncFiles:
         return True
 
     async def list(self, path: str, *, depth: int = 1) -> list[FileInfo]:
-        return await self._send(rt.list_call(self._sb._settings, self._sb.info, path, depth))
+        return await self._send(rt.list_call(self._sb._settings, (await self._sb._rt()), path, depth))
 
     @overload
     async def read(self, path: str, *, offset: int | None = None, length: int | None = None,
@@ -64,7 +64,7 @@ class AsyncFiles:
               mode: int | str | None = None) -> FileInfo:
         """Write (or append to) a file, creating missing parent directories."""
         if append:
-            call = rt.write_call(self._sb._settings, self._sb.info, path, data, append, mode)
+            call = rt.write_call(self._sb._settings, (await self._sb._rt()), path, data, append, mode)
             return await self._send(call)
         raw = data.encode() if isinstance(data, str) else data
         return await self._put(path, raw, mode)
@@ -72,28 +72,28 @@ class AsyncFiles:
     async def mkdir(self, path: str, *, parents: bool = False,
               mode: int | str | None = None) -> bool:
         """Make a directory; False if it already existed (only allowed with ``parents``)."""
-        call = rt.mkdir_call(self._sb._settings, self._sb.info, path, parents, mode)
+        call = rt.mkdir_call(self._sb._settings, (await self._sb._rt()), path, parents, mode)
         return await self._send(call)
 
     async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
-        call = rt.move_call(self._sb._settings, self._sb.info, source, destination, overwrite)
+        call = rt.move_call(self._sb._settings, (await self._sb._rt()), source, destination, overwrite)
         return await self._send(call)
 
     async def copy(self, source: str, destination: str, *, recursive: bool = False,
              overwrite: bool = False) -> FileInfo:
-        call = rt.copy_call(self._sb._settings, self._sb.info, source, destination, recursive,
+        call = rt.copy_call(self._sb._settings, (await self._sb._rt()), source, destination, recursive,
                             overwrite)
         return await self._send(call)
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:
-        await self._send(rt.remove_call(self._sb._settings, self._sb.info, path, recursive))
+        await self._send(rt.remove_call(self._sb._settings, (await self._sb._rt()), path, recursive))
 
     async def chmod(self, path: str, mode: int | str, *, recursive: bool = False) -> None:
-        await self._send(rt.chmod_call(self._sb._settings, self._sb.info, path, mode, recursive))
+        await self._send(rt.chmod_call(self._sb._settings, (await self._sb._rt()), path, mode, recursive))
 
     async def chown(self, path: str, *, uid: int | None = None, gid: int | None = None,
               recursive: bool = False) -> None:
-        call = rt.chown_call(self._sb._settings, self._sb.info, path, uid, gid, recursive)
+        call = rt.chown_call(self._sb._settings, (await self._sb._rt()), path, uid, gid, recursive)
         await self._send(call)
 
     async def upload(self, path: str, source: bytes | IO[bytes], *,
@@ -104,7 +104,7 @@ class AsyncFiles:
         return written.size
 
     async def _put(self, path: str, source: bytes | IO[bytes], mode: int | str | None) -> FileInfo:
-        call = rt.upload_call(self._sb._settings, self._sb.info, path, mode)
+        call = rt.upload_call(self._sb._settings, (await self._sb._rt()), path, mode)
         try:
             response = await self._sb._http().request(
                 call.method, call.url, content=rt.achunks_of(source), headers=call.headers,
@@ -120,7 +120,7 @@ class AsyncFiles:
 
     async def _fetch(self, path: str, target: IO[bytes] | None, offset: int | None,
                length: int | None) -> bytes | int:
-        call = rt.download_call(self._sb._settings, self._sb.info, path, offset, length)
+        call = rt.download_call(self._sb._settings, (await self._sb._rt()), path, offset, length)
         try:
             async with self._sb._http().stream(call.method, call.url, headers=call.headers,
                                          timeout=call.timeout_s) as response:
@@ -139,7 +139,7 @@ class AsyncFiles:
 
     async def watch(self, path: str, *, recursive: bool = False) -> AsyncWatch:
         """Watch a directory for changes; iterate ``watch.events()``, ``stop()`` it after."""
-        call = rt.watch_call(self._sb._settings, self._sb.info, path, recursive)
+        call = rt.watch_call(self._sb._settings, (await self._sb._rt()), path, recursive)
         return AsyncWatch(self._sb, await self._send(call))
 
 
@@ -155,7 +155,7 @@ class AsyncWatch:
     async def events(self, *, cursor: int = 0) -> AsyncIterator[WatchEvent]:
         """Changes after sequence number ``cursor``, as they happen, until the watch ends
         (pass the last ``seq`` seen to resume after a disconnect)."""
-        target = rt.ws_target(self._sb._settings, self._sb.info,
+        target = rt.ws_target(self._sb._settings, (await self._sb._rt()),
                               f"files/watch/{self.id}/ws", {"cursor": cursor})
         ws = await ws_aconnect(target)
         try:
@@ -174,7 +174,7 @@ class AsyncWatch:
         return self.events()
 
     async def stop(self) -> None:
-        await self._sb._send(rt.stop_watch_call(self._sb._settings, self._sb.info, self.id))
+        await self._sb._send(rt.stop_watch_call(self._sb._settings, (await self._sb._rt()), self.id))
 
     async def __aenter__(self) -> AsyncWatch:
         return self
@@ -198,16 +198,16 @@ class AsyncProcesses:
         return at once. ``timeout`` kills it after that many seconds; ``user`` runs it as
         that user of the sandbox; the server keeps its last ``buffer_bytes`` of output
         (default 4 MiB) for clients that attach later."""
-        call = rt.start_process_call(self._sb._settings, self._sb.info, command, cwd=cwd,
+        call = rt.start_process_call(self._sb._settings, (await self._sb._rt()), command, cwd=cwd,
                                      env=env, timeout_s=timeout, user=user, stdin=stdin,
                                      buffer_bytes=buffer_bytes)
         return AsyncProcess(self._sb, await self._sb._send(call))
 
     async def list(self) -> list[ProcessInfo]:
-        return await self._sb._send(rt.list_processes_call(self._sb._settings, self._sb.info))
+        return await self._sb._send(rt.list_processes_call(self._sb._settings, (await self._sb._rt())))
 
     async def get(self, process_id: str) -> AsyncProcess:
-        call = rt.get_process_call(self._sb._settings, self._sb.info, process_id)
+        call = rt.get_process_call(self._sb._settings, (await self._sb._rt()), process_id)
         return AsyncProcess(self._sb, await self._sb._send(call))
 
 
@@ -225,14 +225,14 @@ class AsyncProcess:
         return self.info.pid
 
     async def refresh(self) -> ProcessInfo:
-        call = rt.get_process_call(self._sb._settings, self._sb.info, self.id)
+        call = rt.get_process_call(self._sb._settings, (await self._sb._rt()), self.id)
         self.info = await self._sb._send(call)
         return self.info
 
     async def stream(self, *, from_seq: int = 0) -> AsyncIterator[OutputChunk]:
         """Output chunks as they come (from ``from_seq``, or the oldest the server kept),
         until the process ends. Stopping early leaves the process running."""
-        call = rt.stream_call(self._sb._settings, self._sb.info, self.id, from_seq)
+        call = rt.stream_call(self._sb._settings, (await self._sb._rt()), self.id, from_seq)
         parser = rt.EventStreamParser()
         try:
             async with self._sb._http().stream(call.method, call.url, headers=call.headers,
@@ -256,25 +256,25 @@ class AsyncProcess:
         return self.stream()
 
     async def write_stdin(self, data: str | bytes) -> None:
-        await self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, data, False))
+        await self._sb._send(rt.stdin_call(self._sb._settings, (await self._sb._rt()), self.id, data, False))
 
     async def close_stdin(self) -> None:
-        await self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, None, True))
+        await self._sb._send(rt.stdin_call(self._sb._settings, (await self._sb._rt()), self.id, None, True))
 
     async def signal(self, signal: str | int) -> None:
         """Send ``signal`` (``"SIGTERM"``, ``"INT"``, ``9``…) to the process's group."""
-        call = rt.signal_call(self._sb._settings, self._sb.info, self.id, signal)
+        call = rt.signal_call(self._sb._settings, (await self._sb._rt()), self.id, signal)
         self.info = await self._sb._send(call)
 
     async def wait(self, timeout: float | None = None) -> ProcessResult:
         """Wait for the end; raises RequestTimeout if ``timeout`` seconds pass first."""
-        call = rt.wait_process_call(self._sb._settings, self._sb.info, self.id, timeout)
+        call = rt.wait_process_call(self._sb._settings, (await self._sb._rt()), self.id, timeout)
         result = await self._sb._send(call)
         self.info = result.info
         return result
 
     async def kill(self) -> ProcessResult:
-        await self._sb._send(rt.kill_call(self._sb._settings, self._sb.info, self.id))
+        await self._sb._send(rt.kill_call(self._sb._settings, (await self._sb._rt()), self.id))
         return await self.wait(30)
 
 
@@ -287,7 +287,7 @@ class AsyncTerminal:
     async def create(self, command: str = "/bin/bash", *, rows: int = 24, cols: int = 80,
                cwd: str | None = None, env: dict[str, str] | None = None,
                user: str | None = None) -> AsyncTerminalHandle:
-        call = rt.create_terminal_call(self._sb._settings, self._sb.info, command, rows, cols,
+        call = rt.create_terminal_call(self._sb._settings, (await self._sb._rt()), command, rows, cols,
                                        cwd, env, user)
         return AsyncTerminalHandle(self._sb, await self._sb._send(call))
 
@@ -303,25 +303,25 @@ class AsyncTerminalHandle:
 
     async def connect(self, *, cursor: int = 0) -> AsyncTerminalSession:
         """Attach: what the terminal printed (after ``cursor``) comes first, then live."""
-        target = rt.ws_target(self._sb._settings, self._sb.info, f"pty/{self.id}/ws",
+        target = rt.ws_target(self._sb._settings, (await self._sb._rt()), f"pty/{self.id}/ws",
                               {"cursor": cursor})
         return AsyncTerminalSession(await ws_aconnect(target))
 
     async def resize(self, rows: int, cols: int) -> TerminalInfo:
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "resize",
+        call = rt.terminal_call(self._sb._settings, (await self._sb._rt()), self.id, "resize",
                                 {"rows": rows, "cols": cols})
         self.info = await self._sb._send(call)
         return self.info
 
     async def wait(self, timeout: float | None = None) -> TerminalInfo:
         body = {} if timeout is None else {"timeoutMs": max(1, int(timeout * 1000))}
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "wait", body,
+        call = rt.terminal_call(self._sb._settings, (await self._sb._rt()), self.id, "wait", body,
                                 rt.TRANSFER_TIMEOUT_S if timeout is None else timeout + 15)
         self.info = await self._sb._send(call)
         return self.info
 
     async def kill(self) -> TerminalInfo:
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "kill")
+        call = rt.terminal_call(self._sb._settings, (await self._sb._rt()), self.id, "kill")
         await self._sb._send(call)
         return await self.wait(30)
 

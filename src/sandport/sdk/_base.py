@@ -11,6 +11,7 @@ import json
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ T = TypeVar("T")
 
 CREATE_TIMEOUT_S = 900.0  # the first create of a never-built image builds it (~30-90 s)
 EXEC_GRACE_S = 15.0  # the HTTP wait beyond the command's own timeout
+TOKEN_RENEW_S = 60.0  # a runtime token with less life left is renewed before a call
 
 
 @functools.cache
@@ -93,10 +95,30 @@ def list_call(settings: ClientSettings, status: str | None, page: int,
                 headers=_api_headers(settings))
 
 
-def pause_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[SandboxInfo]:
-    """``verb``: pause or resume."""
+def verb_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[SandboxInfo]:
+    """``verb``: pause, resume, refresh (a new runtime token) or connect (resume if
+    paused, and a new runtime token)."""
     return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/{verb}",
                 SandboxInfo.from_wire, headers=_api_headers(settings))
+
+
+def revoke_call(settings: ClientSettings, sandbox_id: str,
+                token: str | None) -> Call[SandboxInfo]:
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/revoke",
+                SandboxInfo.from_wire, {} if token is None else {"token": token},
+                _api_headers(settings))
+
+
+def token_due(info: SandboxInfo, now: float) -> bool:
+    """Whether the runtime token runs out within TOKEN_RENEW_S (and can be renewed: the
+    sandbox runs or is paused)."""
+    if info.status not in ("active", "paused") or not info.token_expires_at:
+        return False
+    try:
+        expires = datetime.fromisoformat(info.token_expires_at).timestamp()
+    except ValueError:
+        return False
+    return expires - now < TOKEN_RENEW_S
 
 
 def timeout_call(settings: ClientSettings, sandbox_id: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -58,6 +59,13 @@ class Sandbox:
     def _send(self, call: _base.Call[T]) -> T:
         return _send(self._http(), call)
 
+    def _rt(self) -> SandboxInfo:
+        """The sandbox as a runtime call needs it: with a runtime token renewed first when
+        it is about to run out (the one it replaces stays valid until its own expiry)."""
+        if _base.token_due(self.info, time.time()):
+            self.refresh_token()
+        return self.info
+
     @classmethod
     def create(
         cls, image: str = "python", *, timeout_minutes: int | None = None,
@@ -102,8 +110,34 @@ class Sandbox:
         with _new_client() as client:
             return _send(client, _base.list_call(settings, status, page, limit))
 
+    @classmethod
+    def connect(cls, sandbox_id: str, *, api_key: str | None = None,
+                base_url: str | None = None) -> Sandbox:
+        """An existing sandbox, ready to use: resumed if it was paused, with a new runtime
+        token."""
+        settings = ClientSettings.load(base_url, api_key)
+        client = _new_client()
+        try:
+            info = _send(client, _base.verb_call(settings, sandbox_id, "connect"))
+            return cls(info, settings, client)
+        except BaseException:
+            client.close()
+            raise
+
     def refresh(self) -> SandboxInfo:
         self.info = _send(self._http(), _base.get_call(self._settings, self.id))
+        return self.info
+
+    def refresh_token(self) -> SandboxInfo:
+        """A new runtime token now (calls renew it by themselves shortly before it runs
+        out); tokens handed out before keep working until their own expiry."""
+        self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "refresh"))
+        return self.info
+
+    def revoke_token(self, token: str | None = None) -> SandboxInfo:
+        """End ``token`` at once, or every runtime token of the sandbox when None; the
+        sandbox gets a new current token when its current one ends."""
+        self.info = _send(self._http(), _base.revoke_call(self._settings, self.id, token))
         return self.info
 
     def exec(
@@ -111,7 +145,7 @@ class Sandbox:
         timeout: float = 60.0,
     ) -> ExecResult:
         """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
-        call = _base.exec_call(self._settings, self.info, command, cwd=cwd, env=env,
+        call = _base.exec_call(self._settings, self._rt(), command, cwd=cwd, env=env,
                                timeout_s=timeout)
         return _send(self._http(), call)
 
@@ -140,12 +174,12 @@ class Sandbox:
     def pause(self) -> SandboxInfo:
         """Freeze every process of the sandbox, memory kept; its URLs answer 503 and its
         runtime API 409 until ``resume()``."""
-        self.info = _send(self._http(), _base.pause_call(self._settings, self.id, "pause"))
+        self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "pause"))
         return self.info
 
     def resume(self) -> SandboxInfo:
         """Thaw it: same URLs, processes continue where they were."""
-        self.info = _send(self._http(), _base.pause_call(self._settings, self.id, "resume"))
+        self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "resume"))
         return self.info
 
     def stop(self) -> SandboxInfo:

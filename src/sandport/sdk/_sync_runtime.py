@@ -32,7 +32,7 @@ class Files:
         return self._sb._send(call)
 
     def stat(self, path: str) -> FileInfo:
-        return self._send(rt.stat_call(self._sb._settings, self._sb.info, path))
+        return self._send(rt.stat_call(self._sb._settings, self._sb._rt(), path))
 
     def exists(self, path: str) -> bool:
         try:
@@ -42,7 +42,7 @@ class Files:
         return True
 
     def list(self, path: str, *, depth: int = 1) -> list[FileInfo]:
-        return self._send(rt.list_call(self._sb._settings, self._sb.info, path, depth))
+        return self._send(rt.list_call(self._sb._settings, self._sb._rt(), path, depth))
 
     @overload
     def read(self, path: str, *, offset: int | None = None, length: int | None = None,
@@ -63,7 +63,7 @@ class Files:
               mode: int | str | None = None) -> FileInfo:
         """Write (or append to) a file, creating missing parent directories."""
         if append:
-            call = rt.write_call(self._sb._settings, self._sb.info, path, data, append, mode)
+            call = rt.write_call(self._sb._settings, self._sb._rt(), path, data, append, mode)
             return self._send(call)
         raw = data.encode() if isinstance(data, str) else data
         return self._put(path, raw, mode)
@@ -71,28 +71,28 @@ class Files:
     def mkdir(self, path: str, *, parents: bool = False,
               mode: int | str | None = None) -> bool:
         """Make a directory; False if it already existed (only allowed with ``parents``)."""
-        call = rt.mkdir_call(self._sb._settings, self._sb.info, path, parents, mode)
+        call = rt.mkdir_call(self._sb._settings, self._sb._rt(), path, parents, mode)
         return self._send(call)
 
     def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
-        call = rt.move_call(self._sb._settings, self._sb.info, source, destination, overwrite)
+        call = rt.move_call(self._sb._settings, self._sb._rt(), source, destination, overwrite)
         return self._send(call)
 
     def copy(self, source: str, destination: str, *, recursive: bool = False,
              overwrite: bool = False) -> FileInfo:
-        call = rt.copy_call(self._sb._settings, self._sb.info, source, destination, recursive,
+        call = rt.copy_call(self._sb._settings, self._sb._rt(), source, destination, recursive,
                             overwrite)
         return self._send(call)
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
-        self._send(rt.remove_call(self._sb._settings, self._sb.info, path, recursive))
+        self._send(rt.remove_call(self._sb._settings, self._sb._rt(), path, recursive))
 
     def chmod(self, path: str, mode: int | str, *, recursive: bool = False) -> None:
-        self._send(rt.chmod_call(self._sb._settings, self._sb.info, path, mode, recursive))
+        self._send(rt.chmod_call(self._sb._settings, self._sb._rt(), path, mode, recursive))
 
     def chown(self, path: str, *, uid: int | None = None, gid: int | None = None,
               recursive: bool = False) -> None:
-        call = rt.chown_call(self._sb._settings, self._sb.info, path, uid, gid, recursive)
+        call = rt.chown_call(self._sb._settings, self._sb._rt(), path, uid, gid, recursive)
         self._send(call)
 
     def upload(self, path: str, source: bytes | IO[bytes], *,
@@ -103,7 +103,7 @@ class Files:
         return written.size
 
     def _put(self, path: str, source: bytes | IO[bytes], mode: int | str | None) -> FileInfo:
-        call = rt.upload_call(self._sb._settings, self._sb.info, path, mode)
+        call = rt.upload_call(self._sb._settings, self._sb._rt(), path, mode)
         try:
             response = self._sb._http().request(
                 call.method, call.url, content=rt.chunks_of(source), headers=call.headers,
@@ -119,7 +119,7 @@ class Files:
 
     def _fetch(self, path: str, target: IO[bytes] | None, offset: int | None,
                length: int | None) -> bytes | int:
-        call = rt.download_call(self._sb._settings, self._sb.info, path, offset, length)
+        call = rt.download_call(self._sb._settings, self._sb._rt(), path, offset, length)
         try:
             with self._sb._http().stream(call.method, call.url, headers=call.headers,
                                          timeout=call.timeout_s) as response:
@@ -138,7 +138,7 @@ class Files:
 
     def watch(self, path: str, *, recursive: bool = False) -> Watch:
         """Watch a directory for changes; iterate ``watch.events()``, ``stop()`` it after."""
-        call = rt.watch_call(self._sb._settings, self._sb.info, path, recursive)
+        call = rt.watch_call(self._sb._settings, self._sb._rt(), path, recursive)
         return Watch(self._sb, self._send(call))
 
 
@@ -154,7 +154,7 @@ class Watch:
     def events(self, *, cursor: int = 0) -> Iterator[WatchEvent]:
         """Changes after sequence number ``cursor``, as they happen, until the watch ends
         (pass the last ``seq`` seen to resume after a disconnect)."""
-        target = rt.ws_target(self._sb._settings, self._sb.info,
+        target = rt.ws_target(self._sb._settings, self._sb._rt(),
                               f"files/watch/{self.id}/ws", {"cursor": cursor})
         ws = ws_connect(target)
         try:
@@ -173,7 +173,7 @@ class Watch:
         return self.events()
 
     def stop(self) -> None:
-        self._sb._send(rt.stop_watch_call(self._sb._settings, self._sb.info, self.id))
+        self._sb._send(rt.stop_watch_call(self._sb._settings, self._sb._rt(), self.id))
 
     def __enter__(self) -> Watch:
         return self
@@ -197,16 +197,16 @@ class Processes:
         return at once. ``timeout`` kills it after that many seconds; ``user`` runs it as
         that user of the sandbox; the server keeps its last ``buffer_bytes`` of output
         (default 4 MiB) for clients that attach later."""
-        call = rt.start_process_call(self._sb._settings, self._sb.info, command, cwd=cwd,
+        call = rt.start_process_call(self._sb._settings, self._sb._rt(), command, cwd=cwd,
                                      env=env, timeout_s=timeout, user=user, stdin=stdin,
                                      buffer_bytes=buffer_bytes)
         return Process(self._sb, self._sb._send(call))
 
     def list(self) -> list[ProcessInfo]:
-        return self._sb._send(rt.list_processes_call(self._sb._settings, self._sb.info))
+        return self._sb._send(rt.list_processes_call(self._sb._settings, self._sb._rt()))
 
     def get(self, process_id: str) -> Process:
-        call = rt.get_process_call(self._sb._settings, self._sb.info, process_id)
+        call = rt.get_process_call(self._sb._settings, self._sb._rt(), process_id)
         return Process(self._sb, self._sb._send(call))
 
 
@@ -224,14 +224,14 @@ class Process:
         return self.info.pid
 
     def refresh(self) -> ProcessInfo:
-        call = rt.get_process_call(self._sb._settings, self._sb.info, self.id)
+        call = rt.get_process_call(self._sb._settings, self._sb._rt(), self.id)
         self.info = self._sb._send(call)
         return self.info
 
     def stream(self, *, from_seq: int = 0) -> Iterator[OutputChunk]:
         """Output chunks as they come (from ``from_seq``, or the oldest the server kept),
         until the process ends. Stopping early leaves the process running."""
-        call = rt.stream_call(self._sb._settings, self._sb.info, self.id, from_seq)
+        call = rt.stream_call(self._sb._settings, self._sb._rt(), self.id, from_seq)
         parser = rt.EventStreamParser()
         try:
             with self._sb._http().stream(call.method, call.url, headers=call.headers,
@@ -255,25 +255,25 @@ class Process:
         return self.stream()
 
     def write_stdin(self, data: str | bytes) -> None:
-        self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, data, False))
+        self._sb._send(rt.stdin_call(self._sb._settings, self._sb._rt(), self.id, data, False))
 
     def close_stdin(self) -> None:
-        self._sb._send(rt.stdin_call(self._sb._settings, self._sb.info, self.id, None, True))
+        self._sb._send(rt.stdin_call(self._sb._settings, self._sb._rt(), self.id, None, True))
 
     def signal(self, signal: str | int) -> None:
         """Send ``signal`` (``"SIGTERM"``, ``"INT"``, ``9``…) to the process's group."""
-        call = rt.signal_call(self._sb._settings, self._sb.info, self.id, signal)
+        call = rt.signal_call(self._sb._settings, self._sb._rt(), self.id, signal)
         self.info = self._sb._send(call)
 
     def wait(self, timeout: float | None = None) -> ProcessResult:
         """Wait for the end; raises RequestTimeout if ``timeout`` seconds pass first."""
-        call = rt.wait_process_call(self._sb._settings, self._sb.info, self.id, timeout)
+        call = rt.wait_process_call(self._sb._settings, self._sb._rt(), self.id, timeout)
         result = self._sb._send(call)
         self.info = result.info
         return result
 
     def kill(self) -> ProcessResult:
-        self._sb._send(rt.kill_call(self._sb._settings, self._sb.info, self.id))
+        self._sb._send(rt.kill_call(self._sb._settings, self._sb._rt(), self.id))
         return self.wait(30)
 
 
@@ -286,7 +286,7 @@ class Terminal:
     def create(self, command: str = "/bin/bash", *, rows: int = 24, cols: int = 80,
                cwd: str | None = None, env: dict[str, str] | None = None,
                user: str | None = None) -> TerminalHandle:
-        call = rt.create_terminal_call(self._sb._settings, self._sb.info, command, rows, cols,
+        call = rt.create_terminal_call(self._sb._settings, self._sb._rt(), command, rows, cols,
                                        cwd, env, user)
         return TerminalHandle(self._sb, self._sb._send(call))
 
@@ -302,25 +302,25 @@ class TerminalHandle:
 
     def connect(self, *, cursor: int = 0) -> TerminalSession:
         """Attach: what the terminal printed (after ``cursor``) comes first, then live."""
-        target = rt.ws_target(self._sb._settings, self._sb.info, f"pty/{self.id}/ws",
+        target = rt.ws_target(self._sb._settings, self._sb._rt(), f"pty/{self.id}/ws",
                               {"cursor": cursor})
         return TerminalSession(ws_connect(target))
 
     def resize(self, rows: int, cols: int) -> TerminalInfo:
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "resize",
+        call = rt.terminal_call(self._sb._settings, self._sb._rt(), self.id, "resize",
                                 {"rows": rows, "cols": cols})
         self.info = self._sb._send(call)
         return self.info
 
     def wait(self, timeout: float | None = None) -> TerminalInfo:
         body = {} if timeout is None else {"timeoutMs": max(1, int(timeout * 1000))}
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "wait", body,
+        call = rt.terminal_call(self._sb._settings, self._sb._rt(), self.id, "wait", body,
                                 rt.TRANSFER_TIMEOUT_S if timeout is None else timeout + 15)
         self.info = self._sb._send(call)
         return self.info
 
     def kill(self) -> TerminalInfo:
-        call = rt.terminal_call(self._sb._settings, self._sb.info, self.id, "kill")
+        call = rt.terminal_call(self._sb._settings, self._sb._rt(), self.id, "kill")
         self._sb._send(call)
         return self.wait(30)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from ..tokens import Older, TokenSet
+
 # "creating" and "stopping" are the store's own transitional states; the wire shows the
 # Hyperbrowser statuses (control/lifecycle.py maps them).
 RecordStatus = Literal["creating", "active", "paused", "stopping", "closed", "error"]
@@ -40,9 +42,18 @@ class SandboxRecord:
     closed_ports: tuple[int, ...] = ()
     on_timeout: str = "stop"  # what the deadline does: "stop" or "pause"
     auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
+    older_tokens: Older = ()  # replaced runtime tokens (hashes) still valid until they expire
+
+    @property
+    def tokens(self) -> TokenSet:
+        return TokenSet(self.token, self.token_expires_at, self.older_tokens)
 
     def evolve(self, **changes: Any) -> SandboxRecord:
         return replace(self, **changes)
+
+    def with_tokens(self, tokens: TokenSet) -> SandboxRecord:
+        return replace(self, token=tokens.token, token_expires_at=tokens.expires_at,
+                       older_tokens=tokens.older)
 
 
 class Store(Protocol):

@@ -70,6 +70,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN older_tokens TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -199,7 +202,7 @@ class SqliteStore:
         return [_from_row(r) for r in rows.fetchall()]
 
 
-_JSON_COLUMNS = ("env", "exposed_ports", "network", "closed_ports")
+_JSON_COLUMNS = ("env", "exposed_ports", "network", "closed_ports", "older_tokens")
 
 
 def _to_row(record: SandboxRecord) -> tuple[Any, ...]:
@@ -216,4 +219,5 @@ def _from_row(row: sqlite3.Row) -> SandboxRecord:
     values["exposed_ports"] = {int(p): bool(a) for p, a in values["exposed_ports"].items()}
     values["closed_ports"] = tuple(int(p) for p in values["closed_ports"])
     values["auto_resume"] = bool(values["auto_resume"])
+    values["older_tokens"] = tuple((str(h), float(e)) for h, e in values["older_tokens"])
     return SandboxRecord(**values)
