@@ -131,3 +131,25 @@ def test_terminal(hb_sandbox: object) -> None:
     connection.close()
     ended = terminal.kill()
     assert ended.running is False and ended.exit_code == 137
+
+
+def test_network_policy_and_runtime_session(hb_sandbox: object, server: ServerProcess) -> None:
+    """update_network / clear_network and connect (a new runtime token) through its SDK;
+    the packet filtering itself is tried in tests/integration/test_egress.py."""
+    sb: object = hb_sandbox
+    before = sb.info().network  # type: ignore[attr-defined]
+    assert before.allow_internet_access is False and before.allow_out == []
+    changed = sb.update_network(  # type: ignore[attr-defined]
+        {"allow_internet_access": False, "allow_out": ["198.51.100.7"], "deny_out": []})
+    assert changed.network.allow_out == ["198.51.100.7/32"]
+    assert sb.info().network.allow_out == ["198.51.100.7/32"]  # type: ignore[attr-defined]
+    cleared = sb.clear_network()  # type: ignore[attr-defined]
+    assert cleared.network.allow_internet_access is True and cleared.network.allow_out == []
+    first = sb.create_runtime_session().token  # type: ignore[attr-defined]
+    # Every token revoked behind its back: its next call gets 401, and it renews by itself
+    # (it reads the detail, which carries the new current token) and goes on.
+    with server.client() as api:
+        fresh = api.post(f"/api/sandbox/{sb.id}/revoke", json={}).json()["token"]  # type: ignore[attr-defined]
+    assert fresh != first
+    assert sb.exec("echo still").stdout == "still\n"  # type: ignore[attr-defined]
+    assert sb.create_runtime_session().token == fresh  # type: ignore[attr-defined]

@@ -10,12 +10,19 @@ from typing import Any, cast
 import pytest
 
 from sandport.control import lifecycle
-from sandport.control.requests import ExposePort, HostLimits, parse_create, parse_list
+from sandport.control.requests import (
+    ExposePort,
+    HostLimits,
+    parse_create,
+    parse_list,
+    parse_network_update,
+)
 from sandport.control.sandboxes import SandboxLocks, SandboxService
 from sandport.errors import SandboxNotFound, SandboxNotRunning, Unauthorized, ValidationFailed
 from sandport.proxy.grants import Grants
 from sandport.proxy.routes import RouteTable
 from sandport.proxy.urls import PublicUrls
+from sandport.runtime.network import EgressPolicy, egress_rules, lease_for
 from sandport.runtime_api.auth import authorize, bearer_token
 from sandport.runtime_api.exec import parse_exec
 from sandport.settings import ServerSettings
@@ -36,6 +43,30 @@ def test_create_defaults() -> None:
     hb = _create({"imageName": "node", "region": "us", "snapshotName": None, "network": None,
                   "exposedPorts": []})
     assert hb.image_name == "node"  # fields Hyperbrowser clients send as null are accepted
+    assert not hb.network.allow_internet_access and hb.network.allow_out == ()
+    egress = _create({"allowInternetAccess": True, "allowOut": ["10.1.2.3/8", "1.1.1.1"],
+                      "denyOut": None, "network": {"denyOut": ["192.0.2.7"]}}).network
+    assert egress.allow_internet_access and egress.allow_out == ("1.1.1.1/32", "10.0.0.0/8")
+    assert egress.deny_out == ("192.0.2.7/32",)
+    assert egress.to_wire()["allowOut"] == ["1.1.1.1/32", "10.0.0.0/8"]
+    changed = parse_network_update({"allowInternetAccess": False}, egress)
+    assert not changed.allow_internet_access and changed.allow_out == egress.allow_out
+
+
+def test_egress_rules_order() -> None:
+    lease = lease_for("10.77.0.0/16", 1, "a" * 20)
+    text = egress_rules(lease, EgressPolicy(True, ("169.254.1.1/32",), ("1.1.1.1/32",)))
+    lines = text.splitlines()
+    assert lines[0] == "*filter" and lines[-1] == "COMMIT"
+    order = [next(i for i, line in enumerate(lines) if part in line) for part in (
+        "-d 10.77.0.5/32 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-d 10.77.0.5/32 -j REJECT", "-d 169.254.1.1/32 -j ACCEPT",
+        "-d 1.1.1.1/32 -j REJECT", "-d 169.254.0.0/16 -j REJECT")]
+    assert order[3] < next(i for i, line in enumerate(lines) if "-d 10.0.0.0/8 -j REJECT" in line)
+    assert order == sorted(order) and lines[-2] == "-A OUTPUT -j ACCEPT"
+    closed = egress_rules(lease, EgressPolicy()).splitlines()
+    assert closed[-2] == "-A OUTPUT -j REJECT --reject-with icmp-admin-prohibited"
+    assert not EgressPolicy().lets_out and EgressPolicy(False, ("1.2.3.4/32",)).lets_out
 
 
 @pytest.mark.parametrize("body, mentions", [
@@ -58,7 +89,12 @@ def test_create_defaults() -> None:
     ({"network": {"maskRequestHost": "x y"}}, "maskRequestHost"),
     ({"network": {"ingress": {"allowPorts": "3000"}}}, "allowPorts"),
     ({"network": {"openPorts": 1}}, "openPorts"),
-    ({"allowOut": ["10.0.0.0/8"]}, "allowOut"),
+    ({"allowOut": ["example.com"]}, "allowOut.*host names"),
+    ({"allowOut": "10.0.0.0/8"}, "allowOut"),
+    ({"denyOut": ["::1"]}, "denyOut.*IPv4 only"),
+    ({"denyOut": [7]}, "denyOut"),
+    ({"allowInternetAccess": "yes"}, "allowInternetAccess"),
+    ({"network": {"allowOut": ["10.0.0.300"]}}, "allowOut"),
     ({"extra": 1}, "extra"),
 ])
 def test_create_rejects(body: object, mentions: str) -> None:

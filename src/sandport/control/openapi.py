@@ -117,6 +117,15 @@ OPENAPI: dict[str, Any] = {
             params=[_path_param("id")])},
         "/api/sandbox/{id}/resume": {"post": _op(
             "Thaw a paused sandbox (idempotent)", _SANDBOX, params=[_path_param("id")])},
+        "/api/sandbox/{id}/network": {m: _op(
+            "Change the network policy of a running sandbox (fields given replace the "
+            "current ones; egress is packet filtering in its namespace)",
+            {"type": "object", "properties": {"network": {"type": "object"}}},
+            body={"type": "object", "properties": {
+                "allowInternetAccess": {"type": "boolean"},
+                "allowOut": {"type": "array", "items": {"type": "string"}},
+                "denyOut": {"type": "array", "items": {"type": "string"}}}},
+            params=[_path_param("id")]) for m in ("put", "post")},
         "/api/sandbox/{id}/refresh": {"post": _op(
             "A new runtime token; earlier ones work until their own expiry", _SANDBOX,
             params=[_path_param("id")])},

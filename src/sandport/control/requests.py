@@ -6,6 +6,7 @@ only call these and the services.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,15 @@ DISK_RANGE_MIB = (256, 1024 * 1024)
 MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 128 * 1024
 MAX_LIST_LIMIT = 100
+MAX_CIDRS = 256
+EGRESS_FIELDS = ("allowInternetAccess", "allowOut", "denyOut")
 
 EXPOSABLE_PORTS = (1024, 65535)
 RUNTIME_PORT = 4001  # the runtime API's; never exposed
 _MASK_RE = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 
 # Accepted for compatibility with Hyperbrowser clients, which send them (usually null).
-_IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "region", "allowOut", "denyOut")
+_IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "region")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +40,21 @@ class HostLimits:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
-    """What the proxy applies per sandbox (egress rules arrive with issue #5)."""
+    """Ingress (what the proxy lets in) and egress (what the sandbox's packet filter lets
+    out) of one sandbox."""
 
     allow_ports: tuple[int, ...] | None = None  # ingress: only these may be exposed
     mask_request_host: str | None = None  # e.g. "localhost:${PORT}"
     open_ports: bool = False  # every listening port answers without an expose
+    allow_internet_access: bool = False  # egress to public addresses
+    allow_out: tuple[str, ...] = ()  # CIDRs always reachable (even link-local, private)
+    deny_out: tuple[str, ...] = ()  # CIDRs never reachable (unless in allow_out)
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"openPorts": self.open_ports}
+        wire: dict[str, Any] = {"openPorts": self.open_ports,
+                                "allowInternetAccess": self.allow_internet_access,
+                                "allowOut": list(self.allow_out),
+                                "denyOut": list(self.deny_out)}
         if self.allow_ports is not None:
             wire["ingress"] = {"allowPorts": list(self.allow_ports)}
         if self.mask_request_host is not None:
@@ -122,19 +132,21 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
-             "exposedPorts", "network", "allowInternetAccess", "onTimeout", "autoResume",
+             "exposedPorts", "network", "onTimeout", "autoResume", *EGRESS_FIELDS,
              *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed(
             f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
         )
-    for key in ("snapshotName", "snapshotId", "allowOut", "denyOut", "allowInternetAccess"):
+    for key in ("snapshotName", "snapshotId"):
         if body.get(key):
             raise ValidationFailed(f"{key} is not supported by this server yet")
     if body.get("region") is not None and not isinstance(body["region"], str):
         raise ValidationFailed("region must be a string")
-    network = parse_network(body.get("network"))
+    # Hyperbrowser sends the egress fields at the top level; they may also be in network.
+    egress = {k: body[k] for k in EGRESS_FIELDS if body.get(k) is not None}
+    network = parse_network({**_object(body.get("network") or {}, "network"), **egress})
     exposed = body.get("exposedPorts")
     if exposed is None:
         exposed = []
@@ -250,7 +262,7 @@ def parse_network(value: Any) -> NetworkPolicy:
     if value is None:
         return NetworkPolicy()
     body = _object(value, "network")
-    unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts"})
+    unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts", *EGRESS_FIELDS})
     if unknown:
         raise ValidationFailed(f"network: unknown field(s): {', '.join(unknown)}")
     allow: tuple[int, ...] | None = None
@@ -273,7 +285,42 @@ def parse_network(value: Any) -> NetworkPolicy:
     open_ports = body.get("openPorts", False)
     if not isinstance(open_ports, bool):
         raise ValidationFailed("network.openPorts must be true or false")
-    return NetworkPolicy(allow, mask, open_ports)
+    internet = body.get("allowInternetAccess", False)
+    if internet is None:
+        internet = False
+    if not isinstance(internet, bool):
+        raise ValidationFailed("allowInternetAccess must be true or false")
+    return NetworkPolicy(allow, mask, open_ports, internet,
+                         _cidrs(body.get("allowOut"), "allowOut"),
+                         _cidrs(body.get("denyOut"), "denyOut"))
+
+
+def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
+    """``PUT /api/sandbox/{id}/network``: the fields given replace the current ones."""
+    body = _object(body, "the request body")
+    return parse_network({**current.to_wire(), **body})
+
+
+def _cidrs(value: Any, name: str) -> tuple[str, ...]:
+    """IPv4 addresses or networks, normalised ("10.1.2.3/8" → "10.0.0.0/8"), sorted."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_CIDRS:
+        raise ValidationFailed(f"{name} must be a list of at most {MAX_CIDRS} IPv4 CIDRs")
+    found = set()
+    for item in value:
+        if not isinstance(item, str):
+            raise ValidationFailed(f"{name}: {item!r} is not an IPv4 address or CIDR")
+        try:
+            net = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValidationFailed(
+                f"{name}: {item!r} is not an IPv4 address or CIDR (host names are not "
+                "accepted: a name can change address after it is checked)") from None
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise ValidationFailed(f"{name}: {item!r}: sandboxes have IPv4 only")
+        found.add(net)
+    return tuple(str(n) for n in sorted(found))
 
 
 def network_from_wire(wire: dict[str, Any]) -> NetworkPolicy:

@@ -39,6 +39,15 @@ async def get_sandbox(request: Request) -> Response:
     return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 
+async def update_network(request: Request) -> Response:
+    """``{allowInternetAccess?, allowOut?, denyOut?, ingress?, ...}`` → ``{network}``."""
+    ctx = request.app.state.ctx
+    body = await json_body(request)
+    record = await ctx.sandboxes.update_network(await caller_team(request),
+                                                request.path_params["id"], body)
+    return JSONResponse({"network": record.network})
+
+
 async def refresh_token(request: Request) -> Response:
     """A new runtime token (and the runtime URL) in the sandbox's detail."""
     ctx = request.app.state.ctx
@@ -162,6 +171,7 @@ routes = [
     Route("/api/sandbox/{id}/pause", pause_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
     Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/network", update_network, methods=["PUT", "POST"]),
     Route("/api/sandbox/{id}/refresh", refresh_token, methods=["POST"]),
     Route("/api/sandbox/{id}/connect", connect_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/revoke", revoke_token, methods=["POST"]),

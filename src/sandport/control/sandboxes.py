@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from .. import ids, tokens
 from ..errors import RuntimeFailure, SandboxNotFound, SandportError
@@ -14,7 +15,7 @@ from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
 from ..proxy.routes import RouteTable, SandboxRoute
 from ..proxy.urls import PublicUrls
-from ..runtime import Runtime, SandboxSpec
+from ..runtime import EgressPolicy, Runtime, SandboxSpec
 from ..runtime.images import ImageStore
 from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
@@ -23,8 +24,10 @@ from .requests import (
     CreateSandbox,
     ExposePort,
     ListSandboxes,
+    NetworkPolicy,
     check_ingress,
     network_from_wire,
+    parse_network_update,
 )
 
 log = logging.getLogger("sandport.control")
@@ -52,6 +55,10 @@ class SandboxLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+def egress_of(policy: NetworkPolicy) -> EgressPolicy:
+    return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out)
 
 
 def _known_id(sandbox_id: str) -> str:
@@ -127,7 +134,7 @@ class SandboxService:
             session_url=f"{self.settings.base_url}/api/sandbox/{record.id}",
             runtime=self.runtime_target(record.id),
             exposed_ports=self.exposed(record),
-            network=record.network,
+            network=network_from_wire(record.network).to_wire(),
             token=record.token,
             token_expires_at=iso(record.token_expires_at),
             expires_at=iso(record.expires_at) if record.status in ("active", "paused") else None,
@@ -153,7 +160,8 @@ class SandboxService:
         async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
             spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
-                               {**record.env, **self.identity_env(record.id)})
+                               {**record.env, **self.identity_env(record.id)},
+                               egress_of(request.network))
             try:
                 await self.runtime.create(spec)
             except BaseException as exc:
@@ -202,6 +210,24 @@ class SandboxService:
                                    updated_at=self.clock())
             await self.store.update_sandbox(record)
             self._publish(record)
+
+    async def update_network(self, team_id: str, sandbox_id: str,
+                             body: Any) -> SandboxRecord:
+        """A new network policy for a running (or paused) sandbox: the fields given
+        replace the current ones; egress rules change at once, in its namespace."""
+        async with self._locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.status not in ("active", "paused"):
+                lifecycle.ensure_running(record)
+            policy = parse_network_update(body, network_from_wire(record.network))
+            for port in record.exposed_ports:
+                check_ingress(policy, port)
+            await self.runtime.set_egress(record.id, egress_of(policy))
+            record = record.evolve(network=policy.to_wire(), updated_at=self.clock())
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        log.info("sandbox %s: network policy changed", sandbox_id)
+        return record
 
     async def set_timeout(self, team_id: str, sandbox_id: str, minutes: int) -> SandboxRecord:
         """A new deadline, ``minutes`` from now (a sandbox paused by its timeout gets one

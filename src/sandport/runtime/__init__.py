@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ..models import ExecResult
 from .agent.channel import CommandChannel, CommandListener
+from .network import EgressPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class SandboxSpec:
     vcpus: int
     mem_mib: int
     env: dict[str, str] = field(default_factory=dict)
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,9 @@ class Runtime(Protocol):
         """Start a command that runs until it exits or the channel is closed."""
         ...
 
+    async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        """Where the running sandbox may connect to from now on (packet filtering)."""
+
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays."""
 
@@ -95,4 +100,4 @@ class Runtime(Protocol):
         ...
 
 
-__all__ = ["CommandRequest", "ExecRequest", "Runtime", "SandboxSpec"]
+__all__ = ["CommandRequest", "EgressPolicy", "ExecRequest", "Runtime", "SandboxSpec"]

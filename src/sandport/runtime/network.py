@@ -7,8 +7,18 @@ are claimed with ``O_EXCL`` files under ``/run/sandport``, so several servers on
 
 Host rules, installed once and idempotently: nothing that arrives from a sandbox veth is
 delivered to the host except replies to connections the host opened (so the proxy can reach
-sandboxes while sandboxes cannot reach host ports such as the control API), and nothing from
-a sandbox is forwarded (so sandboxes cannot reach each other or leave the host).
+sandboxes while sandboxes cannot reach host ports such as the control API); nothing is
+forwarded into a sandbox but replies; and nothing from a sandbox is forwarded, except, for a
+sandbox whose policy lets traffic out, to addresses outside the sandboxes' subnet (so
+sandboxes never reach each other), masqueraded behind the host.
+
+Egress policy, enforced in the sandbox's own namespace (where its processes, without
+CAP_NET_ADMIN, cannot change it) by a filter table replaced atomically with
+iptables-restore: replies to the host's connections (the proxy, the agent) pass; then
+``allowOut`` passes; then ``denyOut``, link-local (cloud metadata), private, shared and
+reserved ranges are refused; then the rest of the world passes only with
+``allowInternetAccess``. Refusals are ICMP admin-prohibited, so a blocked connect fails at
+once instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,6 +36,25 @@ VETH_PREFIX = "spv"  # host-side veth names: spv + 12 hex = 15 characters, the k
 NETNS_PREFIX = "sp-"
 SLOTS_ROOT = Path("/run/sandport")
 FILTER_CHAIN = "SANDPORT-IN"
+FORWARD_CHAIN = "SANDPORT-FWD"  # from sandboxes: per-sandbox ACCEPT lines, then DROP
+RETURN_CHAIN = "SANDPORT-RET"  # into sandboxes: replies only
+# Not "the internet": reachable only when named in allowOut.
+NOT_INTERNET = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+                "224.0.0.0/4", "240.0.0.0/4")
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    """Where a sandbox may open connections; CIDRs are normalised IPv4 networks."""
+
+    allow_internet: bool = False
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+
+    @property
+    def lets_out(self) -> bool:
+        return self.allow_internet or bool(self.allow_out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +159,58 @@ async def create_network(lease: Lease) -> None:
         raise
 
 
+def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
+    """The sandbox namespace's whole filter table, for iptables-restore (pure)."""
+    refuse = "-j REJECT --reject-with icmp-admin-prohibited"
+    lines = [
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        "-A OUTPUT -o lo -j ACCEPT",
+        # Replies on connections the host opened (proxy, agent); the host itself is never
+        # a destination (its INPUT rules drop what a sandbox starts, whatever this says).
+        f"-A OUTPUT -d {lease.host_ip}/32 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A OUTPUT -d {lease.host_ip}/32 {refuse}",
+    ]
+    lines += [f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in policy.allow_out]
+    lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in (*policy.deny_out, *NOT_INTERNET)]
+    lines += ["-A OUTPUT -j ACCEPT" if policy.allow_internet else f"-A OUTPUT {refuse}",
+              "COMMIT", ""]
+    return "\n".join(lines)
+
+
+async def apply_egress(lease: Lease, policy: EgressPolicy, subnet: str) -> None:
+    """Replace the sandbox's filter table, then open or close its way through the host."""
+    await run_tool("ip", "netns", "exec", lease.netns, "iptables-restore", "-w",
+                   stdin=egress_rules(lease, policy))
+    if policy.lets_out:
+        _enable_forwarding()
+        await _host_rule("-I", lease, subnet)
+    else:
+        await _host_rule("-D", lease, subnet)
+
+
+async def _host_rule(action: str, lease: Lease, subnet: str) -> None:
+    """The host's per-sandbox way out: present once ("-I" is idempotent), absent after
+    "-D" (as often as it was added)."""
+    rule = [FORWARD_CHAIN, "-i", lease.veth, "!", "-d", subnet, "-j", "ACCEPT"]
+    present = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+    if action == "-I" and not present:
+        await run_tool("iptables", "-w", "-I", *rule[:1], "1", *rule[1:])
+    while action == "-D" and present:
+        await run_tool("iptables", "-w", "-D", *rule, check=False)
+        present = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+
+
+def _enable_forwarding() -> None:
+    """The host routes for sandboxes that may go out (only what the FORWARD rules let by:
+    nothing else is forwarded between a sandbox and anything)."""
+    path = Path("/proc/sys/net/ipv4/ip_forward")
+    if path.read_text().strip() != "1":
+        path.write_text("1")
+
+
 def _disable_ipv6(ifname: str) -> None:
     try:
         Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
@@ -138,27 +219,41 @@ def _disable_ipv6(ifname: str) -> None:
             raise
 
 
-async def delete_network(lease: Lease) -> None:
-    """Remove the namespace (its eth0 and the veth peer go with it); safe to repeat."""
+async def delete_network(lease: Lease, subnet: str | None = None) -> None:
+    """Remove the namespace (its eth0 and the veth peer go with it) and the host's way out
+    for it (the rule names ``subnet``); safe to repeat."""
+    if subnet is not None:
+        await _host_rule("-D", lease, subnet)
     if Path(lease.netns_path).exists():
         await run_tool("ip", "netns", "del", lease.netns, check=False)
     if Path(f"/sys/class/net/{lease.veth}").exists():
         await run_tool("ip", "link", "del", lease.veth, check=False)
 
 
-async def install_host_rules() -> None:
+async def install_host_rules(subnet: str) -> None:
     """Idempotent: several servers on one host share the same rules."""
-    match = ["-i", VETH_PREFIX + "+"]
-    await run_tool("iptables", "-w", "-N", FILTER_CHAIN, check=False)
-    rules = [
-        ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-        ["-j", "DROP"],
-    ]
-    for rule in rules:
-        code, _ = await run_tool("iptables", "-w", "-C", FILTER_CHAIN, *rule, check=False)
-        if code != 0:
-            await run_tool("iptables", "-w", "-A", FILTER_CHAIN, *rule)
-    for chain, target in (("INPUT", FILTER_CHAIN), ("FORWARD", "DROP")):
-        code, _ = await run_tool("iptables", "-w", "-C", chain, *match, "-j", target, check=False)
-        if code != 0:
-            await run_tool("iptables", "-w", "-I", chain, "1", *match, "-j", target)
+    replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+    chains = {FILTER_CHAIN: [replies, ["-j", "DROP"]], FORWARD_CHAIN: [["-j", "DROP"]],
+              RETURN_CHAIN: [replies, ["-j", "DROP"]]}
+    for chain, rules in chains.items():
+        await run_tool("iptables", "-w", "-N", chain, check=False)
+        for rule in rules:
+            await _ensure("iptables", "-w", "-A", chain, *rule)
+    veths = VETH_PREFIX + "+"
+    # Inserted at the top in reverse: the old blanket FORWARD DROP (before egress) goes.
+    await run_tool("iptables", "-w", "-D", "FORWARD", "-i", veths, "-j", "DROP", check=False)
+    for chain, rule in (("FORWARD", ["-o", veths, "-j", RETURN_CHAIN]),
+                        ("FORWARD", ["-i", veths, "-j", FORWARD_CHAIN]),
+                        ("INPUT", ["-i", veths, "-j", FILTER_CHAIN])):
+        await _ensure("iptables", "-w", "-I", chain, "1", *rule)
+    await _ensure("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-d",
+                  subnet, "-j", "MASQUERADE")
+
+
+async def _ensure(tool: str, wait: str, *args: str) -> None:
+    """Add a rule unless it is there: ``args`` is (-t table)? -A|-I chain [position] rule."""
+    table = list(args[:2]) if args[0] == "-t" else []
+    verb, chain, *rule = args[len(table):]
+    check = rule[1:] if verb == "-I" and rule and rule[0].isdigit() else rule
+    if (await run_tool(tool, wait, *table, "-C", chain, *check, check=False))[0] != 0:
+        await run_tool(tool, wait, *args)

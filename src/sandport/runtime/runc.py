@@ -32,7 +32,7 @@ from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_c
 from .agent.client import run_command
 from .images import ImageStore
 from .mounts import mount_overlay, unmount
-from .network import Lease, SlotRegistry, lease_for
+from .network import EgressPolicy, Lease, SlotRegistry, lease_for
 
 log = logging.getLogger("sandport.runtime")
 
@@ -78,7 +78,7 @@ class RuncRuntime:
             raise RuntimeFailure("cannot become child subreaper")
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.bundles.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await network.install_host_rules()
+        await network.install_host_rules(self.settings.subnet)
 
     # -- create -----------------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> None:
@@ -99,6 +99,7 @@ class RuncRuntime:
                 (bundle / sub).mkdir()
             mount_overlay(image.rootfs, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
+            await network.apply_egress(lease, spec.egress, self.settings.subnet)
             self._write_bundle(container, lease)
             await self._runc_run(spec.sandbox_id, bundle)
         except BaseException as exc:
@@ -231,6 +232,14 @@ class RuncRuntime:
                 found.update(p.name for p in directory.iterdir() if p.is_dir())
         return found
 
+    # -- network ----------------------------------------------------------------------
+    async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        slot = read_json(self.bundles / sandbox_id / "runtime.json").get("slot")
+        if not isinstance(slot, int) or not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        lease = lease_for(self.settings.subnet, slot, sandbox_id)
+        await network.apply_egress(lease, egress, self.settings.subnet)
+
     # -- pause --------------------------------------------------------------------------
     async def pause(self, sandbox_id: str) -> None:
         await self._checked("pause", sandbox_id)
@@ -266,7 +275,7 @@ class RuncRuntime:
             unmount(bundle / "rootfs")
         slot = meta.get("slot")
         lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
-        await network.delete_network(lease)
+        await network.delete_network(lease, self.settings.subnet)
         if isinstance(slot, int):
             self.slots.release(slot, sandbox_id)
         shutil.rmtree(bundle, ignore_errors=True)
