@@ -106,6 +106,12 @@ class RuntimeFailure(SandportError):
     status, code = 500, "runtime_error"
 
 
+class NotSupported(SandportError):
+    """What this host (or this server) cannot do; the message says why."""
+
+    status, code = 501, "not_supported"
+
+
 class Unavailable(SandportError):
     status, code = 503, "unavailable"
 
@@ -126,7 +132,7 @@ def _leaves(cls: type[SandportError]) -> list[type[SandportError]]:
 _BY_CODE: dict[str, type[SandportError]] = {c.code: c for c in _leaves(SandportError)}
 _BY_STATUS: dict[int, type[SandportError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 408: RequestTimeout,
-    409: Conflict, 413: PayloadTooLarge, 503: Unavailable,
+    409: Conflict, 413: PayloadTooLarge, 501: NotSupported, 503: Unavailable,
 }
 
 

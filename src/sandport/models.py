@@ -98,6 +98,8 @@ class SandboxInfo:
     expires_at: str | None = None  # when the timeout acts (None: no deadline now)
     on_timeout: str = "stop"  # or "pause"
     auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
+    idle_timeout_s: int | None = None  # idle detection: no sign of life for this long...
+    on_idle: str = "pause"  # ...pauses or stops it
 
     @property
     def duration(self) -> int:
@@ -133,6 +135,8 @@ class SandboxInfo:
             "expiresAt": self.expires_at,
             "onTimeout": self.on_timeout,
             "autoResume": self.auto_resume,
+            "idleTimeoutSeconds": self.idle_timeout_s,
+            "onIdle": self.on_idle,
         }
         if with_token:
             wire["token"] = self.token
@@ -165,6 +169,8 @@ class SandboxInfo:
             expires_at=data.get("expiresAt"),
             on_timeout=data.get("onTimeout") or "stop",
             auto_resume=bool(data.get("autoResume")),
+            idle_timeout_s=data.get("idleTimeoutSeconds"),
+            on_idle=data.get("onIdle") or "pause",
         )
 
 

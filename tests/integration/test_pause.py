@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from sandport import Sandbox
-from sandport.errors import SandboxNotRunning
+from sandport.errors import NotSupported, SandboxNotRunning
 
 from .._server import ServerProcess
 
@@ -102,3 +102,19 @@ def test_paused_survives_a_server_restart(fresh_server: Callable[..., ServerProc
     finally:
         sb.stop()
         sb.close()
+
+
+def test_suspend_to_disk_says_why_it_cannot(make_sandbox: Callable[..., Sandbox],
+                                            server: ServerProcess) -> None:
+    """This host's CRIU (Debian's 3.17) fails its own check on Linux >= 6.13: the API
+    says so, and the sandbox goes on untouched; nothing pretends to have suspended it."""
+    sb = make_sandbox()
+    with pytest.raises(NotSupported, match="criu") as refused:
+        sb.suspend()
+    assert refused.value.status == 501
+    assert sb.refresh().status == "active" and sb.exec("echo on").stdout == "on\n"
+    with server.client() as api:
+        answer = api.post("/api/sandbox/00000000000000000000/suspend")
+        assert answer.status_code == 404
+        answer = api.post(f"/api/sandbox/{sb.id}/suspend")
+        assert answer.status_code == 501 and answer.json()["error"] == "not_supported"

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from sandport.activity import Activity, CpuProbe
 from sandport.control import lifecycle
 from sandport.control.requests import (
     ExposePort,
@@ -221,3 +222,35 @@ def test_sandbox_locks_serialize_per_id_and_are_dropped_when_free() -> None:
         assert len(locks) == 0
 
     asyncio.run(scenario())
+
+
+def test_activity_idle_periods_and_probes() -> None:
+    now = [100.0]
+    activity = Activity(clock=lambda: now[0])
+    busy: set[str] = set()
+    activity.probes.append(lambda sid: sid in busy)
+    assert activity.idle_for("a") == 0  # first look: its idle period starts now
+    now[0] = 107
+    assert activity.idle_for("a") == 7
+    activity.touch("a")
+    now[0] = 108
+    assert activity.idle_for("a") == 1
+    busy.add("a")
+    now[0] = 200
+    assert activity.idle_for("a") == 0  # busy: the period starts again when it ends
+    busy.clear()
+    now[0] = 203
+    assert activity.idle_for("a") == 3
+    activity.forget("a")
+    assert activity.idle_for("a") == 0
+    cpu = {"a": 1.0}
+    probe = CpuProbe(lambda sid: cpu.get(sid), clock=lambda: now[0])
+    assert probe("a") is False  # nothing to compare with yet
+    now[0] += 10
+    cpu["a"] += 0.05  # 0.5 % of a CPU
+    assert probe("a") is False
+    now[0] += 1
+    cpu["a"] += 0.2
+    assert probe("a") is True
+    del cpu["a"]
+    assert probe("a") is False  # gone

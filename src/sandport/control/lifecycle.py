@@ -30,6 +30,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 CLOSE_REQUESTED = "stopped by request"
 CLOSE_TIMEOUT = "timeout"
+CLOSE_IDLE = "idle"
 CLOSE_LOST = "container exited while the server was down"
 CLOSE_EXITED = "container exited"
 CLOSE_CREATE_INTERRUPTED = "server stopped while the sandbox was being created"

@@ -126,6 +126,9 @@ OPENAPI: dict[str, Any] = {
                 "allowOut": {"type": "array", "items": {"type": "string"}},
                 "denyOut": {"type": "array", "items": {"type": "string"}}}},
             params=[_path_param("id")]) for m in ("put", "post")},
+        "/api/sandbox/{id}/suspend": {"post": _op(
+            "Suspend to disk (checkpoint/restore); 501 with the reason where the host "
+            "cannot", _SANDBOX, params=[_path_param("id")])},
         "/api/sandbox/{id}/refresh": {"post": _op(
             "A new runtime token; earlier ones work until their own expiry", _SANDBOX,
             params=[_path_param("id")])},

@@ -22,6 +22,7 @@ MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 128 * 1024
 MAX_LIST_LIMIT = 100
 MAX_CIDRS = 256
+MIN_IDLE_S = 5
 EGRESS_FIELDS = ("allowInternetAccess", "allowOut", "denyOut")
 
 EXPOSABLE_PORTS = (1024, 65535)
@@ -83,6 +84,8 @@ class CreateSandbox:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     on_timeout: str = "stop"
     auto_resume: bool = False
+    idle_timeout_s: int | None = None
+    on_idle: str = "pause"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,8 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
-             "exposedPorts", "network", "onTimeout", "autoResume", *EGRESS_FIELDS,
+             "exposedPorts", "network", "onTimeout", "autoResume", "idleTimeoutSeconds",
+             "onIdle", *EGRESS_FIELDS,
              *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
@@ -173,7 +177,14 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         network=network,
         on_timeout=parse_on_timeout(body.get("onTimeout")),
         auto_resume=_bool(body, "autoResume"),
+        idle_timeout_s=_optional_int(body, "idleTimeoutSeconds", MIN_IDLE_S,
+                                     60 * MAX_TIMEOUT_MINUTES),
+        on_idle=parse_on_timeout(body.get("onIdle"), "onIdle", "pause"),
     )
+
+
+def _optional_int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    return None if body.get(key) is None else _int(body, key, 0, low, high)
 
 
 def _bool(body: dict[str, Any], key: str) -> bool:
@@ -185,11 +196,11 @@ def _bool(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-def parse_on_timeout(value: Any) -> str:
+def parse_on_timeout(value: Any, key: str = "onTimeout", default: str = "stop") -> str:
     if value is None:
-        return "stop"
+        return default
     if value not in ("stop", "pause"):
-        raise ValidationFailed('onTimeout must be "stop" or "pause"')
+        raise ValidationFailed(f'{key} must be "stop" or "pause"')
     return str(value)
 
 

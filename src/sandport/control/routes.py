@@ -48,6 +48,12 @@ async def update_network(request: Request) -> Response:
     return JSONResponse({"network": record.network})
 
 
+async def suspend_sandbox(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.suspend(await caller_team(request), request.path_params["id"])
+    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+
+
 async def refresh_token(request: Request) -> Response:
     """A new runtime token (and the runtime URL) in the sandbox's detail."""
     ctx = request.app.state.ctx
@@ -172,6 +178,7 @@ routes = [
     Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
     Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/network", update_network, methods=["PUT", "POST"]),
+    Route("/api/sandbox/{id}/suspend", suspend_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/refresh", refresh_token, methods=["POST"]),
     Route("/api/sandbox/{id}/connect", connect_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}/revoke", revoke_token, methods=["POST"]),

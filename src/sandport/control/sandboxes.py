@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .. import ids, tokens
-from ..errors import RuntimeFailure, SandboxNotFound, SandportError
+from ..activity import Activity
+from ..errors import NotSupported, RuntimeFailure, SandboxNotFound, SandportError
 from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
 from ..proxy.routes import RouteTable, SandboxRoute
@@ -71,6 +72,7 @@ class SandboxService:
     def __init__(
         self, settings: ServerSettings, store: Store, runtime: Runtime, images: ImageStore,
         routes: RouteTable, grants: Grants, clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -80,6 +82,7 @@ class SandboxService:
         self.grants = grants
         self.urls: PublicUrls = grants.urls
         self.clock = clock
+        self.activity = activity or Activity()
         # One create/stop at a time per sandbox; different sandboxes never wait on each other.
         self._locks = SandboxLocks()
         self._waking: dict[str, asyncio.Future[bool]] = {}
@@ -139,6 +142,7 @@ class SandboxService:
             token_expires_at=iso(record.token_expires_at),
             expires_at=iso(record.expires_at) if record.status in ("active", "paused") else None,
             on_timeout=record.on_timeout, auto_resume=record.auto_resume,
+            idle_timeout_s=record.idle_timeout_s, on_idle=record.on_idle,
         )
 
     # -- verbs ------------------------------------------------------------------------
@@ -155,7 +159,8 @@ class SandboxService:
             updated_at=now, runtime=self.runtime.name, env=request.env,
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=request.network.to_wire(), on_timeout=request.on_timeout,
-            auto_resume=request.auto_resume,
+            auto_resume=request.auto_resume, idle_timeout_s=request.idle_timeout_s,
+            on_idle=request.on_idle,
         )
         async with self._locks.hold(record.id):
             await self.store.insert_sandbox(record)
@@ -273,6 +278,14 @@ class SandboxService:
         """Thaw a paused sandbox (idempotent): same URLs, processes where they were."""
         return await self._freeze(team_id, sandbox_id, "active")
 
+    async def suspend(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """Suspend to disk (checkpoint: memory to disk, resources freed). Not on this
+        runtime yet: the answer says why (what the host's CRIU lacks)."""
+        record = await self.get(team_id, sandbox_id)
+        if record.status not in ("active", "paused"):
+            lifecycle.ensure_running(record)
+        raise NotSupported(await self.runtime.suspend_support())
+
     async def shown(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         """The record for its detail: a running sandbox's current token is replaced first
         when little of its life is left, so a client that reads the detail (Hyperbrowser's
@@ -329,6 +342,7 @@ class SandboxService:
                 await self.runtime.resume(record.id)
             now = self.clock()
             record = record.evolve(status=target, updated_at=now)
+            self.activity.touch(record.id)  # a resume starts a new idle period
             if target == "active" and record.expires_at is None:
                 # Paused by its timeout: a resume starts a new timeoutMinutes period.
                 record = record.evolve(expires_at=now + 60 * record.timeout_minutes)
@@ -362,6 +376,7 @@ class SandboxService:
             self.routes.drop(record.id)
             await self.runtime.destroy(record.id)
             done = await self._finish(stopping, "closed", reason)
+            self.activity.forget(record.id)
         log.info("sandbox %s stopped: %s", record.id, reason)
         return done
 
@@ -384,6 +399,24 @@ class SandboxService:
             else:
                 await self._stop(record, lifecycle.CLOSE_TIMEOUT)
         return len(due)
+
+    async def act_on_idle(self) -> int:
+        """Pause or stop (``onIdle``) running sandboxes with ``idleTimeoutSeconds`` that
+        have shown no sign of life (see activity.py) for that long."""
+        idle = [r for r in await self.store.sandboxes_in(("active",))
+                if r.idle_timeout_s is not None
+                and self.activity.idle_for(r.id) >= r.idle_timeout_s]
+        for record in idle:
+            if record.on_idle == "stop":
+                await self._stop(record, lifecycle.CLOSE_IDLE)
+                continue
+            try:
+                await self._freeze(record.team_id, record.id, "paused")
+            except SandportError as exc:
+                log.warning("sandbox %s: pausing when idle failed: %s", record.id, exc.message)
+                continue
+            log.info("sandbox %s paused: idle for %d s", record.id, record.idle_timeout_s)
+        return len(idle)
 
     async def _pause_on_timeout(self, record: SandboxRecord) -> None:
         async with self._locks.hold(record.id):

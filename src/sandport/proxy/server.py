@@ -83,10 +83,12 @@ class Exchange:
 class ProxyServer:
     def __init__(self, edge: Edge, redeem: Callable[[Redeem], Awaitable[Answer]], *,
                  wake: Callable[[str], Awaitable[bool]] | None = None,
+                 touch: Callable[[str], None] | None = None,
                  header_timeout_s: float = 15.0, idle_timeout_s: float = 75.0) -> None:
         self.edge = edge
         self.redeem = redeem
         self.wake = wake
+        self.touch = touch  # told of every request passed to a sandbox (idle detection)
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._by_sandbox: defaultdict[str, set[Upstream]] = defaultdict(set)
@@ -118,6 +120,10 @@ class ProxyServer:
         for upstream in list(self._by_sandbox.get(sandbox_id, ())):
             if port is None or upstream.port == port:
                 upstream.client.abort()
+
+    def in_use(self, sandbox_id: str) -> bool:
+        """Whether a response from the sandbox, or a tunnel (WebSocket) to it, is open."""
+        return any(u.active or u.client.tunnel for u in self._by_sandbox.get(sandbox_id, ()))
 
     def _track(self, upstream: Upstream) -> None:
         if upstream.sandbox_id is not None:
@@ -420,6 +426,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_head(self, upstream: Upstream, exchange: Exchange) -> None:
         assert exchange.forward is not None and upstream.transport is not None
+        touch = self.server.touch
+        if touch is not None and exchange.forward.sandbox_id is not None:
+            touch(exchange.forward.sandbox_id)
         upstream.begin(exchange)
         exchange.streaming = True
         upstream.write(exchange.forward.head)

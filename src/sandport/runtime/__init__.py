@@ -69,6 +69,10 @@ class Runtime(Protocol):
         """Start a command that runs until it exits or the channel is closed."""
         ...
 
+    async def suspend_support(self) -> str:
+        """Why this host cannot suspend a sandbox to disk (checkpoint/restore)."""
+        ...
+
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
         """Where the running sandbox may connect to from now on (packet filtering)."""
 
@@ -82,6 +86,10 @@ class Runtime(Protocol):
         """Stop the sandbox and remove everything it held; safe to repeat."""
 
     def is_running(self, sandbox_id: str) -> bool: ...
+
+    def cpu_seconds(self, sandbox_id: str) -> float | None:
+        """CPU time used by the sandbox's processes so far; None if it is not running."""
+        ...
 
     def address(self, sandbox_id: str) -> str | None:
         """The sandbox's IP address, which the host (the edge proxy) can connect to."""

@@ -53,6 +53,7 @@ class RuncRuntime:
         self.slots = SlotRegistry(settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
+        self._suspend_answer: str | None = None
         self.agent_binary = settings.data_dir / "bin" / "sandport-agent"
 
     # -- host -------------------------------------------------------------------------
@@ -232,6 +233,29 @@ class RuncRuntime:
                 found.update(p.name for p in directory.iterdir() if p.is_dir())
         return found
 
+    def cpu_seconds(self, sandbox_id: str) -> float | None:
+        """CPU time the sandbox's processes have used, from its cgroup (v1 or v2)."""
+        try:
+            ns = Path(f"/sys/fs/cgroup/cpuacct/sandport/{sandbox_id}/cpuacct.usage").read_text()
+            return int(ns) / 1e9
+        except (OSError, ValueError):
+            pass
+        try:
+            stat = Path(f"/sys/fs/cgroup/sandport/{sandbox_id}/cpu.stat").read_text()
+        except OSError:
+            return None
+        for line in stat.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+        return None
+
+    # -- suspend to disk ---------------------------------------------------------------
+    async def suspend_support(self) -> str:
+        if self._suspend_answer is None:
+            self._suspend_answer = await _criu_answer()
+        return self._suspend_answer
+
     # -- network ----------------------------------------------------------------------
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
         slot = read_json(self.bundles / sandbox_id / "runtime.json").get("slot")
@@ -318,6 +342,31 @@ async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
             if stat is None or stat[0] in ("Z", "X"):
                 return
         await asyncio.sleep(0.01)
+
+
+async def _criu_answer() -> str:
+    """Why suspend to disk is unavailable here, found by asking CRIU itself."""
+    criu = shutil.which("criu")
+    if criu is None:
+        return ("suspend to disk needs CRIU (>= 4.1 on Linux >= 6.13) for runc checkpoint; "
+                "criu is not installed on this host")
+    proc = await asyncio.create_subprocess_exec(
+        criu, "check", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    version = await asyncio.create_subprocess_exec(
+        criu, "--version", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    named, _ = await version.communicate()
+    found = named.decode(errors="replace").split()
+    release = found[1] if len(found) > 1 and found[0] == "Version:" else "(version unknown)"
+    if proc.returncode != 0:
+        errors = [line for line in out.decode(errors="replace").splitlines() if "Error" in line]
+        why = errors[-1] if errors else f"exit code {proc.returncode}"
+        return (f"suspend to disk needs a working CRIU (>= 4.1 on Linux >= 6.13); criu "
+                f"{release} on this host fails its own check: {why}")
+    return (f"suspend to disk is not implemented by this sandport yet (criu {release} "
+            "passes its check here); pause keeps memory in RAM instead")
 
 
 async def _remove_cgroups(sandbox_id: str) -> None:

@@ -19,7 +19,9 @@ async def runtime_record(request: HTTPConnection) -> SandboxRecord:
     ctx = request.app.state.ctx
     sandbox_id = request.path_params["id"]
     record = await ctx.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
-    return authorize(record, sandbox_id, request.headers.get("authorization"), ctx.clock())
+    record = authorize(record, sandbox_id, request.headers.get("authorization"), ctx.clock())
+    ctx.sandboxes.activity.touch(record.id)  # the API at work in it: not idle
+    return record
 
 
 def require_object(body: Any, allowed: set[str]) -> dict[str, Any]:

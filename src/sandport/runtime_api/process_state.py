@@ -332,6 +332,10 @@ class ProcessRegistry:
             raise NotFound(f"process {session_id} not found")
         return session
 
+    def any_running(self, sandbox_id: str) -> bool:
+        """Whether a process or terminal started through the API still runs in it."""
+        return any(s.sandbox_id == sandbox_id and s.running for s in self._sessions.values())
+
     def of_sandbox(self, sandbox_id: str, *, terminals: bool) -> list[ProcessSession]:
         return sorted((s for s in self._sessions.values() if s.sandbox_id == sandbox_id
                        and (s.pty is not None) == terminals), key=lambda s: s.started_at)

@@ -69,6 +69,7 @@ def create_call(
     mem_mib: int | None, disk_size_mib: int | None, env: dict[str, str] | None,
     exposed_ports: dict[int, bool] | None = None, network: dict[str, Any] | None = None,
     on_timeout: str | None = None, auto_resume: bool | None = None,
+    idle_timeout_s: int | None = None, on_idle: str | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {"imageName": image}
     ports = None if exposed_ports is None else [
@@ -76,7 +77,8 @@ def create_call(
     for key, value in (("timeoutMinutes", timeout_minutes), ("vcpus", vcpus),
                        ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env),
                        ("exposedPorts", ports), ("network", network),
-                       ("onTimeout", on_timeout), ("autoResume", auto_resume)):
+                       ("onTimeout", on_timeout), ("autoResume", auto_resume),
+                       ("idleTimeoutSeconds", idle_timeout_s), ("onIdle", on_idle)):
         if value is not None:
             body[key] = value
     return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,

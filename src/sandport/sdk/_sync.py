@@ -72,21 +72,24 @@ class Sandbox:
         vcpus: int | None = None, mem_mib: int | None = None, disk_size_mib: int | None = None,
         env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
         network: dict[str, Any] | None = None, on_timeout: str | None = None,
-        auto_resume: bool | None = None, api_key: str | None = None,
-        base_url: str | None = None,
+        auto_resume: bool | None = None, idle_timeout_s: int | None = None,
+        on_idle: str | None = None, api_key: str | None = None, base_url: str | None = None,
     ) -> Sandbox:
         """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
         ``network`` is the policy in its JSON form, e.g. ``{"maskRequestHost":
         "localhost:${PORT}", "ingress": {"allowPorts": [3000]}, "openPorts": False}``;
         ``on_timeout="pause"`` pauses at the deadline instead of stopping;
-        ``auto_resume=True`` lets a request to a paused sandbox's URL resume it."""
+        ``auto_resume=True`` lets a request to a paused sandbox's URL resume it;
+        ``idle_timeout_s`` pauses it (or stops it: ``on_idle="stop"``) after that many
+        seconds without traffic, API calls, running API processes or CPU use."""
         settings = ClientSettings.load(base_url, api_key)
         client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
         try:
             info = _send(client, _base.create_call(
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
-                network=network, on_timeout=on_timeout, auto_resume=auto_resume))
+                network=network, on_timeout=on_timeout, auto_resume=auto_resume,
+                idle_timeout_s=idle_timeout_s, on_idle=on_idle))
         except BaseException:
             client.close()
             raise
@@ -180,6 +183,12 @@ class Sandbox:
     def resume(self) -> SandboxInfo:
         """Thaw it: same URLs, processes continue where they were."""
         self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "resume"))
+        return self.info
+
+    def suspend(self) -> SandboxInfo:
+        """Suspend to disk (memory to disk, resources freed); raises NotSupported, saying
+        why, where the host cannot checkpoint (see the README)."""
+        self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "suspend"))
         return self.info
 
     def stop(self) -> SandboxInfo:

@@ -1,4 +1,4 @@
-"""Background housekeeping: sandboxes past their timeout, containers that died."""
+"""Background housekeeping: sandboxes past their timeout or idle, containers that died."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ async def run_reaper(sandboxes: SandboxService, interval_s: float = 1.0,
     while True:
         try:
             await sandboxes.stop_expired()
+            await sandboxes.act_on_idle()
             if tick % exited_every == 0:
                 await sandboxes.stop_exited()
         except asyncio.CancelledError:

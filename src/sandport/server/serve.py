@@ -19,6 +19,7 @@ import sys
 
 import uvicorn
 
+from ..activity import Activity, CpuProbe
 from ..control.sandboxes import SandboxService
 from ..ids import hash_secret, new_api_key
 from ..proxy.decide import Edge
@@ -76,7 +77,9 @@ async def _serve(settings: ServerSettings) -> None:
         routes = RouteTable()
         secret = await store.secret("browser-session")
         grants = Grants(store, routes, urls, secret, settings.browser_url_ttl_s)
-        sandboxes = SandboxService(settings, store, runtime, images, routes, grants)
+        activity = Activity()
+        sandboxes = SandboxService(settings, store, runtime, images, routes, grants,
+                                   activity=activity)
         counts = await sandboxes.reconcile()
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         ctx = AppContext(settings, store, runtime, images, sandboxes, host_limits())
@@ -90,8 +93,11 @@ async def _serve(settings: ServerSettings) -> None:
         )
         api = uvicorn.Server(config)
         proxy = ProxyServer(Edge(urls, routes, str(socket_path), secret), grants.redeem,
-                            wake=sandboxes.wake, header_timeout_s=settings.header_timeout_s,
+                            wake=sandboxes.wake, touch=activity.touch,
+                            header_timeout_s=settings.header_timeout_s,
                             idle_timeout_s=settings.idle_timeout_s)
+        activity.probes += [proxy.in_use, ctx.sessions.processes.any_running,
+                            CpuProbe(runtime.cpu_seconds)]
         routes.watch(proxy.cut)
         routes.watch(ctx.sessions.sandbox_gone)
         reaper = asyncio.ensure_future(run_reaper(sandboxes))

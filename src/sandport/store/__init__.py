@@ -43,6 +43,8 @@ class SandboxRecord:
     on_timeout: str = "stop"  # what the deadline does: "stop" or "pause"
     auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
     older_tokens: Older = ()  # replaced runtime tokens (hashes) still valid until they expire
+    idle_timeout_s: int | None = None  # with no sign of life for this long...
+    on_idle: str = "pause"  # ...it is paused or stopped
 
     @property
     def tokens(self) -> TokenSet:

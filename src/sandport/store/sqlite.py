@@ -72,6 +72,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     ALTER TABLE sandboxes ADD COLUMN older_tokens TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sandboxes ADD COLUMN idle_timeout_s INTEGER;
+    ALTER TABLE sandboxes ADD COLUMN on_idle TEXT NOT NULL DEFAULT 'pause';
     """,
 )
 
