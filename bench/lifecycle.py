@@ -78,6 +78,29 @@ def wake_latency(kw: dict[str, str], server: ServerProcess,
         sb.stop()
 
 
+def policy_latency(kw: dict[str, str], server: ServerProcess,
+                   n: int) -> tuple[list[float], list[float], list[float]]:
+    """PUT /network (egress rules replaced in the sandbox's namespace, host rule added or
+    removed), POST /refresh (a new runtime token); peer: iptables-restore of the same table
+    in the same namespace by hand."""
+    sb = Sandbox.create(**kw)
+    try:
+        url = f"/api/sandbox/{sb.id}/network"
+        with server.client() as api:
+            updates = [timed(lambda i=i: api.put(url, json={"allowInternetAccess": i % 2 == 0})
+                             .raise_for_status()) for i in range(n)]
+            refreshes = [timed(lambda: api.post(f"/api/sandbox/{sb.id}/refresh")
+                               .raise_for_status()) for _ in range(n)]
+        table = subprocess.run(["ip", "netns", "exec", f"sp-{sb.id}", "iptables-save"],
+                               capture_output=True, text=True, check=True).stdout
+        bare = [timed(lambda: subprocess.run(
+            ["ip", "netns", "exec", f"sp-{sb.id}", "iptables-restore", "-w"], input=table,
+            text=True, check=True)) for _ in range(n)]
+        return updates, bare, refreshes
+    finally:
+        sb.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20)
@@ -112,6 +135,7 @@ def main() -> None:
                                                                check=True)))
                 subprocess.run([*runc, "resume", sb.id], check=True)
             wake, warm = wake_latency(kw, server, args.execs // 4)
+            policy, bare_policy, refresh = policy_latency(kw, server, args.execs // 4)
             for sb in sandboxes:
                 stops.append(timed(sb.stop))
 
@@ -135,6 +159,9 @@ def main() -> None:
             print(f"  peer: bare `runc pause`:     {percentiles(bare_pause)}")
             print(f"wake on request (autoResume):  {percentiles(wake)}")
             print(f"  peer: same GET, not paused:  {percentiles(warm)}")
+            print(f"network policy change (PUT):   {percentiles(policy)}")
+            print(f"  peer: bare iptables-restore: {percentiles(bare_policy)}")
+            print(f"token refresh (POST):          {percentiles(refresh)}")
             print(f"stop:                          {percentiles(stops)}")
             print(f"host memory per idle sandbox:  {per_sandbox_mib:.2f} MiB "
                   f"({args.held} held; MemAvailable delta)   budget ≤ 10 MiB")

@@ -100,9 +100,15 @@ class RuncRuntime:
                 (bundle / sub).mkdir()
             mount_overlay(image.rootfs, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
-            await network.apply_egress(lease, spec.egress, self.settings.subnet)
             self._write_bundle(container, lease)
-            await self._runc_run(spec.sandbox_id, bundle)
+            # The filter is in place before create returns, so before any command runs;
+            # the container starts meanwhile (its init runs only the agent).
+            done = await asyncio.gather(
+                network.apply_egress(lease, spec.egress, self.settings.subnet),
+                self._runc_run(spec.sandbox_id, bundle), return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except BaseException as exc:
             await asyncio.shield(self.destroy(spec.sandbox_id))
             if isinstance(exc, OSError):
