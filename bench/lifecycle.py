@@ -24,6 +24,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandport import Sandbox  # noqa: E402
+from sandport.errors import NotSupported  # noqa: E402
 from tests._server import ServerProcess  # noqa: E402
 
 
@@ -101,6 +102,27 @@ def policy_latency(kw: dict[str, str], server: ServerProcess,
         sb.stop()
 
 
+def suspend_latency(kw: dict[str, str], n: int) -> tuple[list[float], list[float]] | None:
+    """Suspend to disk (runc checkpoint through CRIU) and resume (restore) via the API, of
+    a sandbox running a Python server; None where the host cannot (the API says why)."""
+    sb = Sandbox.create(**kw)
+    try:
+        sb.exec("setsid python3 -m http.server 3000 >/dev/null 2>&1 &")
+        try:
+            sb.suspend()
+        except NotSupported as exc:
+            print(f"suspend to disk: not on this host: {exc.message}")
+            return None
+        sb.resume()
+        suspends, restores = [], []
+        for _ in range(n):
+            suspends.append(timed(sb.suspend))
+            restores.append(timed(sb.resume))
+        return suspends, restores
+    finally:
+        sb.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20)
@@ -136,6 +158,7 @@ def main() -> None:
                 subprocess.run([*runc, "resume", sb.id], check=True)
             wake, warm = wake_latency(kw, server, args.execs // 4)
             policy, bare_policy, refresh = policy_latency(kw, server, args.execs // 4)
+            disk = suspend_latency(kw, args.samples // 2)
             for sb in sandboxes:
                 stops.append(timed(sb.stop))
 
@@ -157,6 +180,9 @@ def main() -> None:
             print(f"pause (freezer) via the API:   {percentiles(pauses)}")
             print(f"resume via the API:            {percentiles(resumes)}")
             print(f"  peer: bare `runc pause`:     {percentiles(bare_pause)}")
+            if disk is not None:
+                print(f"suspend to disk via the API:   {percentiles(disk[0])}")
+                print(f"resume from disk (restore):    {percentiles(disk[1])}")
             print(f"wake on request (autoResume):  {percentiles(wake)}")
             print(f"  peer: same GET, not paused:  {percentiles(warm)}")
             print(f"network policy change (PUT):   {percentiles(policy)}")

@@ -31,6 +31,9 @@ if ! grep -Eq '^hosts:.*[[:space:]]myhostname' /etc/nsswitch.conf; then
         sed -i -E '/^hosts:/ s/$/ myhostname/' /etc/nsswitch.conf
 fi
 
+# Suspend to disk: a CRIU that works with this kernel (built once if Debian's does not).
+bash scripts/build-criu.sh
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[$extra]"

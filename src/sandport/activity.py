@@ -36,6 +36,9 @@ class Activity:
 
     def forget(self, sandbox_id: str) -> None:
         self._last.pop(sandbox_id, None)
+        for probe in self.probes:
+            if isinstance(probe, CpuProbe):
+                probe.forget(sandbox_id)
 
 
 class CpuProbe:
@@ -47,6 +50,9 @@ class CpuProbe:
         self.cpu_seconds = cpu_seconds
         self.clock = clock
         self._seen: dict[str, tuple[float, float]] = {}  # sandbox → (when, cpu seconds)
+
+    def forget(self, sandbox_id: str) -> None:
+        self._seen.pop(sandbox_id, None)
 
     def __call__(self, sandbox_id: str) -> bool:
         used = self.cpu_seconds(sandbox_id)

@@ -100,6 +100,7 @@ class SandboxInfo:
     auto_resume: bool = False  # a request to a paused sandbox's URL resumes it
     idle_timeout_s: int | None = None  # idle detection: no sign of life for this long...
     on_idle: str = "pause"  # ...pauses or stops it
+    suspended: bool = False  # paused on disk (checkpoint), not in memory
 
     @property
     def duration(self) -> int:
@@ -137,6 +138,7 @@ class SandboxInfo:
             "autoResume": self.auto_resume,
             "idleTimeoutSeconds": self.idle_timeout_s,
             "onIdle": self.on_idle,
+            "suspended": self.suspended,
         }
         if with_token:
             wire["token"] = self.token
@@ -171,6 +173,7 @@ class SandboxInfo:
             auto_resume=bool(data.get("autoResume")),
             idle_timeout_s=data.get("idleTimeoutSeconds"),
             on_idle=data.get("onIdle") or "pause",
+            suspended=bool(data.get("suspended")),
         )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .ids import hash_secret, new_runtime_token, secrets_equal
 
-MAX_OLDER = 16  # tokens replaced but unexpired, per sandbox; the oldest beyond this end
+MAX_OLDER = 64  # tokens replaced but unexpired, per sandbox; the oldest beyond this end
 RENEW_MARGIN_S = 300.0  # a detail shown with less life left than this gets a new token
 
 Older = tuple[tuple[str, float], ...]  # (sha256 of the token, expires at), newest first

@@ -81,14 +81,14 @@ def world() -> Iterator[World]:
 
 def reach(sb: Sandbox, *addresses: str, port: int = WORLD_PORT) -> list[str]:
     """What a TCP connect from inside the sandbox gets, per address: "world <address>"
-    (the world answered), "refused", "blocked" (ICMP admin-prohibited / unreachable) or
-    "timeout"."""
+    (the world answered), "open" (connected, nothing said), "refused", "blocked" (ICMP
+    admin-prohibited / unreachable) or "timeout"."""
     code = f"""
 import errno, socket
 for host in {list(addresses)!r}:
     s = socket.socket(); s.settimeout(3)
     try:
-        s.connect((host, {port})); print(s.makefile().readline().strip())
+        s.connect((host, {port}))
     except ConnectionRefusedError:
         print("refused")
     except socket.timeout:
@@ -96,6 +96,11 @@ for host in {list(addresses)!r}:
     except OSError as e:
         print("blocked" if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES)
               else f"error {{e.errno}}")
+    else:
+        try:
+            print(s.makefile().readline().strip() or "open")
+        except OSError:
+            print("open")  # connected; it says nothing first
 """
     ran = sb.exec(f"python3 - <<'PY'\n{code}\nPY", timeout=60)
     assert ran.exit_code == 0, ran.stderr
@@ -176,3 +181,24 @@ def test_egress_survives_a_server_restart(fresh_server: Callable[..., ServerProc
     finally:
         sb.stop()
         sb.close()
+
+
+def test_no_way_into_another_servers_sandboxes(fresh_server: Callable[..., ServerProcess],
+                                                make_sandbox: MakeSandbox) -> None:
+    """Two servers on one host with different subnets: a sandbox allowed out to the other
+    subnet still never reaches a sandbox there (not its agent, not its servers), even one
+    that may go out itself (so replies would have a way back)."""
+    other = fresh_server(env={"SANDPORT_SUBNET": "10.78.0.0/16"})
+    target = Sandbox.create(api_key=other.api_key, base_url=other.base_url,
+                            network={"allowInternetAccess": True})
+    try:
+        target.exec("setsid python3 -m http.server 8000 >/dev/null 2>&1 &")
+        target_ip = target.exec("hostname -i").stdout.strip()
+        assert target_ip.startswith("10.78.")
+        prober = make_sandbox(network={"allowOut": ["10.78.0.0/16"],
+                                       "allowInternetAccess": True})
+        for port in (4001, 8000):  # the agent, a server
+            assert reach(prober, target_ip, port=port)[0] in ("blocked", "timeout"), port
+    finally:
+        target.stop()
+        target.close()

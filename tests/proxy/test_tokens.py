@@ -10,6 +10,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 import httpx
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import ConnectionClosed
 
 from sandport import AsyncSandbox, Sandbox
 
@@ -130,3 +133,61 @@ def test_sdk_renews_its_token_before_it_runs_out(
     finally:
         sb.stop()
         sb.close()
+
+
+def test_revoking_cuts_what_the_token_opened(fresh_server: Callable[..., ServerProcess]) -> None:
+    """A terminal WebSocket and a tunnel to an auth port, opened with a token, close when
+    that token is revoked; those opened with another token stay; the SDK gets a new token
+    by itself; a token outlives many refreshes while it has not expired."""
+    server = fresh_server()
+    site = make_site(server)
+    try:
+        with server.client() as api:
+            sid = site.id
+            kept = api.post(f"/api/sandbox/{sid}/refresh").json()["token"]
+            doomed = api.post(f"/api/sandbox/{sid}/refresh").json()["token"]
+            assert site.sb.refresh().token == doomed
+            terminal = site.sb.terminal.create("/bin/sh")
+            shell = terminal.connect()
+            shell.send("echo one\n")
+            assert _read_until(shell, b"one")
+            ws_url = site.url(3001, "/ws").replace("http", "ws", 1)
+            tunnels = {token: ws_client.connect(
+                ws_url, open_timeout=10, ping_interval=None,
+                additional_headers={"authorization": f"Bearer {token}"}, legacy=True)
+                for token in (kept, doomed)}
+            for ws in tunnels.values():
+                ws.send("ping")
+                assert ws.recv(timeout=10) == "ping"
+
+            assert api.post(f"/api/sandbox/{sid}/revoke", json={"token": doomed}).status_code \
+                == 200
+            assert shell.read(timeout=10) is None  # cut: the terminal's connection ended
+            with pytest.raises(ConnectionClosed):
+                tunnels[doomed].send("again")
+                tunnels[doomed].recv(timeout=10)
+            tunnels[kept].send("still")
+            assert tunnels[kept].recv(timeout=10) == "still"
+            for ws in tunnels.values():
+                ws.close()
+            # the SDK's token was the revoked one: its next call gets a new one and works
+            assert site.sb.exec("echo on").stdout == "on\n"
+            assert site.sb.info.token not in (doomed, kept)
+            # twenty refreshes later, an unexpired token still opens the sandbox
+            for _ in range(20):
+                api.post(f"/api/sandbox/{sid}/refresh").raise_for_status()
+            assert _runtime(site, kept).status_code == 200
+    finally:
+        site.sb.stop()
+        site.sb.close()
+
+
+def _read_until(shell: object, wanted: bytes) -> bool:
+    seen = b""
+    deadline = time.monotonic() + 10
+    while wanted not in seen and time.monotonic() < deadline:
+        got = shell.read(timeout=1)  # type: ignore[attr-defined]
+        if got is None:
+            return False
+        seen += got
+    return wanted in seen

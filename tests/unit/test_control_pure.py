@@ -179,7 +179,7 @@ def test_token_sets_rotate_revoke_and_end() -> None:
     assert (r := third.revoked(None, 130, 100)).older == () and r.token != third.token
     assert not third.ended(130).opens(third.token, 130) and third.ended(130).older == ()
     many = first
-    for i in range(40):
+    for i in range(MAX_OLDER + 10):
         many = many.rotated(60 + i, 1000)
     assert len(many.older) == MAX_OLDER  # the oldest beyond this end
     assert TokenSet("t", 1000).due(800, 3600) and not TokenSet("t", 1000).due(600, 3600)

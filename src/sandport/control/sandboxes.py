@@ -12,6 +12,7 @@ from typing import Any
 from .. import ids, tokens
 from ..activity import Activity
 from ..errors import NotSupported, RuntimeFailure, SandboxNotFound, SandportError
+from ..ids import hash_secret
 from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
 from ..proxy.routes import RouteTable, SandboxRoute
@@ -20,6 +21,7 @@ from ..runtime import EgressPolicy, Runtime, SandboxSpec
 from ..runtime.images import ImageStore
 from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
+from ..tokens import TokenSet
 from . import lifecycle
 from .requests import (
     CreateSandbox,
@@ -143,6 +145,7 @@ class SandboxService:
             expires_at=iso(record.expires_at) if record.status in ("active", "paused") else None,
             on_timeout=record.on_timeout, auto_resume=record.auto_resume,
             idle_timeout_s=record.idle_timeout_s, on_idle=record.on_idle,
+            suspended=record.suspended,
         )
 
     # -- verbs ------------------------------------------------------------------------
@@ -279,12 +282,30 @@ class SandboxService:
         return await self._freeze(team_id, sandbox_id, "active")
 
     async def suspend(self, team_id: str, sandbox_id: str) -> SandboxRecord:
-        """Suspend to disk (checkpoint: memory to disk, resources freed). Not on this
-        runtime yet: the answer says why (what the host's CRIU lacks)."""
-        record = await self.get(team_id, sandbox_id)
-        if record.status not in ("active", "paused"):
-            lifecycle.ensure_running(record)
-        raise NotSupported(await self.runtime.suspend_support())
+        """Suspend to disk (idempotent): a checkpoint takes its memory to disk and its
+        processes end; status paused (``suspended``), URLs kept (503, or wake with
+        autoResume); a resume restores it where it was. Connections to it and processes
+        started through the API end. Where the host cannot, NotSupported says why."""
+        async with self._locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.suspended:
+                return record
+            if record.status not in ("active", "paused"):
+                lifecycle.ensure_running(record)
+            why = await self.runtime.suspend_support()
+            if why is not None:
+                raise NotSupported(why)
+            self.routes.drop(record.id)  # cut its connections, end its API sessions
+            try:
+                await self.runtime.suspend(record.id)
+            except BaseException:
+                self._publish(record)
+                raise
+            record = record.evolve(status="paused", suspended=True, updated_at=self.clock())
+            await self.store.update_sandbox(record)
+            self._publish(record)
+        log.info("sandbox %s suspended to disk", record.id)
+        return record
 
     async def shown(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         """The record for its detail: a running sandbox's current token is replaced first
@@ -310,10 +331,21 @@ class SandboxService:
 
     async def revoke(self, team_id: str, sandbox_id: str, token: str | None) -> SandboxRecord:
         """End one runtime token, or (None) all of them; a new current one is issued when
-        the current one ends."""
-        return await self._retoken(
-            team_id, sandbox_id,
-            lambda t, now: t.revoked(token, now, self.settings.token_ttl_s))
+        the current one ends. Connections opened with them (runtime API streams and
+        WebSockets, tunnels to auth ports) are cut."""
+        ended: set[str] = set()
+
+        def change(tokens: TokenSet, now: float) -> TokenSet:
+            known = {hash_secret(tokens.token), *(h for h, _ in tokens.older)}
+            if token is None:
+                ended.update(known)
+            elif tokens.knows(token):
+                ended.add(hash_secret(token))
+            return tokens.revoked(token, now, self.settings.token_ttl_s)
+
+        record = await self._retoken(team_id, sandbox_id, change)
+        self.routes.revoked(sandbox_id, frozenset(ended))
+        return record
 
     async def _retoken(self, team_id: str, sandbox_id: str,
                        change: Callable[[tokens.TokenSet, float], tokens.TokenSet],
@@ -338,10 +370,12 @@ class SandboxService:
                 lifecycle.ensure_running(record)
             if target == "paused":
                 await self.runtime.pause(record.id)
+            elif record.suspended:
+                await self.runtime.restore(record.id)
             else:
                 await self.runtime.resume(record.id)
             now = self.clock()
-            record = record.evolve(status=target, updated_at=now)
+            record = record.evolve(status=target, updated_at=now, suspended=False)
             self.activity.touch(record.id)  # a resume starts a new idle period
             if target == "active" and record.expires_at is None:
                 # Paused by its timeout: a resume starts a new timeoutMinutes period.
@@ -403,7 +437,7 @@ class SandboxService:
     async def act_on_idle(self) -> int:
         """Pause or stop (``onIdle``) running sandboxes with ``idleTimeoutSeconds`` that
         have shown no sign of life (see activity.py) for that long."""
-        idle = [r for r in await self.store.sandboxes_in(("active",))
+        idle = [r for r in await self.store.idle_watched()
                 if r.idle_timeout_s is not None
                 and self.activity.idle_for(r.id) >= r.idle_timeout_s]
         for record in idle:
@@ -433,7 +467,7 @@ class SandboxService:
     async def stop_exited(self) -> int:
         """Close active sandboxes whose container is gone (e.g. killed from outside)."""
         gone = [r for r in await self.store.sandboxes_in(("active", "paused"))
-                if not self.runtime.is_running(r.id)]
+                if not self.runtime.is_running(r.id) and not r.suspended]
         for record in gone:
             await self._stop(record, lifecycle.CLOSE_EXITED)
         return len(gone)
@@ -444,7 +478,9 @@ class SandboxService:
         counts = {"adopted": 0, "lost": 0, "interrupted": 0, "orphans": 0}
         for record in await self.store.sandboxes_in(("creating", "active", "paused",
                                                       "stopping")):
-            if record.status in ("active", "paused") and self.runtime.is_running(record.id):
+            if record.status in ("active", "paused") and (
+                    self.runtime.is_running(record.id) or
+                    (record.suspended and self.runtime.is_suspended(record.id))):
                 counts["adopted"] += 1
                 self._publish(record)
                 continue

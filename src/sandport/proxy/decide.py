@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from urllib.parse import parse_qs
 
+from ..ids import hash_secret
 from . import pages
 from .auth import (
+    bearer,
     cookie_name,
     is_sandbox_token,
     safe_next,
@@ -85,6 +87,9 @@ class Forward:
     head: bytes
     sandbox_id: str | None = None
     port: int | None = None
+    # (sandbox id, sha256 of the runtime token the request carried): revoking that token
+    # cuts the connection (a WebSocket or stream opened with it must not outlive it)
+    token: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -173,7 +178,7 @@ class Edge:
                 runtime_id = sandbox_id.encode()
                 return Forward(self.control_key, self._head(
                     req, b"/runtime/" + runtime_id + req.target, host, hop=hop,
-                    runtime_id=runtime_id))
+                    runtime_id=runtime_id), token=_token_of(sandbox_id, authorization))
             port, target = routed
         else:
             target = req.target
@@ -191,7 +196,8 @@ class Edge:
                 return Wake(sandbox_id, browser)
             return _error(503, "sandbox_paused", pages.PAUSED, browser)
         head = self._head(req, target, host, route=route, port=port, hop=hop)
-        return Forward(("tcp", route.address, str(port)), head, sandbox_id, port)
+        return Forward(("tcp", route.address, str(port)), head, sandbox_id, port,
+                       _token_of(sandbox_id, authorization) if auth else None)
 
     def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
                cookies: list[bytes]) -> bool:
@@ -286,3 +292,8 @@ def grant_refused(browser: bool) -> Answer:
     return _error(403, "grant_refused",
                   "this browser link has expired or was already used; ask for a new one "
                   "(POST /api/sandbox/{id}/expose)", browser)
+
+
+def _token_of(sandbox_id: str, authorization: bytes | None) -> tuple[str, str] | None:
+    token = bearer(authorization)
+    return None if token is None else (sandbox_id, hash_secret(token))

@@ -57,9 +57,18 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: dict[str, SandboxRoute] = {}
         self._watchers: list[Callable[[str, int | None], None]] = []
+        self._revocations: list[Callable[[str, frozenset[str]], None]] = []
 
     def watch(self, watcher: Callable[[str, int | None], None]) -> None:
         self._watchers.append(watcher)
+
+    def watch_revocations(self, watcher: Callable[[str, frozenset[str]], None]) -> None:
+        self._revocations.append(watcher)
+
+    def revoked(self, sandbox_id: str, token_hashes: frozenset[str]) -> None:
+        """Tokens (sha256) of the sandbox revoked: what they opened closes."""
+        for watcher in self._revocations:
+            watcher(sandbox_id, token_hashes)
 
     def get(self, sandbox_id: str) -> SandboxRoute | None:
         return self._routes.get(sandbox_id)

@@ -121,6 +121,15 @@ class ProxyServer:
             if port is None or upstream.port == port:
                 upstream.client.abort()
 
+    def cut_tokens(self, sandbox_id: str, token_hashes: frozenset[str]) -> None:
+        """Close client connections whose request or tunnel came with one of these (now
+        revoked) tokens of the sandbox: its runtime API streams and WebSockets, and its
+        auth ports' tunnels."""
+        for conn in list(self.connections):
+            token = conn.token
+            if token is not None and token[0] == sandbox_id and token[1] in token_hashes:
+                conn.abort()
+
     def in_use(self, sandbox_id: str) -> bool:
         """Whether a response from the sandbox, or a tunnel (WebSocket) to it, is open."""
         return any(u.active or u.client.tunnel for u in self._by_sandbox.get(sandbox_id, ()))
@@ -150,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: Upstream | None = None
         self.closed = False
         self.tunnel = False
+        self.token: tuple[str, str] | None = None  # what the last request forwarded carried
         self.upgrading = False
         self.peer_done = False
         self.held: list[bytes] = []  # bytes after an upgrade head, before the tunnel
@@ -429,6 +439,7 @@ class ClientConnection(asyncio.Protocol):
         touch = self.server.touch
         if touch is not None and exchange.forward.sandbox_id is not None:
             touch(exchange.forward.sandbox_id)
+        self.token = exchange.forward.token
         upstream.begin(exchange)
         exchange.streaming = True
         upstream.write(exchange.forward.head)

@@ -69,8 +69,18 @@ class Runtime(Protocol):
         """Start a command that runs until it exits or the channel is closed."""
         ...
 
-    async def suspend_support(self) -> str:
-        """Why this host cannot suspend a sandbox to disk (checkpoint/restore)."""
+    async def suspend_support(self) -> str | None:
+        """None where sandboxes can be suspended to disk; else why not (for the user)."""
+        ...
+
+    async def suspend(self, sandbox_id: str) -> None:
+        """Checkpoint to disk: processes end, memory is on disk, address and URLs kept."""
+
+    async def restore(self, sandbox_id: str) -> None:
+        """Start a suspended sandbox again from its checkpoint."""
+
+    def is_suspended(self, sandbox_id: str) -> bool:
+        """Whether the sandbox is on disk (suspended, not running)."""
         ...
 
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:

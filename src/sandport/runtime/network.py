@@ -194,7 +194,10 @@ async def apply_egress(lease: Lease, policy: EgressPolicy, subnet: str) -> None:
 async def _host_rule(action: str, lease: Lease, subnet: str) -> None:
     """The host's per-sandbox way out: present once ("-I" is idempotent), absent after
     "-D" (as often as it was added)."""
-    rule = [FORWARD_CHAIN, "-i", lease.veth, "!", "-d", subnet, "-j", "ACCEPT"]
+    # Never out through another sandbox veth, of this server or another one on the host
+    # (whose subnet may differ): sandboxes reach no sandbox.
+    rule = [FORWARD_CHAIN, "-i", lease.veth, "!", "-o", VETH_PREFIX + "+", "!", "-d", subnet,
+            "-j", "ACCEPT"]
     present = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
     if action == "-I" and not present:
         await run_tool("iptables", "-w", "-I", *rule[:1], "1", *rule[1:])
@@ -240,7 +243,8 @@ async def install_host_rules(subnet: str) -> None:
         for rule in rules:
             await _ensure("iptables", "-w", "-A", chain, *rule)
     veths = VETH_PREFIX + "+"
-    # Inserted at the top in reverse: the old blanket FORWARD DROP (before egress) goes.
+    # Inserted at the top in reverse (so the -i jump comes first: from a sandbox, whatever
+    # the destination); the old blanket FORWARD DROP (before egress) goes.
     await run_tool("iptables", "-w", "-D", "FORWARD", "-i", veths, "-j", "DROP", check=False)
     for chain, rule in (("FORWARD", ["-o", veths, "-j", RETURN_CHAIN]),
                         ("FORWARD", ["-i", veths, "-j", FORWARD_CHAIN]),

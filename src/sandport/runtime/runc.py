@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, RuntimeFailure, SandboxNotRunning
+from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning
 from ..models import ExecResult
 from ..settings import ServerSettings
 from . import CommandRequest, ExecRequest, SandboxSpec, network, oci, seccomp
@@ -53,7 +53,7 @@ class RuncRuntime:
         self.slots = SlotRegistry(settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
-        self._suspend_answer: str | None = None
+        self._criu: tuple[str | None, str | None] | None = None  # (binary, why not)
         self.agent_binary = settings.data_dir / "bin" / "sandport-agent"
 
     # -- host -------------------------------------------------------------------------
@@ -257,17 +257,82 @@ class RuncRuntime:
         return None
 
     # -- suspend to disk ---------------------------------------------------------------
-    async def suspend_support(self) -> str:
-        if self._suspend_answer is None:
-            self._suspend_answer = await _criu_answer()
-        return self._suspend_answer
+    async def suspend_support(self) -> str | None:
+        if self._criu is None:
+            self._criu = await _find_criu()
+        return self._criu[1]
+
+    async def suspend(self, sandbox_id: str) -> None:
+        """Checkpoint the container to disk (runc + CRIU; a frozen one too): its processes
+        end and their memory is in ``checkpoint/``; its network, overlay and bundle stay
+        for the restore, so its address and URLs do not change."""
+        criu = await self._criu_binary()
+        bundle = self.bundles / sandbox_id
+        image, work = bundle / "checkpoint", bundle / "checkpoint-work"
+        for directory in (image, work):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(mode=0o700)
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        code, detail = await self._runc_logged(
+            bundle, "--criu", criu, "checkpoint", "--image-path", str(image), "--work-path",
+            str(work), "--tcp-established", sandbox_id)
+        if code != 0 or self.is_running(sandbox_id):
+            shutil.rmtree(image, ignore_errors=True)
+            log.error("sandbox %s: checkpoint failed: %s %s", sandbox_id, detail,
+                      _criu_error(work / "dump.log"))
+            raise RuntimeFailure("the sandbox could not be suspended: "
+                                 + (_criu_error(work / "dump.log") or "runc checkpoint failed"))
+        await _remove_cgroups(sandbox_id)
+
+    async def restore(self, sandbox_id: str) -> None:
+        """Start a suspended sandbox again from its checkpoint, where it was."""
+        criu = await self._criu_binary()
+        bundle = self.bundles / sandbox_id
+        image, work = bundle / "checkpoint", bundle / "checkpoint-work"
+        if not self.is_suspended(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} has no checkpoint to restore")
+        code, detail = await self._runc_logged(
+            bundle, "--criu", criu, "restore", "-d", "--image-path", str(image),
+            "--work-path", str(work), "--tcp-established", "--bundle", str(bundle), sandbox_id)
+        if code != 0 or not self.is_running(sandbox_id):
+            log.error("sandbox %s: restore failed: %s %s", sandbox_id, detail,
+                      _criu_error(work / "restore.log"))
+            raise RuntimeFailure("the sandbox could not be restored: "
+                                 + (_criu_error(work / "restore.log") or "runc restore failed"))
+        shutil.rmtree(image, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def is_suspended(self, sandbox_id: str) -> bool:
+        return (self.bundles / sandbox_id / "checkpoint" / "inventory.img").exists()
+
+    async def _criu_binary(self) -> str:
+        why = await self.suspend_support()
+        if why is not None or self._criu is None or self._criu[0] is None:
+            raise NotSupported(why or "suspend to disk is not available")
+        return self._criu[0]
+
+    async def _runc_logged(self, bundle: Path, *args: str) -> tuple[int, str]:
+        """Run runc with /dev/null for stdio (a restored container inherits it) and its
+        complaints in runc.log; (exit code, the log's tail)."""
+        log_file = bundle / "runc.log"
+        proc = await asyncio.create_subprocess_exec(
+            self.settings.runc, "--root", str(self.state_root), "--log", str(log_file), *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        code = await proc.wait()
+        try:
+            detail = log_file.read_text(errors="replace").strip()[-1000:]
+        except OSError:
+            detail = ""
+        return code, detail
 
     # -- network ----------------------------------------------------------------------
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
         slot = read_json(self.bundles / sandbox_id / "runtime.json").get("slot")
-        if not isinstance(slot, int) or not self.is_running(sandbox_id):
+        lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
+        if not isinstance(slot, int) or not Path(lease.netns_path).exists():
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        lease = lease_for(self.settings.subnet, slot, sandbox_id)
         await network.apply_egress(lease, egress, self.settings.subnet)
 
     # -- pause --------------------------------------------------------------------------
@@ -350,29 +415,38 @@ async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _criu_answer() -> str:
-    """Why suspend to disk is unavailable here, found by asking CRIU itself."""
-    criu = shutil.which("criu")
-    if criu is None:
-        return ("suspend to disk needs CRIU (>= 4.1 on Linux >= 6.13) for runc checkpoint; "
-                "criu is not installed on this host")
-    proc = await asyncio.create_subprocess_exec(
-        criu, "check", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    version = await asyncio.create_subprocess_exec(
-        criu, "--version", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL)
-    named, _ = await version.communicate()
-    found = named.decode(errors="replace").split()
-    release = found[1] if len(found) > 1 and found[0] == "Version:" else "(version unknown)"
-    if proc.returncode != 0:
+CRIU_CANDIDATES = ("/usr/local/sbin/criu",)  # scripts/build-criu.sh puts one there
+
+
+async def _find_criu() -> tuple[str | None, str | None]:
+    """A CRIU that passes its own check here, or None and why there is none."""
+    found = [*CRIU_CANDIDATES, shutil.which("criu") or ""]
+    tried = []
+    for criu in dict.fromkeys(c for c in found if c and os.access(c, os.X_OK)):
+        proc = await asyncio.create_subprocess_exec(
+            criu, "check", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode == 0:
+            return criu, None
         errors = [line for line in out.decode(errors="replace").splitlines() if "Error" in line]
-        why = errors[-1] if errors else f"exit code {proc.returncode}"
-        return (f"suspend to disk needs a working CRIU (>= 4.1 on Linux >= 6.13); criu "
-                f"{release} on this host fails its own check: {why}")
-    return (f"suspend to disk is not implemented by this sandport yet (criu {release} "
-            "passes its check here); pause keeps memory in RAM instead")
+        tried.append(f"{criu} fails its own check ({errors[-1] if errors else proc.returncode})")
+    if not tried:
+        return None, ("suspend to disk needs CRIU (>= 4.1 on Linux >= 6.13) for runc "
+                      "checkpoint; none is installed (scripts/build-criu.sh builds one)")
+    return None, ("suspend to disk needs a CRIU that works with this kernel (>= 4.1 on Linux "
+                  ">= 6.13; scripts/build-criu.sh builds one): " + "; ".join(tried))
+
+
+def _criu_error(log_path: Path) -> str:
+    """The last error line of a CRIU log, without its timestamp."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.split(")", 1)[-1].strip() for line in lines
+              if "Error" in line and "RLIMIT_NOFILE" not in line]
+    return errors[-1][:300] if errors else ""
 
 
 async def _remove_cgroups(sandbox_id: str) -> None:

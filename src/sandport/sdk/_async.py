@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import TransportError
+from ..errors import TransportError, Unauthorized
 from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
@@ -58,7 +58,15 @@ class AsyncSandbox:
         return self._client
 
     async def _send(self, call: _base.Call[T]) -> T:
-        return await _send(self._http(), call)
+        """Send ``call``; a runtime call refused for its token (revoked, or replaced too
+        often) is sent once more with a new one."""
+        try:
+            return await _send(self._http(), call)
+        except Unauthorized:
+            if not _base.renewable(call, self.info):
+                raise
+        await self.refresh_token()
+        return await _send(self._http(), _base.with_token(call, self.info))
 
     async def _rt(self) -> SandboxInfo:
         """The sandbox as a runtime call needs it: with a runtime token renewed first when
@@ -151,7 +159,7 @@ class AsyncSandbox:
         """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
         call = _base.exec_call(self._settings, await self._rt(), command, cwd=cwd, env=env,
                                timeout_s=timeout)
-        return await _send(self._http(), call)
+        return await self._send(call)
 
     async def expose(self, port: int, *, auth: bool = False) -> ExposedPort:
         """Give ``port`` a public URL (again: idempotent; ``auth`` may change). With
@@ -187,8 +195,10 @@ class AsyncSandbox:
         return self.info
 
     async def suspend(self) -> SandboxInfo:
-        """Suspend to disk (memory to disk, resources freed); raises NotSupported, saying
-        why, where the host cannot checkpoint (see the README)."""
+        """Suspend to disk: its memory goes to disk and its processes end until
+        ``resume()`` restores them where they were (same URLs); connections to it and
+        processes started through the API end. Raises NotSupported, saying why, where the
+        host cannot checkpoint (see the README)."""
         self.info = await _send(self._http(), _base.verb_call(self._settings, self.id, "suspend"))
         return self.info
 

@@ -10,7 +10,7 @@ import functools
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -109,6 +109,17 @@ def revoke_call(settings: ClientSettings, sandbox_id: str,
     return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/revoke",
                 SandboxInfo.from_wire, {} if token is None else {"token": token},
                 _api_headers(settings))
+
+
+def renewable(call: Call[Any], info: SandboxInfo) -> bool:
+    """Whether a 401 to ``call`` may be cured by a new runtime token: it is a runtime call
+    with the sandbox's token, and the sandbox runs."""
+    return call.headers.get("authorization") == f"Bearer {info.token}" and \
+        info.status in ("active", "paused")
+
+
+def with_token(call: Call[T], info: SandboxInfo) -> Call[T]:
+    return replace(call, headers={**call.headers, "authorization": f"Bearer {info.token}"})
 
 
 def token_due(info: SandboxInfo, now: float) -> bool:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import TransportError
+from ..errors import TransportError, Unauthorized
 from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
@@ -57,7 +57,15 @@ class Sandbox:
         return self._client
 
     def _send(self, call: _base.Call[T]) -> T:
-        return _send(self._http(), call)
+        """Send ``call``; a runtime call refused for its token (revoked, or replaced too
+        often) is sent once more with a new one."""
+        try:
+            return _send(self._http(), call)
+        except Unauthorized:
+            if not _base.renewable(call, self.info):
+                raise
+        self.refresh_token()
+        return _send(self._http(), _base.with_token(call, self.info))
 
     def _rt(self) -> SandboxInfo:
         """The sandbox as a runtime call needs it: with a runtime token renewed first when
@@ -150,7 +158,7 @@ class Sandbox:
         """Run ``command`` through ``/bin/sh -c`` in the sandbox and wait for it."""
         call = _base.exec_call(self._settings, self._rt(), command, cwd=cwd, env=env,
                                timeout_s=timeout)
-        return _send(self._http(), call)
+        return self._send(call)
 
     def expose(self, port: int, *, auth: bool = False) -> ExposedPort:
         """Give ``port`` a public URL (again: idempotent; ``auth`` may change). With
@@ -186,8 +194,10 @@ class Sandbox:
         return self.info
 
     def suspend(self) -> SandboxInfo:
-        """Suspend to disk (memory to disk, resources freed); raises NotSupported, saying
-        why, where the host cannot checkpoint (see the README)."""
+        """Suspend to disk: its memory goes to disk and its processes end until
+        ``resume()`` restores them where they were (same URLs); connections to it and
+        processes started through the API end. Raises NotSupported, saying why, where the
+        host cannot checkpoint (see the README)."""
         self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "suspend"))
         return self.info
 

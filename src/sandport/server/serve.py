@@ -99,6 +99,7 @@ async def _serve(settings: ServerSettings) -> None:
         activity.probes += [proxy.in_use, ctx.sessions.processes.any_running,
                             CpuProbe(runtime.cpu_seconds)]
         routes.watch(proxy.cut)
+        routes.watch_revocations(proxy.cut_tokens)
         routes.watch(ctx.sessions.sandbox_gone)
         reaper = asyncio.ensure_future(run_reaper(sandboxes))
         listener: asyncio.Server | None = None

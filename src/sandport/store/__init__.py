@@ -45,6 +45,7 @@ class SandboxRecord:
     older_tokens: Older = ()  # replaced runtime tokens (hashes) still valid until they expire
     idle_timeout_s: int | None = None  # with no sign of life for this long...
     on_idle: str = "pause"  # ...it is paused or stopped
+    suspended: bool = False  # paused to disk (checkpoint), not in memory
 
     @property
     def tokens(self) -> TokenSet:
@@ -86,6 +87,10 @@ class Store(Protocol):
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]: ...
+
+    async def idle_watched(self) -> list[SandboxRecord]:
+        """Active sandboxes with an idleTimeoutSeconds."""
+        ...
 
     async def secret(self, name: str) -> bytes:
         """A random server secret, created on first use and kept."""

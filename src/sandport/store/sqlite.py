@@ -74,6 +74,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sandboxes ADD COLUMN older_tokens TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE sandboxes ADD COLUMN idle_timeout_s INTEGER;
     ALTER TABLE sandboxes ADD COLUMN on_idle TEXT NOT NULL DEFAULT 'pause';
+    ALTER TABLE sandboxes ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -196,6 +197,11 @@ class SqliteStore:
         ).fetchone()
         return row is not None
 
+    async def idle_watched(self) -> list[SandboxRecord]:
+        rows = self.db.execute("SELECT * FROM sandboxes WHERE status = 'active'"
+                               " AND idle_timeout_s IS NOT NULL")
+        return [_from_row(r) for r in rows.fetchall()]
+
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]:
         rows = self.db.execute(
             "SELECT * FROM sandboxes WHERE status IN ('active', 'paused') AND expires_at <= ?",
@@ -221,5 +227,6 @@ def _from_row(row: sqlite3.Row) -> SandboxRecord:
     values["exposed_ports"] = {int(p): bool(a) for p, a in values["exposed_ports"].items()}
     values["closed_ports"] = tuple(int(p) for p in values["closed_ports"])
     values["auto_resume"] = bool(values["auto_resume"])
+    values["suspended"] = bool(values["suspended"])
     values["older_tokens"] = tuple((str(h), float(e)) for h, e in values["older_tokens"])
     return SandboxRecord(**values)
