@@ -127,7 +127,8 @@ class ProxyServer:
         auth ports' tunnels."""
         for conn in list(self.connections):
             token = conn.token
-            if token is not None and token[0] == sandbox_id and token[1] in token_hashes:
+            if token is not None and token[0] == sandbox_id and token[1] in token_hashes \
+                    and conn.busy:  # an idle kept-alive connection holds no authority
                 conn.abort()
 
     def in_use(self, sandbox_id: str) -> bool:
