@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -48,24 +48,17 @@ async def update_network(request: Request) -> Response:
     return JSONResponse({"network": record.network})
 
 
-async def suspend_sandbox(request: Request) -> Response:
-    ctx = request.app.state.ctx
-    record = await ctx.sandboxes.suspend(await caller_team(request), request.path_params["id"])
-    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+def _verb(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """A route that applies the service verb ``name`` (pause, resume, suspend, refresh,
+    connect) to the sandbox and answers with its detail."""
 
+    async def apply(request: Request) -> Response:
+        ctx = request.app.state.ctx
+        verb = getattr(ctx.sandboxes, name)
+        record = await verb(await caller_team(request), request.path_params["id"])
+        return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
-async def refresh_token(request: Request) -> Response:
-    """A new runtime token (and the runtime URL) in the sandbox's detail."""
-    ctx = request.app.state.ctx
-    record = await ctx.sandboxes.refresh(await caller_team(request), request.path_params["id"])
-    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
-
-
-async def connect_sandbox(request: Request) -> Response:
-    """Resumed if paused, with a new runtime token."""
-    ctx = request.app.state.ctx
-    record = await ctx.sandboxes.connect(await caller_team(request), request.path_params["id"])
-    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
+    return apply
 
 
 async def revoke_token(request: Request) -> Response:
@@ -97,18 +90,6 @@ async def set_timeout(request: Request) -> Response:
     minutes = parse_set_timeout(await json_body(request))
     record = await ctx.sandboxes.set_timeout(await caller_team(request),
                                              request.path_params["id"], minutes)
-    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
-
-
-async def pause_sandbox(request: Request) -> Response:
-    ctx = request.app.state.ctx
-    record = await ctx.sandboxes.pause(await caller_team(request), request.path_params["id"])
-    return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
-
-
-async def resume_sandbox(request: Request) -> Response:
-    ctx = request.app.state.ctx
-    record = await ctx.sandboxes.resume(await caller_team(request), request.path_params["id"])
     return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 
@@ -174,13 +155,13 @@ routes = [
     Route("/api/sandbox", create_sandbox, methods=["POST"]),
     Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
     Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
-    Route("/api/sandbox/{id}/pause", pause_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/pause", _verb("pause"), methods=["POST"]),
     Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
-    Route("/api/sandbox/{id}/resume", resume_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/resume", _verb("resume"), methods=["POST"]),
     Route("/api/sandbox/{id}/network", update_network, methods=["PUT", "POST"]),
-    Route("/api/sandbox/{id}/suspend", suspend_sandbox, methods=["POST"]),
-    Route("/api/sandbox/{id}/refresh", refresh_token, methods=["POST"]),
-    Route("/api/sandbox/{id}/connect", connect_sandbox, methods=["POST"]),
+    Route("/api/sandbox/{id}/suspend", _verb("suspend"), methods=["POST"]),
+    Route("/api/sandbox/{id}/refresh", _verb("refresh"), methods=["POST"]),
+    Route("/api/sandbox/{id}/connect", _verb("connect"), methods=["POST"]),
     Route("/api/sandbox/{id}/revoke", revoke_token, methods=["POST"]),
     Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
     Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),
