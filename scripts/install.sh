@@ -31,6 +31,14 @@ if ! grep -Eq '^hosts:.*[[:space:]]myhostname' /etc/nsswitch.conf; then
         sed -i -E '/^hosts:/ s/$/ myhostname/' /etc/nsswitch.conf
 fi
 
+# The console's browser tests drive Debian's Chromium (test tools only).
+if [ "$extra" = "test" ] && ! dpkg-query -W -f='${Status}' chromium 2>/dev/null |
+        grep -q "install ok installed"; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+          apt-get install -y -q --no-install-recommends chromium; }
+fi
+
 # Suspend to disk: a CRIU that works with this kernel (built once if Debian's does not).
 bash scripts/build-criu.sh
 

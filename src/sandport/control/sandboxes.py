@@ -136,7 +136,7 @@ class SandboxService:
             mem_mib=record.mem_mib,
             disk_size_mib=record.disk_size_mib,
             region=self.settings.region,
-            session_url=f"{self.settings.base_url}/api/sandbox/{record.id}",
+            session_url=f"{self.settings.base_url}/console/sandbox/{record.id}",
             runtime=self.runtime_target(record.id),
             exposed_ports=self.exposed(record),
             network=network_from_wire(record.network).to_wire(),

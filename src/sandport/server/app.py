@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
+from ..console.routes import routes as console_routes
 from ..control.routes import routes as control_routes
 from ..errors import SandportError
 from ..proxy.urls import RUNTIME_HEADER
@@ -69,7 +70,7 @@ class RuntimeRoutesGuard:
 
 def build_app(ctx: AppContext) -> Starlette:
     app = Starlette(
-        routes=[*control_routes, *runtime_routes],
+        routes=[*control_routes, *runtime_routes, *console_routes],
         middleware=[Middleware(RuntimeRoutesGuard)],
         exception_handlers={SandportError: render_error, HTTPException: render_error,
                             Exception: render_error},

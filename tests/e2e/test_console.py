@@ -1,0 +1,156 @@
+"""The web console in a real browser (Debian's Chromium, driven by Playwright), against a
+real ``sandport serve``: sign in, create a sandbox from the page, see it listed, open a
+server inside it through an ``auth: true`` port, stop it; and the forms refuse what did
+not come from the console."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from sandport import Sandbox
+
+from .._server import ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
+
+
+def _sign_in(page: Page, server: ServerProcess, key: str) -> None:
+    page.goto(f"{server.base_url}/console")
+    page.fill("input[name=key]", key)
+    page.click("form button[type=submit]")
+
+
+def test_sign_in_create_open_stop(server: ServerProcess, browser: Browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # script errors and CSP refusals (not the statuses of pages, such as the 401 of a
+    # refused sign-in)
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+            and not msg.text.startswith("Failed to load resource") else None)
+
+    page.goto(f"{server.base_url}/console/sandboxes")
+    assert "/console/login" in page.url  # not signed in: the sign-in page
+    _sign_in(page, server, "spk_not_a_key")
+    assert "not valid" in page.locator(".error").inner_text()
+    _sign_in(page, server, server.api_key)
+    assert page.url.endswith("/console/sandboxes")
+    assert server.api_key not in page.content() and server.api_key not in page.url
+    cookie = next(c for c in context.cookies() if c["name"] == "sandport_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert server.api_key not in cookie["value"]
+
+    page.click("#create button[type=submit]")  # the defaults: python, 5 minutes
+    page.wait_for_url("**/console/sandbox/*")
+    sandbox_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("[data-field=status]").inner_text() == "active"
+    page.goto(f"{server.base_url}/console/sandboxes")
+    assert page.locator(f"tr[data-id='{sandbox_id}'] .status").inner_text() == "active"
+
+    sb = Sandbox.get(sandbox_id, api_key=server.api_key, base_url=server.base_url)
+    try:
+        ran = sb.exec("mkdir -p /srv/www && echo 'hello from the sandbox' > /srv/www/index.html"
+                      " && cd /srv/www && (setsid python3 -m http.server 3000"
+                      " >/dev/null 2>&1 &) && for i in $(seq 50); do"
+                      " python3 -c 'import socket; socket.create_connection((\"127.0.0.1\","
+                      " 3000), 0.2)' 2>/dev/null && break; sleep 0.1; done")
+        assert ran.exit_code == 0, ran.stderr
+        page.goto(f"{server.base_url}/console/sandbox/{sandbox_id}")
+        page.fill("#expose input[name=port]", "3000")
+        page.check("#expose input[name=auth]")
+        page.click("#expose button[type=submit]")
+        assert "token" in page.locator("tr[data-port='3000']").inner_text()
+        # Without the console's link the port wants auth...
+        outsider = browser.new_page()
+        outsider.goto(sb.get_exposed_url(3000))
+        assert "hello from the sandbox" not in outsider.content()
+        outsider.close()
+        # ...through it, the browser gets in and reads the sandbox's server.
+        with page.expect_popup() as opened:
+            page.click("#open-3000")
+        popup = opened.value
+        popup.wait_for_load_state()
+        assert "hello from the sandbox" in popup.content()
+        popup.close()
+
+        page.fill("input[name=minutes]", "30")
+        page.click("#extend")
+        assert page.locator("[data-field=timeLeft]").inner_text().startswith("29m")
+        shot = page.screenshot(full_page=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "console-sandbox.png").write_bytes(shot)
+        assert _distinct_bytes(shot) > 16, "the screenshot is blank"
+
+        page.click("#stop")
+        assert page.locator("[data-field=status]").inner_text() == "closed"
+        assert sb.refresh().status == "closed"
+    finally:
+        sb.stop()
+        sb.close()
+    assert errors == []  # no script errors, no CSP violations
+    context.close()
+
+
+def test_forms_refuse_what_the_console_did_not_send(server: ServerProcess,
+                                                    browser: Browser) -> None:
+    sb = Sandbox.create(api_key=server.api_key, base_url=server.base_url)
+    try:
+        with httpx.Client(base_url=server.base_url) as client:
+            signed = client.post("/console/login", data={"key": server.api_key})
+            assert signed.status_code == 303 and "sandport_console" in client.cookies
+            page = client.get("/console/sandboxes")
+            assert page.status_code == 200
+            csp = page.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            assert "<script>" not in page.text  # no inline script
+            # a form without the session's CSRF token, or with another's, changes nothing
+            for token in (None, "forged"):
+                data = {} if token is None else {"csrf": token}
+                refused = client.post(f"/console/sandbox/{sb.id}/stop", data=data)
+                assert refused.status_code == 403 and "text/html" in refused.headers[
+                    "content-type"]
+            assert sb.refresh().status == "active"
+            # bad input: a message in the page, not JSON or a trace
+            csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+            bad = client.post(f"/console/sandbox/{sb.id}/expose",
+                              data={"csrf": csrf, "port": "80"})
+            assert bad.status_code == 400 and "class=\"error\"" in bad.text
+            assert "1024" in bad.text and not bad.text.lstrip().startswith("{")
+            missing = client.get("/console/sandbox/00000000000000000000")
+            assert missing.status_code == 404 and "<h1>" in missing.text
+            # another's session cookie, forged: signed out
+            client.cookies.set("sandport_console", "team_x.9999999999.n.forged",
+                               path="/console")
+            assert client.get("/console/sandboxes").status_code == 303
+    finally:
+        sb.stop()
+        sb.close()
+
+
+def _distinct_bytes(png: bytes) -> int:
+    """How many distinct byte values the image's pixel data holds (a blank page: few)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    offset, data = 8, b""
+    while offset < len(png):
+        length, kind = struct.unpack(">I4s", png[offset:offset + 8])
+        if kind == b"IDAT":
+            data += png[offset + 8:offset + 8 + length]
+        offset += 12 + length
+    return len(set(zlib.decompress(data)))
