@@ -42,6 +42,13 @@ fi
 # Suspend to disk: a CRIU that works with this kernel (built once if Debian's does not).
 bash scripts/build-criu.sh
 
+# The console's terminal: xterm.js, bundled by esbuild with the machine's Node.js from the
+# npm registry (versions pinned by console/package-lock.json) into the package's static/.
+if ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+(cd console && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[$extra]"

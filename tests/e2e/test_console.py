@@ -5,6 +5,8 @@ not come from the console."""
 
 from __future__ import annotations
 
+import base64
+import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+import websockets.sync.client as ws_client
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from websockets.exceptions import InvalidStatus
 
 from sandport import Sandbox
 
@@ -90,6 +94,16 @@ def test_sign_in_create_open_stop(server: ServerProcess, browser: Browser) -> No
         assert "hello from the sandbox" in popup.content()
         popup.close()
 
+        # The terminal: a shell in the sandbox, typed into like a person would.
+        expect(page.locator("#terminal-state")).to_have_text("connected", timeout=15000)
+        page.click("#terminal")
+        page.keyboard.type("echo $((6*7)) > /tmp/from-the-console; echo done-$((40+2))\n")
+        # what xterm.js rendered: the command's own output on a line of its own
+        expect(page.locator(".xterm-rows")).to_contain_text("done-42", timeout=15000)
+        rows = page.locator(".xterm-rows > div").all_inner_texts()
+        assert any(row.strip() == "done-42" for row in rows), rows
+        assert sb.files.read("/tmp/from-the-console") == "42\n"
+
         page.fill("input[name=minutes]", "30")
         page.click("#extend")
         assert page.locator("[data-field=timeLeft]").inner_text().startswith("29m")
@@ -135,6 +149,24 @@ def test_forms_refuse_what_the_console_did_not_send(server: ServerProcess,
             assert "1024" in bad.text and not bad.text.lstrip().startswith("{")
             missing = client.get("/console/sandbox/00000000000000000000")
             assert missing.status_code == 404 and "<h1>" in missing.text
+            # the terminal's WebSocket: only with the session, and from the console's pages
+            ws_url = f"ws://127.0.0.1:{server.port}/console/sandbox/{sb.id}/terminal"
+            session = f"sandport_console={client.cookies['sandport_console']}"
+            for headers, status in (({"origin": "http://evil.example"}, 401),
+                                    ({"cookie": session, "origin": "http://evil.example"}, 403),
+                                    ({"origin": server.base_url}, 401)):
+                with pytest.raises(InvalidStatus) as denied:
+                    ws_client.connect(ws_url, additional_headers=headers,
+                                      open_timeout=10).close()
+                assert denied.value.response.status_code == status, headers
+            with ws_client.connect(ws_url, open_timeout=10, additional_headers={
+                    "cookie": session, "origin": server.base_url}) as ws:
+                ws.send('{"type": "input", "data": "echo via-$((1+1))\\n"}')
+                seen = b""
+                while b"via-2" not in seen:
+                    message = json.loads(ws.recv(timeout=10))
+                    if message["type"] == "output":
+                        seen += base64.b64decode(message["data"])
             # another's session cookie, forged: signed out
             client.cookies.set("sandport_console", "team_x.9999999999.n.forged",
                                path="/console")

@@ -15,24 +15,39 @@ from urllib.parse import parse_qs, quote
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 
 from ..control import lifecycle
 from ..control.auth import team_for_key
 from ..control.requests import ExposePort, parse_create, parse_list, parse_port
-from ..errors import PayloadTooLarge, SandportError, ValidationFailed
+from ..errors import (
+    Forbidden,
+    PayloadTooLarge,
+    SandboxNotRunning,
+    SandportError,
+    Unauthorized,
+    ValidationFailed,
+)
 from ..models import SANDBOX_STATUSES
+from ..runtime_api.commands import parse_terminal
+from ..runtime_api.processes import launch
+from ..runtime_api.terminals import relay
+from ..runtime_api.websocket import deny
 from ..store import SandboxRecord
 from . import session as sessions
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 20
 MAX_FORM_BYTES = 64 * 1024
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# xterm.js sizes and colours its cells with style attributes: the terminal's page allows
+# inline styles (never inline scripts).
+CSP_TERMINAL = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'",
+    "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
@@ -41,7 +56,7 @@ _templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates
                                 autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-async def _secret(request: Request) -> bytes:
+async def _secret(request: Request | WebSocket) -> bytes:
     state = request.app.state
     secret = getattr(state, "console_secret", None)
     if secret is None:
@@ -68,9 +83,10 @@ async def _fields(request: Request) -> dict[str, str]:
     return fields
 
 
-def _page(name: str, code: int = 200, **values: Any) -> HTMLResponse:
+def _page(name: str, code: int = 200, csp: str = CSP, **values: Any) -> HTMLResponse:
     html = _templates.get_template(name).render(**values)
-    return HTMLResponse(html, status_code=code, headers=HEADERS)
+    return HTMLResponse(html, status_code=code,
+                        headers={**HEADERS, "content-security-policy": csp})
 
 
 def _see(url: str) -> RedirectResponse:
@@ -252,7 +268,8 @@ async def _sandbox_view(request: Request, signed: Signed, record: SandboxRecord,
     ports = [{"port": p.port, "auth": p.auth, "url": p.url,
               "open": f"/console/sandbox/{record.id}/open/{p.port}"}
              for p in ctx.sandboxes.exposed(record)]
-    return _page("sandbox.html", code, csrf=signed.csrf, error=error, sandbox=_row(
+    return _page("sandbox.html", code, CSP_TERMINAL if record.status == "active" else CSP,
+                 csrf=signed.csrf, error=error, sandbox=_row(
         request, record, now), record=record, ports=ports,
         running=record.status in ("active", "paused"),
         paused=record.status == "paused", close_reason=record.close_reason or "")
@@ -339,6 +356,38 @@ async def open_port(request: Request, signed: Signed) -> Response:
     return RedirectResponse(browser_url, 302, headers=HEADERS)
 
 
+async def terminal_ws(websocket: WebSocket) -> None:
+    """A shell on a pseudo-terminal in the sandbox, for the page's terminal, living as long
+    as the WebSocket. Only this console's pages may open it: the session cookie, and an
+    Origin that is the console's own (no other site can drive it with the cookie)."""
+    ctx = websocket.app.state.ctx
+    host = websocket.headers.get("host", "")
+    scheme = "https" if websocket.url.scheme == "wss" else "http"
+    team = sessions.session_team(await _secret(websocket),
+                                 websocket.cookies.get(sessions.COOKIE), time.time())
+    try:
+        if team is None:
+            raise Unauthorized("sign in to the console first")
+        if websocket.headers.get("origin") != f"{scheme}://{host}":
+            raise Forbidden("a console terminal opens only from the console's own pages")
+        record = await ctx.sandboxes.get(team, websocket.path_params["id"])
+        lifecycle.ensure_running(record)
+        if record.status != "active":
+            raise SandboxNotRunning(f"sandbox {record.id} is {record.status}")
+        query = dict(websocket.query_params)
+        size = {"rows": query.get("rows", "24"), "cols": query.get("cols", "80")}
+        session = await launch(websocket, record.id, parse_terminal(
+            {"command": "/bin/bash", "args": ["-l"], **size}), "pty")
+    except SandportError as exc:
+        await deny(websocket, exc)
+        return
+    await websocket.accept()
+    try:
+        await relay(websocket, session, 0)
+    finally:
+        session.kill()
+
+
 async def home(request: Request) -> Response:
     return _see("/console/sandboxes")
 
@@ -355,5 +404,6 @@ routes = [
     Route("/console/sandbox/{id}", page(sandbox_page), methods=["GET"]),
     Route("/console/sandbox/{id}/open/{port}", page(open_port), methods=["GET"]),
     Route("/console/sandbox/{id}/{verb}", form(act), methods=["POST"]),
+    WebSocketRoute("/console/sandbox/{id}/terminal", terminal_ws),
     Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
 ]

@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..control.http import json_body
@@ -33,12 +33,12 @@ MAX_STDIN_BODY = 16 << 20
 STATUSES = {"running", "exited", "failed", "killed", "timed_out"}
 
 
-def registry(request: Request) -> ProcessRegistry:
+def registry(request: HTTPConnection) -> ProcessRegistry:
     found: ProcessRegistry = request.app.state.ctx.sessions.processes
     return found
 
 
-async def user_of(request: Request, sandbox_id: str, name: str | None) -> User:
+async def user_of(request: HTTPConnection, sandbox_id: str, name: str | None) -> User:
     """The sandbox's user ``name`` (its own /etc/passwd), root when not given."""
     if name in (None, "", "root"):
         return ROOT
@@ -59,7 +59,7 @@ async def user_of(request: Request, sandbox_id: str, name: str | None) -> User:
     return await in_thread(look_up)
 
 
-async def launch(request: Request, sandbox_id: str, start: StartRequest, prefix: str,
+async def launch(request: HTTPConnection, sandbox_id: str, start: StartRequest, prefix: str,
                  pin: bool = False) -> ProcessSession:
     """Start ``start`` in the sandbox and register it; start failures are 4xx/5xx errors.
     ``pin`` keeps all output from the start for the stream that is about to follow it."""
@@ -67,8 +67,8 @@ async def launch(request: Request, sandbox_id: str, start: StartRequest, prefix:
         return await _launch(request, sandbox_id, start, prefix, pin)
 
 
-async def _launch(request: Request, sandbox_id: str, start: StartRequest, prefix: str,
-                  pin: bool) -> ProcessSession:
+async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
+                  prefix: str, pin: bool) -> ProcessSession:
     ctx = request.app.state.ctx
     user = await user_of(request, sandbox_id, start.run_as)
     env = dict(start.env)

@@ -47,7 +47,7 @@ def status(session: ProcessSession, include_output: bool = False) -> dict[str, A
 
 async def _terminal(request: Request | WebSocket) -> ProcessSession:
     record = await runtime_record(request)
-    session = registry(request).get(record.id, request.path_params["pty_id"])  # type: ignore[arg-type]
+    session = registry(request).get(record.id, request.path_params["pty_id"])
     if session.pty is None:
         raise ValidationFailed(f"{session.id} is a process, not a terminal")
     return session
@@ -99,6 +99,12 @@ async def attach_terminal(websocket: WebSocket) -> None:
         await deny(websocket, exc)
         return
     await websocket.accept()
+    await relay(websocket, session, cursor)
+
+
+async def relay(websocket: WebSocket, session: ProcessSession, cursor: int) -> None:
+    """Carry an accepted WebSocket's input to the terminal and its output back, until
+    either side ends."""
     sender = asyncio.ensure_future(_send_output(websocket, session, cursor))
     try:
         while True:
