@@ -104,6 +104,37 @@ def test_sign_in_create_open_stop(server: ServerProcess, browser: Browser) -> No
         assert any(row.strip() == "done-42" for row in rows), rows
         assert sb.files.read("/tmp/from-the-console") == "42\n"
 
+        # A process started from the page, its output read live while it runs
+        page.fill("#run input[name=command]", "for i in 1 2 3; do echo tick-$i; sleep 1; done")
+        page.click("#run button[type=submit]")
+        expect(page.locator("#process-output")).to_contain_text("tick-1", timeout=15000)
+        assert "exited" not in page.locator("#process-list tr.selected").inner_text()
+        expect(page.locator("#process-output")).to_contain_text("tick-3", timeout=15000)
+        expect(page.locator("#process-list tr.selected")).to_contain_text("exited (0)",
+                                                                         timeout=15000)
+
+        # Files: browse, upload a file from the browser, see it listed, view it
+        sb.exec("mkdir -p /data/inner && echo 'seen in the console' > /data/note.txt")
+        page.click("#browse")
+        page.click("#files a:text-is('data/')")
+        expect(page.locator("#cwd")).to_have_text("/data")
+        assert page.locator("tr[data-name='inner'] td").first.inner_text() == "inner/"
+        upload = ARTIFACTS / "upload-me.txt"
+        ARTIFACTS.mkdir(exist_ok=True)
+        upload.write_text("uploaded through the browser\n")
+        page.set_input_files("#upload input[type=file]", str(upload))
+        page.click("#upload button[type=submit]")
+        expect(page.locator("tr[data-name='upload-me.txt']")).to_be_visible(timeout=15000)
+        assert sb.files.read("/data/upload-me.txt") == "uploaded through the browser\n"
+        page.click("tr[data-name='note.txt'] a:text-is('view')")
+        expect(page.locator("#content")).to_have_text("seen in the console\n")
+        page.goto(f"{server.base_url}/console/sandbox/{sandbox_id}")
+
+        # CPU and memory use, from the sandbox's cgroup, drawn as it comes
+        expect(page.locator("#mem-now")).to_contain_text("MiB", timeout=15000)
+        expect(page.locator("#cpu-now")).to_contain_text("%", timeout=15000)
+        assert page.locator("#usage polyline.cpu").get_attribute("points")
+
         page.fill("input[name=minutes]", "30")
         page.click("#extend")
         assert page.locator("[data-field=timeLeft]").inner_text().startswith("29m")
@@ -167,6 +198,24 @@ def test_forms_refuse_what_the_console_did_not_send(server: ServerProcess,
                     message = json.loads(ws.recv(timeout=10))
                     if message["type"] == "output":
                         seen += base64.b64decode(message["data"])
+            # files: the upload needs the token; paths stay inside the sandbox
+            target = f"/console/sandbox/{sb.id}/files/upload?path=/tmp/x"
+            for headers in ({}, {"x-csrf-token": "forged"}):
+                assert client.put(target, content=b"x", headers=headers).status_code == 403
+            assert client.put(target, content=b"ok", headers={"x-csrf-token": csrf}
+                              ).status_code == 200
+            assert sb.files.read("/tmp/x") == "ok"
+            secret = Path(f"/tmp/sandport-host-secret-{sb.id}")
+            secret.write_text("host only")
+            try:
+                sb.exec(f"ln -s {secret} /tmp/escape")
+                for path in ("/tmp/escape", f"/../../..{secret}", "/proc/1/environ"):
+                    shown = client.get(f"/console/sandbox/{sb.id}/files/view",
+                                       params={"path": path})
+                    assert shown.status_code in (403, 404), (path, shown.status_code)
+                    assert "host only" not in shown.text and "<h1>" in shown.text
+            finally:
+                secret.unlink()
             # another's session cookie, forged: signed out
             client.cookies.set("sandport_console", "team_x.9999999999.n.forged",
                                path="/console")

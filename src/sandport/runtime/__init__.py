@@ -101,6 +101,10 @@ class Runtime(Protocol):
         """CPU time used by the sandbox's processes so far; None if it is not running."""
         ...
 
+    def memory_bytes(self, sandbox_id: str) -> int | None:
+        """Memory charged to the sandbox now; None if it is not running."""
+        ...
+
     def address(self, sandbox_id: str) -> str | None:
         """The sandbox's IP address, which the host (the edge proxy) can connect to."""
         ...

@@ -256,6 +256,16 @@ class RuncRuntime:
                 return int(value) / 1e6
         return None
 
+    def memory_bytes(self, sandbox_id: str) -> int | None:
+        """Memory charged to the sandbox's cgroup now (v1 or v2)."""
+        for path in (f"/sys/fs/cgroup/memory/sandport/{sandbox_id}/memory.usage_in_bytes",
+                     f"/sys/fs/cgroup/sandport/{sandbox_id}/memory.current"):
+            try:
+                return int(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     # -- suspend to disk ---------------------------------------------------------------
     async def suspend_support(self) -> str | None:
         if self._criu is None:

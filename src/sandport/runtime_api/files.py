@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..control.http import json_body
 from ..errors import BadRequest, ValidationFailed
+from ..runtime import Runtime
 from ..runtime.sandboxfs import SandboxFS, acting_as, client_errors
 from ._common import (
     bool_field,
@@ -50,12 +51,18 @@ MAX_LIST_ENTRIES = 10_000
 async def in_sandbox(request: Request, run_as: str | None, op: Callable[[SandboxFS], T]) -> T:
     """Run ``op`` on the sandbox's filesystem in a worker thread, as user ``run_as``."""
     record = await runtime_record(request)
-    runtime = request.app.state.ctx.runtime
+    return await on_filesystem(request.app.state.ctx.runtime, record.id, run_as, op)
+
+
+async def on_filesystem(runtime: Runtime, sandbox_id: str, run_as: str | None,
+                        op: Callable[[SandboxFS], T]) -> T:
+    """``op`` on a running sandbox's filesystem (its root, kernel-enforced), in a worker
+    thread, as user ``run_as``; the caller has checked who may."""
 
     def work() -> T:
-        root = runtime.open_root(record.id)
+        root = runtime.open_root(sandbox_id)
         try:
-            fs = SandboxFS(root, runtime.workdir(record.id))
+            fs = SandboxFS(root, runtime.workdir(sandbox_id))
             if run_as not in (None, "", "root"):
                 fs.user = fs.user_named(str(run_as))
             with acting_as(fs.user):
@@ -145,10 +152,17 @@ async def upload_file(request: Request) -> Response:
     append = bool_field(query, "append")
     fd = await in_sandbox(request, _run_as(query),
                           lambda fs: fs.open_write(path, append=append, mode=mode))
+    written = await write_stream(fd, request.stream(), path)
+    info = await in_sandbox(request, _run_as(query), lambda fs: fs.stat(path))
+    return JSONResponse({"path": info.path, "bytesWritten": written, "file": info.to_wire()})
+
+
+async def write_stream(fd: int, stream: AsyncIterator[bytes], path: str) -> int:
+    """Write a request body into ``fd`` (closed after), a chunk at a time; bytes written."""
     written = 0
     try:
         pending = bytearray()
-        async for chunk in request.stream():
+        async for chunk in stream:
             pending += chunk
             if len(pending) >= TRANSFER_CHUNK:
                 written += await in_thread(_write_all, fd, bytes(pending), path)
@@ -157,8 +171,7 @@ async def upload_file(request: Request) -> Response:
             written += await in_thread(_write_all, fd, bytes(pending), path)
     finally:
         os.close(fd)
-    info = await in_sandbox(request, _run_as(query), lambda fs: fs.stat(path))
-    return JSONResponse({"path": info.path, "bytesWritten": written, "file": info.to_wire()})
+    return written
 
 
 def _write_all(fd: int, data: bytes, path: str) -> int:
@@ -175,7 +188,14 @@ async def download_file(request: Request) -> Response:
     path = str(string_field(query, "path"))
     start = int_field(query, "offset", default=0) or 0
     length = int_field(query, "length")
-    fd, file_size = await in_sandbox(request, _run_as(query), lambda fs: fs.open_read(path))
+    opened = await in_sandbox(request, _run_as(query), lambda fs: fs.open_read(path))
+    return file_response(opened, path, start, length)
+
+
+def file_response(opened: tuple[int, int], path: str, start: int = 0,
+                  length: int | None = None) -> StreamingResponse:
+    """Stream an opened file (fd, size; closed after) as an attachment named after it."""
+    fd, file_size = opened
     end = file_size if length is None else min(file_size, start + length)
     size = max(0, end - start)
 

@@ -1,0 +1,135 @@
+"""What every console route uses: pages, sessions, forms and the headers they go out with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.websockets import WebSocket
+
+from ..errors import PayloadTooLarge, SandportError
+from . import session as sessions
+
+HERE = Path(__file__).parent
+MAX_FORM_BYTES = 64 * 1024
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# xterm.js sizes and colours its cells with style attributes: the terminal's page allows
+# inline styles (never inline scripts).
+CSP_TERMINAL = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+_templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+async def console_secret(request: Request | WebSocket) -> bytes:
+    state = request.app.state
+    secret = getattr(state, "console_secret", None)
+    if secret is None:
+        secret = await state.ctx.store.secret("console-session")
+        state.console_secret = secret
+    return bytes(secret)
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """A form's fields (application/x-www-form-urlencoded, at most MAX_FORM_BYTES)."""
+    cached: dict[str, str] | None = getattr(request.state, "fields", None)
+    if cached is not None:
+        return cached
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise PayloadTooLarge(f"a console form is at most {MAX_FORM_BYTES} bytes")
+    fields: dict[str, str] = {}
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        fields = {k: v[0] for k, v in parse_qs(body.decode(errors="replace"),
+                                               keep_blank_values=True).items()}
+    request.state.fields = fields
+    return fields
+
+
+def render(name: str, code: int = 200, csp: str = CSP, **values: Any) -> HTMLResponse:
+    html = _templates.get_template(name).render(**values)
+    return HTMLResponse(html, status_code=code,
+                        headers={**HEADERS, "content-security-policy": csp})
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers=HEADERS)
+
+
+class Signed:
+    """The caller's session: team, and the CSRF token its forms carry."""
+
+    def __init__(self, team: str, csrf: str) -> None:
+        self.team = team
+        self.csrf = csrf
+
+
+async def signed_in(request: Request) -> Signed | None:
+    secret = await console_secret(request)
+    value = request.cookies.get(sessions.COOKIE)
+    team = sessions.session_team(secret, value, time.time())
+    if team is None or value is None:
+        return None
+    return Signed(team, sessions.csrf_token(secret, value))
+
+
+Handler = Callable[[Request, Signed], Awaitable[Response]]
+
+
+def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A GET: signed in, or sent to the sign-in page."""
+
+    async def run(request: Request) -> Response:
+        signed = await signed_in(request)
+        if signed is None:
+            return see_other("/console/login?next=" + quote(request.url.path))
+        return await handler(request, signed)
+
+    return run
+
+
+def form(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A POST: signed in and carrying the session's CSRF token, else 403."""
+
+    async def run(request: Request) -> Response:
+        signed = await signed_in(request)
+        fields = await form_fields(request)
+        if signed is None or not sessions.csrf_ok(
+                await console_secret(request), request.cookies.get(sessions.COOKIE, ""),
+                str(fields.get("csrf") or "")):
+            return render("message.html", 403, title="Refused",
+                         message="This form is out of date or did not come from this "
+                                 "console. Reload the page and try again.")
+        return await handler(request, signed)
+
+    return run
+
+
+def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A JSON GET the pages poll: signed in (else 401), errors as JSON for the script."""
+
+    async def run(request: Request) -> Response:
+        signed = await signed_in(request)
+        if signed is None:
+            return JSONResponse({"error": "unauthorized", "message": "sign in again"}, 401,
+                                headers=HEADERS)
+        try:
+            return await handler(request, signed)
+        except SandportError as exc:
+            return JSONResponse(exc.to_wire(), exc.status, headers=HEADERS)
+
+    return run
