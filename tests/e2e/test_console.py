@@ -150,6 +150,11 @@ def test_sign_in_create_open_stop(server: ServerProcess, browser: Browser) -> No
         sb.stop()
         sb.close()
     assert errors == []  # no script errors, no CSP violations
+    page.click("form.signout button")
+    assert "/console/login" in page.url
+    assert not [c for c in context.cookies() if c["name"] == "sandport_console"]
+    page.goto(f"{server.base_url}/console/sandboxes")
+    assert "/console/login" in page.url  # signed out
     context.close()
 
 
