@@ -221,6 +221,46 @@ def test_forms_refuse_what_the_console_did_not_send(server: ServerProcess,
                     assert "host only" not in shown.text and "<h1>" in shown.text
             finally:
                 secret.unlink()
+            # bad input anywhere in the console: a page with a message, never a 500 or JSON
+            for method, url, data in (
+                    ("POST", f"/console/sandbox/{sb.id}/timeout", {"minutes": "5000000"}),
+                    ("POST", f"/console/sandbox/{sb.id}/timeout", {"minutes": "0"}),
+                    ("POST", f"/console/sandbox/{sb.id}/timeout", {"minutes": "\u00b2"}),
+                    ("POST", f"/console/sandbox/{sb.id}/expose", {"port": "\u00b2"}),
+                    ("POST", "/console/sandboxes", {"timeoutMinutes": "9" * 30}),
+                    ("GET", "/console/sandboxes?page=%C2%B2", None),
+                    ("GET", "/console/no-such-page", None),
+                    ("GET", "/console/logout", None)):
+                answer = client.request(method, url, data=None if data is None else
+                                        {"csrf": csrf, **data})
+                assert 400 <= answer.status_code < 500, (url, data, answer.status_code)
+                assert "text/html" in answer.headers["content-type"], (url, data)
+            assert client.post(f"/console/sandbox/{sb.id}/stop",
+                               content=b"csrf=" + b"x" * 70000, headers={
+                                   "content-type": "application/x-www-form-urlencoded"}
+                               ).status_code == 413
+            assert sb.refresh().status == "active"
+            # opening a port mints a grant: not without the session's token
+            assert client.get(f"/console/sandbox/{sb.id}/open/3000").status_code == 403
+            # no signing in from another site's page
+            with httpx.Client(base_url=server.base_url) as other:
+                forged = other.post("/console/login", data={"key": server.api_key},
+                                    headers={"origin": "http://evil.example"})
+                assert forged.status_code == 403 and "sandport_console" not in other.cookies
+                assert other.get("/console/sandboxes", headers={
+                    "cookie": "sandport_console=t.9" + "9" * 5000 + ".n.m"}).status_code == 303
+            # a planted second cookie: signed out rather than guessing which is ours
+            doubled = client.get("/console/sandboxes", headers={"cookie": (
+                f"sandport_console={client.cookies['sandport_console']}; "
+                "sandport_console=planted")})
+            assert doubled.status_code == 303
+            # signing out ends the session itself: the same cookie no longer works
+            kept = client.cookies["sandport_console"]
+            assert client.post("/console/logout", data={"csrf": csrf}).status_code == 303
+            with httpx.Client(base_url=server.base_url) as replay:
+                assert replay.get("/console/sandboxes", headers={
+                    "cookie": f"sandport_console={kept}"}).status_code == 303
+            client.post("/console/login", data={"key": server.api_key})
             # another's session cookie, forged: signed out
             client.cookies.set("sandport_console", "team_x.9999999999.n.forged",
                                path="/console")

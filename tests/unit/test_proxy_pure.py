@@ -164,6 +164,7 @@ def test_cookie_stripping_and_pages() -> None:
     assert auth.without_our_cookies(b"a=1;sandport_auth_1=y; b=2") == b"a=1; b=2"
     assert auth.without_our_cookies(b"xsandport_auth_1=y") == b"xsandport_auth_1=y"
     assert auth.without_our_cookies(b"sandport_console=s; keep=1") == b"keep=1"
+    assert auth.without_our_cookies(b"__Host-sandport_console=s; keep=1") == b"keep=1"
     page = pages.redirect("/a b", "c=1", close=True)
     assert b"location: /a%20b\r\n" in page and b"connection: close" in page
     assert pages.session_cookie("n", "v", 60, secure=True).endswith("; Secure")

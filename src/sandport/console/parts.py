@@ -26,8 +26,10 @@ from .web import (
     console_secret,
     form,
     form_fields,
+    number,
     page,
     render,
+    same_origin,
     see_other,
     signed_in,
 )
@@ -63,13 +65,11 @@ async def output_json(request: Request, signed: Signed) -> Response:
     """Output chunks from ``?from=<seq>`` on (that chunk again: the last one may grow)."""
     record = await request.app.state.ctx.sandboxes.get(signed.team, request.path_params["id"])
     session = registry(request).get(record.id, request.path_params["pid"])
-    start = request.query_params.get("from", "0")
-    if not start.isdigit():
-        raise ValidationFailed("from must be a number")
+    start = number(request.query_params.get("from", "0"), "from")
     chunks: list[dict[str, object]] = []
     size = 0
     for chunk in list(session.chunks):
-        if chunk.seq < int(start):
+        if chunk.seq < start:
             continue
         if size + len(chunk.data) > MAX_OUTPUT_BYTES and chunks:
             break
@@ -160,8 +160,8 @@ async def upload(request: Request) -> Response:
     the session cookie and the CSRF token in ``x-csrf-token``."""
     signed = await signed_in(request)
     secret = await console_secret(request)
-    if signed is None or not sessions.csrf_ok(secret, request.cookies.get(sessions.COOKIE, ""),
-                                              request.headers.get("x-csrf-token")):
+    if signed is None or not same_origin(request) or not sessions.csrf_ok(
+            secret, signed.value, request.headers.get("x-csrf-token")):
         return JSONResponse({"error": "forbidden", "message": "sign in again and reload"},
                             403, headers=HEADERS)
     ctx = request.app.state.ctx

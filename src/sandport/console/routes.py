@@ -17,7 +17,14 @@ from starlette.websockets import WebSocket
 
 from ..control import lifecycle
 from ..control.auth import team_for_key
-from ..control.requests import ExposePort, parse_create, parse_list, parse_port
+from ..control.requests import (
+    MAX_TIMEOUT_MINUTES,
+    ExposePort,
+    parse_create,
+    parse_list,
+    parse_port,
+    parse_set_timeout,
+)
 from ..errors import (
     Forbidden,
     SandboxNotRunning,
@@ -40,12 +47,18 @@ from .web import (
     HERE,
     Signed,
     api,
+    clear_session,
     console_secret,
     form,
     form_fields,
+    number,
     page,
+    refused,
     render,
+    same_origin,
     see_other,
+    set_session,
+    signed_in,
 )
 
 PAGE_SIZE = 20
@@ -57,7 +70,12 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    fields = await form_fields(request)
+    if not same_origin(request):  # no signing a browser in from another site
+        return refused()
+    try:
+        fields = await form_fields(request)
+    except SandportError as exc:
+        return render("message.html", exc.status, title="Refused", message=exc.message)
     target = _safe_next(str(fields.get("next") or ""))
     ctx = request.app.state.ctx
     try:
@@ -67,15 +85,16 @@ async def login(request: Request) -> Response:
                      error="That API key is not valid on this server.")
     value = sessions.new_session(await console_secret(request), team, time.time())
     response = see_other(target)
-    response.set_cookie(sessions.COOKIE, value, max_age=sessions.SESSION_TTL_S,
-                        path="/console", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    set_session(response, request, value)
     return response
 
 
 async def logout(request: Request, signed: Signed) -> Response:
+    """The session ends here, not only in this browser: it is refused from now on."""
+    nonce, expires = sessions.nonce_and_expiry(signed.value)
+    await request.app.state.ctx.store.sign_out(nonce, expires, time.time())
     response = see_other("/console/login")
-    response.delete_cookie(sessions.COOKIE, path="/console")
+    clear_session(response, request)
     return response
 
 
@@ -143,11 +162,9 @@ async def create(request: Request, signed: Signed) -> Response:
     fields = await form_fields(request)
     try:
         body: dict[str, Any] = {"imageName": str(fields.get("image") or "") or None}
-        minutes = str(fields.get("timeoutMinutes") or "").strip()
-        if minutes:
-            if not minutes.isdigit():
-                raise ValidationFailed("the timeout must be a whole number of minutes")
-            body["timeoutMinutes"] = int(minutes)
+        if str(fields.get("timeoutMinutes") or "").strip():
+            body["timeoutMinutes"] = number(fields.get("timeoutMinutes"), "the timeout",
+                                            1, MAX_TIMEOUT_MINUTES)
         wanted = parse_create(body, ctx.limits, ctx.settings.default_image,
                               ctx.settings.default_timeout_minutes)
         record = await ctx.sandboxes.create(signed.team, wanted)
@@ -168,7 +185,7 @@ async def _sandbox_view(request: Request, signed: Signed, record: SandboxRecord,
     ctx = request.app.state.ctx
     now = time.time()
     ports = [{"port": p.port, "auth": p.auth, "url": p.url,
-              "open": f"/console/sandbox/{record.id}/open/{p.port}"}
+              "open": f"/console/sandbox/{record.id}/open/{p.port}?t={signed.csrf}"}
              for p in ctx.sandboxes.exposed(record)]
     return render("sandbox.html", code, CSP_TERMINAL if record.status == "active" else CSP,
                  csrf=signed.csrf, error=error, sandbox=_row(
@@ -206,12 +223,11 @@ async def act(request: Request, signed: Signed) -> Response:
         if verb in ("stop", "pause", "resume", "suspend"):
             await getattr(service, verb)(signed.team, sandbox_id)
         elif verb == "timeout":
-            minutes = str(fields.get("minutes") or "")
-            if not minutes.isdigit():
-                raise ValidationFailed("the timeout must be a whole number of minutes")
-            await service.set_timeout(signed.team, sandbox_id, int(minutes))
+            await service.set_timeout(signed.team, sandbox_id, parse_set_timeout(
+                {"timeoutMinutes": number(fields.get("minutes"), "the timeout", 1,
+                                          MAX_TIMEOUT_MINUTES)}))
         elif verb in ("expose", "unexpose"):
-            port = parse_port(_number(fields.get("port"), "port"))
+            port = parse_port(number(fields.get("port"), "port", 1, 65535))
             if verb == "expose":
                 await service.expose(signed.team, sandbox_id,
                                      ExposePort(port, fields.get("auth") == "on"))
@@ -230,20 +246,18 @@ async def act(request: Request, signed: Signed) -> Response:
     return see_other(f"/console/sandbox/{sandbox_id}")
 
 
-def _number(value: Any, name: str) -> int:
-    text = str(value or "").strip()
-    if not text.isdigit():
-        raise ValidationFailed(f"{name} must be a number")
-    return int(text)
-
-
 async def open_port(request: Request, signed: Signed) -> Response:
-    """To a port's URL; for an ``auth: true`` port through a one-time grant (browserUrl)."""
+    """To a port's URL; for an ``auth: true`` port through a one-time grant (browserUrl).
+    It mints a grant, so it wants the session's token too (``?t=``): a link on another
+    page (a sandbox's, say, on a sibling domain) cannot make one."""
     ctx = request.app.state.ctx
+    if not sessions.csrf_ok(await console_secret(request), signed.value,
+                            request.query_params.get("t")):
+        return refused()
     try:
         record = await ctx.sandboxes.get(signed.team, request.path_params["id"])
         lifecycle.ensure_running(record)
-        port = parse_port(_number(request.path_params["port"], "port"))
+        port = parse_port(number(request.path_params["port"], "port", 1, 65535))
         auth = record.exposed_ports.get(port)
         if auth is None:
             raise ValidationFailed(f"port {port} is not exposed")
@@ -260,16 +274,13 @@ async def terminal_ws(websocket: WebSocket) -> None:
     as the WebSocket. Only this console's pages may open it: the session cookie, and an
     Origin that is the console's own (no other site can drive it with the cookie)."""
     ctx = websocket.app.state.ctx
-    host = websocket.headers.get("host", "")
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    team = sessions.session_team(await console_secret(websocket),
-                                 websocket.cookies.get(sessions.COOKIE), time.time())
+    signed = await signed_in(websocket)
     try:
-        if team is None:
+        if signed is None:
             raise Unauthorized("sign in to the console first")
-        if websocket.headers.get("origin") != f"{scheme}://{host}":
+        if websocket.headers.get("origin") is None or not same_origin(websocket):
             raise Forbidden("a console terminal opens only from the console's own pages")
-        record = await ctx.sandboxes.get(team, websocket.path_params["id"])
+        record = await ctx.sandboxes.get(signed.team, websocket.path_params["id"])
         lifecycle.ensure_running(record)
         if record.status != "active":
             raise SandboxNotRunning(f"sandbox {record.id} is {record.status}")

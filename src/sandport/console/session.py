@@ -10,12 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 from ..ids import secrets_equal
 
 COOKIE = "sandport_console"
+# On https the cookie is __Host-: Secure, Path=/, no Domain, so no other host (a sandbox's
+# page on a sibling subdomain) can set or shadow it.
+HOST_COOKIE = "__Host-sandport_console"
 SESSION_TTL_S = 12 * 3600
+_EXPIRY = re.compile(r"[0-9]{1,12}")
 
 
 def _mac(secret: bytes, message: str) -> str:
@@ -33,7 +38,7 @@ def session_team(secret: bytes, value: str | None, now: float) -> str | None:
     if not value:
         return None
     parts = value.split(".")
-    if len(parts) != 4 or not parts[1].isdigit() or int(parts[1]) <= now:
+    if len(parts) != 4 or not _EXPIRY.fullmatch(parts[1]) or int(parts[1]) <= now:
         return None
     if not secrets_equal(parts[3], _mac(secret, ".".join(parts[:3]))):
         return None
@@ -47,3 +52,9 @@ def csrf_token(secret: bytes, value: str) -> str:
 
 def csrf_ok(secret: bytes, value: str, token: str | None) -> bool:
     return bool(token) and secrets_equal(token or "", csrf_token(secret, value))
+
+
+def nonce_and_expiry(value: str) -> tuple[str, float]:
+    """Of a session that ``session_team`` accepted."""
+    parts = value.split(".")
+    return parts[2], float(parts[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -9,11 +10,10 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.websockets import WebSocket
 
-from ..errors import PayloadTooLarge, SandportError
+from ..errors import PayloadTooLarge, SandportError, ValidationFailed
 from . import session as sessions
 
 HERE = Path(__file__).parent
@@ -26,14 +26,16 @@ CSP_TERMINAL = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'
 HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on form
+    # posts, and the origin check needs the real one; other sites still get no Referer.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 _templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                 autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-async def console_secret(request: Request | WebSocket) -> bytes:
+async def console_secret(request: HTTPConnection) -> bytes:
     state = request.app.state
     secret = getattr(state, "console_secret", None)
     if secret is None:
@@ -71,20 +73,72 @@ def see_other(url: str) -> RedirectResponse:
 
 
 class Signed:
-    """The caller's session: team, and the CSRF token its forms carry."""
+    """The caller's session: team, its cookie, and the CSRF token its forms carry."""
 
-    def __init__(self, team: str, csrf: str) -> None:
+    def __init__(self, team: str, value: str, csrf: str) -> None:
         self.team = team
+        self.value = value
         self.csrf = csrf
 
 
-async def signed_in(request: Request) -> Signed | None:
-    secret = await console_secret(request)
-    value = request.cookies.get(sessions.COOKIE)
+def _secure(conn: HTTPConnection) -> bool:
+    return conn.url.scheme in ("https", "wss")
+
+
+def cookie_name(conn: HTTPConnection) -> str:
+    return sessions.HOST_COOKIE if _secure(conn) else sessions.COOKIE
+
+
+def set_session(response: Response, conn: HTTPConnection, value: str) -> None:
+    secure = _secure(conn)
+    response.set_cookie(cookie_name(conn), value, max_age=sessions.SESSION_TTL_S,
+                        path="/" if secure else "/console", httponly=True,
+                        samesite="strict", secure=secure)
+
+
+def clear_session(response: Response, conn: HTTPConnection) -> None:
+    response.delete_cookie(cookie_name(conn), path="/" if _secure(conn) else "/console")
+
+
+def session_value(conn: HTTPConnection) -> str | None:
+    """The session cookie, if the request carries exactly one (two: one was planted)."""
+    name = cookie_name(conn).encode()
+    found = [value.strip() for header, raw in conn.scope["headers"] if header == b"cookie"
+             for key, eq, value in (pair.strip().partition(b"=") for pair in raw.split(b";"))
+             if eq and key == name]
+    return found[0].decode("latin-1") if len(found) == 1 else None
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """A browser's request from the console's own pages (browsers always send Origin on
+    POST, PUT and WebSocket handshakes; a client that sends none is not a browser)."""
+    origin = conn.headers.get("origin")
+    scheme = "https" if _secure(conn) else "http"
+    return origin is None or origin == f"{scheme}://{conn.headers.get('host', '')}"
+
+
+async def signed_in(conn: HTTPConnection) -> Signed | None:
+    secret = await console_secret(conn)
+    value = session_value(conn)
     team = sessions.session_team(secret, value, time.time())
     if team is None or value is None:
         return None
-    return Signed(team, sessions.csrf_token(secret, value))
+    if await conn.app.state.ctx.store.signed_out(sessions.nonce_and_expiry(value)[0]):
+        return None
+    return Signed(team, value, sessions.csrf_token(secret, value))
+
+
+def refused() -> HTMLResponse:
+    return render("message.html", 403, title="Refused",
+                  message="This form is out of date or did not come from this console. "
+                          "Reload the page and try again.")
+
+
+def number(value: Any, name: str, low: int = 0, high: int = 10**9) -> int:
+    text = str(value or "").strip()
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not low <= int(text) <= high:
+        raise ValidationFailed(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
 
 
 Handler = Callable[[Request, Signed], Awaitable[Response]]
@@ -107,13 +161,13 @@ def form(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def run(request: Request) -> Response:
         signed = await signed_in(request)
-        fields = await form_fields(request)
-        if signed is None or not sessions.csrf_ok(
-                await console_secret(request), request.cookies.get(sessions.COOKIE, ""),
-                str(fields.get("csrf") or "")):
-            return render("message.html", 403, title="Refused",
-                         message="This form is out of date or did not come from this "
-                                 "console. Reload the page and try again.")
+        try:
+            fields = await form_fields(request)
+        except SandportError as exc:
+            return render("message.html", exc.status, title="Refused", message=exc.message)
+        if signed is None or not same_origin(request) or not sessions.csrf_ok(
+                await console_secret(request), signed.value, str(fields.get("csrf") or "")):
+            return refused()
         return await handler(request, signed)
 
     return run

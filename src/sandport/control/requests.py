@@ -351,7 +351,7 @@ def parse_list(query: dict[str, str]) -> ListSandboxes:
         raw = query.get(key)
         if raw is None or raw == "":
             numbers[key] = default
-        elif not raw.isdigit() or not 1 <= int(raw) <= high:
+        elif not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= high:
             raise ValidationFailed(f"{key} must be an integer between 1 and {high}")
         else:
             numbers[key] = int(raw)

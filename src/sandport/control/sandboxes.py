@@ -11,7 +11,13 @@ from typing import Any
 
 from .. import ids, tokens
 from ..activity import Activity
-from ..errors import NotSupported, RuntimeFailure, SandboxNotFound, SandportError
+from ..errors import (
+    NotSupported,
+    RuntimeFailure,
+    SandboxNotFound,
+    SandportError,
+    ValidationFailed,
+)
 from ..ids import hash_secret
 from ..models import ExposedPort, RuntimeTarget, SandboxInfo, iso, millis
 from ..proxy.grants import Grants
@@ -24,6 +30,7 @@ from ..store import RecordStatus, SandboxRecord, Store
 from ..tokens import TokenSet
 from . import lifecycle
 from .requests import (
+    MAX_TIMEOUT_MINUTES,
     CreateSandbox,
     ExposePort,
     ListSandboxes,
@@ -240,6 +247,8 @@ class SandboxService:
     async def set_timeout(self, team_id: str, sandbox_id: str, minutes: int) -> SandboxRecord:
         """A new deadline, ``minutes`` from now (a sandbox paused by its timeout gets one
         too)."""
+        if not 1 <= minutes <= MAX_TIMEOUT_MINUTES:
+            raise ValidationFailed(f"timeoutMinutes must be between 1 and {MAX_TIMEOUT_MINUTES}")
         async with self._locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):

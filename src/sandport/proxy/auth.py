@@ -21,7 +21,7 @@ SESSION_TTL_S = 12 * 3600
 # Ours: the port auth cookies, and the console's session (never sent to a sandbox's host by
 # a browser, being host-only; stripped anyway).
 _COOKIE_RE = re.compile(rb"\s*(?:" + re.escape(COOKIE_PREFIX.encode()) + rb"[0-9]+|"
-                        rb"sandport_console)=")
+                        rb"(?:__Host-)?sandport_console)=")
 
 
 def cookie_name(port: int) -> str:

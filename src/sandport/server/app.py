@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from ..console.routes import routes as console_routes
+from ..console.web import render
 from ..control.routes import routes as control_routes
 from ..errors import SandportError
 from ..proxy.urls import RUNTIME_HEADER
@@ -25,6 +26,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 async def render_error(request: Request, exc: Exception) -> Response:
+    path = request.url.path
+    if (path == "/console" or path.startswith("/console/")) and \
+            not path.startswith("/console/api/"):
+        return _console_error(request, exc)
     if isinstance(exc, SandportError):
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
@@ -37,6 +42,19 @@ async def render_error(request: Request, exc: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"},
                         status_code=500)
+
+
+def _console_error(request: Request, exc: Exception) -> Response:
+    """The console's pages get their errors as a page, with the console's headers."""
+    if isinstance(exc, SandportError):
+        status, message = exc.status, exc.message
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = "There is no such page." if status == 404 else str(exc.detail)
+    else:
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        status, message = 500, "Something went wrong on the server; it is in its log."
+    return render("message.html", status, title="Not done", message=message)
 
 
 def came_by_runtime_host(path: str, headers: list[tuple[bytes, bytes]]) -> bool:

@@ -75,6 +75,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sandboxes ADD COLUMN idle_timeout_s INTEGER;
     ALTER TABLE sandboxes ADD COLUMN on_idle TEXT NOT NULL DEFAULT 'pause';
     ALTER TABLE sandboxes ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE console_signed_out (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
     """,
 )
 
@@ -201,6 +202,15 @@ class SqliteStore:
         rows = self.db.execute("SELECT * FROM sandboxes WHERE status = 'active'"
                                " AND idle_timeout_s IS NOT NULL")
         return [_from_row(r) for r in rows.fetchall()]
+
+    async def sign_out(self, nonce: str, expires_at: float, now: float) -> None:
+        self.db.execute("DELETE FROM console_signed_out WHERE expires_at < ?", (now,))
+        self.db.execute("INSERT OR IGNORE INTO console_signed_out VALUES (?, ?)",
+                        (nonce, expires_at))
+
+    async def signed_out(self, nonce: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM console_signed_out WHERE nonce=?", (nonce,))
+        return row.fetchone() is not None
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]:
         rows = self.db.execute(
