@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning
 from ..models import ExecResult
 from ..settings import ServerSettings
-from . import CommandRequest, ExecRequest, SandboxSpec, network, oci, seccomp
+from . import CommandRequest, ExecRequest, SandboxSpec, criu, network, oci, seccomp
 from ._files import read_json, write_json
 from .agent.build import ensure_agent
 from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
@@ -269,14 +269,14 @@ class RuncRuntime:
     # -- suspend to disk ---------------------------------------------------------------
     async def suspend_support(self) -> str | None:
         if self._criu is None:
-            self._criu = await _find_criu()
+            self._criu = await criu.find()
         return self._criu[1]
 
     async def suspend(self, sandbox_id: str) -> None:
         """Checkpoint the container to disk (runc + CRIU; a frozen one too): its processes
         end and their memory is in ``checkpoint/``; its network, overlay and bundle stay
         for the restore, so its address and URLs do not change."""
-        criu = await self._criu_binary()
+        binary = await self._criu_binary()
         bundle = self.bundles / sandbox_id
         image, work = bundle / "checkpoint", bundle / "checkpoint-work"
         for directory in (image, work):
@@ -285,31 +285,31 @@ class RuncRuntime:
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         code, detail = await self._runc_logged(
-            bundle, "--criu", criu, "checkpoint", "--image-path", str(image), "--work-path",
+            bundle, "--criu", binary, "checkpoint", "--image-path", str(image), "--work-path",
             str(work), "--tcp-established", sandbox_id)
         if code != 0 or self.is_running(sandbox_id):
             shutil.rmtree(image, ignore_errors=True)
             log.error("sandbox %s: checkpoint failed: %s %s", sandbox_id, detail,
-                      _criu_error(work / "dump.log"))
+                      criu.last_error(work / "dump.log"))
             raise RuntimeFailure("the sandbox could not be suspended: "
-                                 + (_criu_error(work / "dump.log") or "runc checkpoint failed"))
+                                 + (criu.last_error(work / "dump.log") or "runc checkpoint failed"))
         await _remove_cgroups(sandbox_id)
 
     async def restore(self, sandbox_id: str) -> None:
         """Start a suspended sandbox again from its checkpoint, where it was."""
-        criu = await self._criu_binary()
+        binary = await self._criu_binary()
         bundle = self.bundles / sandbox_id
         image, work = bundle / "checkpoint", bundle / "checkpoint-work"
         if not self.is_suspended(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no checkpoint to restore")
         code, detail = await self._runc_logged(
-            bundle, "--criu", criu, "restore", "-d", "--image-path", str(image),
+            bundle, "--criu", binary, "restore", "-d", "--image-path", str(image),
             "--work-path", str(work), "--tcp-established", "--bundle", str(bundle), sandbox_id)
         if code != 0 or not self.is_running(sandbox_id):
             log.error("sandbox %s: restore failed: %s %s", sandbox_id, detail,
-                      _criu_error(work / "restore.log"))
+                      criu.last_error(work / "restore.log"))
             raise RuntimeFailure("the sandbox could not be restored: "
-                                 + (_criu_error(work / "restore.log") or "runc restore failed"))
+                                 + (criu.last_error(work / "restore.log") or "runc restore failed"))
         shutil.rmtree(image, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -423,40 +423,6 @@ async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
             if stat is None or stat[0] in ("Z", "X"):
                 return
         await asyncio.sleep(0.01)
-
-
-CRIU_CANDIDATES = ("/usr/local/sbin/criu",)  # scripts/build-criu.sh puts one there
-
-
-async def _find_criu() -> tuple[str | None, str | None]:
-    """A CRIU that passes its own check here, or None and why there is none."""
-    found = [*CRIU_CANDIDATES, shutil.which("criu") or ""]
-    tried = []
-    for criu in dict.fromkeys(c for c in found if c and os.access(c, os.X_OK)):
-        proc = await asyncio.create_subprocess_exec(
-            criu, "check", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        if proc.returncode == 0:
-            return criu, None
-        errors = [line for line in out.decode(errors="replace").splitlines() if "Error" in line]
-        tried.append(f"{criu} fails its own check ({errors[-1] if errors else proc.returncode})")
-    if not tried:
-        return None, ("suspend to disk needs CRIU (>= 4.1 on Linux >= 6.13) for runc "
-                      "checkpoint; none is installed (scripts/build-criu.sh builds one)")
-    return None, ("suspend to disk needs a CRIU that works with this kernel (>= 4.1 on Linux "
-                  ">= 6.13; scripts/build-criu.sh builds one): " + "; ".join(tried))
-
-
-def _criu_error(log_path: Path) -> str:
-    """The last error line of a CRIU log, without its timestamp."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    errors = [line.split(")", 1)[-1].strip() for line in lines
-              if "Error" in line and "RLIMIT_NOFILE" not in line]
-    return errors[-1][:300] if errors else ""
 
 
 async def _remove_cgroups(sandbox_id: str) -> None:
