@@ -1,6 +1,7 @@
 """A sandbox page's working parts: its processes with their live output, and its files
 (browse, view, download, upload). They act through the same machinery as the runtime API,
-for the signed-in team's running sandboxes only."""
+for the signed-in team's running sandboxes only; their errors become the console's message
+page (server/app.py)."""
 
 from __future__ import annotations
 
@@ -82,15 +83,11 @@ async def output_json(request: Request, signed: Signed) -> Response:
 
 async def start_process(request: Request, signed: Signed) -> Response:
     fields = await form_fields(request)
-    try:
-        record = await _running(request, signed.team)
-        command = fields.get("command", "").strip()
-        if not command:
-            raise ValidationFailed("type a command to run")
-        session = await launch(request, record.id, parse_start({"command": command}), "proc")
-    except SandportError as exc:
-        return render("message.html", exc.status if exc.status < 500 else 500,
-                      title="Not started", message=exc.message)
+    record = await _running(request, signed.team)
+    command = fields.get("command", "").strip()
+    if not command:
+        raise ValidationFailed("type a command to run")
+    session = await launch(request, record.id, parse_start({"command": command}), "proc")
     return see_other(f"/console/sandbox/{record.id}?process={session.id}#processes")
 
 
@@ -104,14 +101,10 @@ def _path(request: Request) -> str:
 
 async def files_page(request: Request, signed: Signed) -> Response:
     ctx = request.app.state.ctx
-    try:
-        record = await _running(request, signed.team)
-        path = _path(request)
-        entries, truncated = await on_filesystem(
-            ctx.runtime, record.id, None, lambda fs: fs.list_dir(path, 1, MAX_ENTRIES))
-    except SandportError as exc:
-        return render("message.html", exc.status if exc.status < 500 else 500,
-                      title="Cannot list", message=exc.message)
+    record = await _running(request, signed.team)
+    path = _path(request)
+    entries, truncated = await on_filesystem(
+        ctx.runtime, record.id, None, lambda fs: fs.list_dir(path, 1, MAX_ENTRIES))
     rows = sorted(({"name": e.name, "path": e.path, "type": e.type, "size": e.size,
                     "modified": time.strftime("%Y-%m-%d %H:%M",
                                               time.gmtime(e.modified_time / 1000)),
@@ -125,14 +118,10 @@ async def files_page(request: Request, signed: Signed) -> Response:
 
 async def view_file(request: Request, signed: Signed) -> Response:
     ctx = request.app.state.ctx
-    try:
-        record = await _running(request, signed.team)
-        path = _path(request)
-        data, truncated = await on_filesystem(
-            ctx.runtime, record.id, None, lambda fs: fs.read(path, 0, None, MAX_VIEW_BYTES))
-    except SandportError as exc:
-        return render("message.html", exc.status if exc.status < 500 else 500,
-                      title="Cannot show", message=exc.message)
+    record = await _running(request, signed.team)
+    path = _path(request)
+    data, truncated = await on_filesystem(
+        ctx.runtime, record.id, None, lambda fs: fs.read(path, 0, None, MAX_VIEW_BYTES))
     files = f"/console/sandbox/{record.id}/files"
     return render("view.html", csrf=signed.csrf, sandbox_id=record.id, path=path,
                   truncated=truncated, text=data.decode(errors="replace"),
@@ -142,14 +131,9 @@ async def view_file(request: Request, signed: Signed) -> Response:
 
 async def download(request: Request, signed: Signed) -> Response:
     ctx = request.app.state.ctx
-    try:
-        record = await _running(request, signed.team)
-        path = _path(request)
-        opened = await on_filesystem(ctx.runtime, record.id, None,
-                                     lambda fs: fs.open_read(path))
-    except SandportError as exc:
-        return render("message.html", exc.status if exc.status < 500 else 500,
-                      title="Cannot download", message=exc.message)
+    record = await _running(request, signed.team)
+    path = _path(request)
+    opened = await on_filesystem(ctx.runtime, record.id, None, lambda fs: fs.open_read(path))
     response = file_response(opened, path)
     response.headers.update({k: v for k, v in HEADERS.items() if k != "cache-control"})
     return response

@@ -196,11 +196,7 @@ async def _sandbox_view(request: Request, signed: Signed, record: SandboxRecord,
 
 
 async def sandbox_page(request: Request, signed: Signed) -> Response:
-    ctx = request.app.state.ctx
-    try:
-        record = await ctx.sandboxes.get(signed.team, request.path_params["id"])
-    except SandportError as exc:
-        return render("message.html", exc.status, title="Not found", message=exc.message)
+    record = await request.app.state.ctx.sandboxes.get(signed.team, request.path_params["id"])
     return await _sandbox_view(request, signed, record)
 
 
@@ -254,15 +250,12 @@ async def open_port(request: Request, signed: Signed) -> Response:
     if not sessions.csrf_ok(await console_secret(request), signed.value,
                             request.query_params.get("t")):
         return refused()
-    try:
-        record = await ctx.sandboxes.get(signed.team, request.path_params["id"])
-        lifecycle.ensure_running(record)
-        port = parse_port(number(request.path_params["port"], "port", 1, 65535))
-        auth = record.exposed_ports.get(port)
-        if auth is None:
-            raise ValidationFailed(f"port {port} is not exposed")
-    except SandportError as exc:
-        return render("message.html", exc.status, title="Cannot open", message=exc.message)
+    record = await ctx.sandboxes.get(signed.team, request.path_params["id"])
+    lifecycle.ensure_running(record)
+    port = parse_port(number(request.path_params["port"], "port", 1, 65535))
+    auth = record.exposed_ports.get(port)
+    if auth is None:
+        raise ValidationFailed(f"port {port} is not exposed")
     if not auth:
         return RedirectResponse(ctx.sandboxes.urls.url(record.id, port), 302, headers=HEADERS)
     browser_url, _ = await ctx.sandboxes.grants.mint(record.id, port)
