@@ -71,12 +71,14 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         with self.client() as c:
-            while True:
-                page = c.get("/api/sandboxes", params={"status": "active", "limit": 100}).json()
-                if not page["sandboxes"]:
-                    return
-                for sb in page["sandboxes"]:
-                    c.put(f"/api/sandbox/{sb['id']}/stop")
+            for status in ("active", "paused"):
+                while True:
+                    page = c.get("/api/sandboxes",
+                                 params={"status": status, "limit": 100}).json()
+                    if not page["sandboxes"]:
+                        break
+                    for sb in page["sandboxes"]:
+                        c.put(f"/api/sandbox/{sb['id']}/stop")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:

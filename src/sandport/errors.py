@@ -14,6 +14,7 @@
     ├── PayloadTooLarge                413 payload_too_large
     ├── RuntimeFailure                 500 runtime_error
     ├── Unavailable                    503 unavailable
+    │   └── InsufficientCapacity       503 insufficient_capacity
     └── TransportError                 (SDK only: the server could not be reached)
 
 On the wire an error is ``{"error": code, "message": text}`` with the leaf's status.
@@ -29,6 +30,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "ImageNotFound",
+    "InsufficientCapacity",
     "NotFound",
     "PayloadTooLarge",
     "RequestTimeout",
@@ -114,6 +116,13 @@ class NotSupported(SandportError):
 
 class Unavailable(SandportError):
     status, code = 503, "unavailable"
+
+
+class InsufficientCapacity(Unavailable):
+    """The host has no room for what was asked (memory, disk, processes); the message
+    says what is left."""
+
+    code = "insufficient_capacity"
 
 
 class TransportError(SandportError):

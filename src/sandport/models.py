@@ -101,6 +101,8 @@ class SandboxInfo:
     idle_timeout_s: int | None = None  # idle detection: no sign of life for this long...
     on_idle: str = "pause"  # ...pauses or stops it
     suspended: bool = False  # paused on disk (checkpoint), not in memory
+    # An ended sandbox whose end nobody asked for (a crash) keeps its files until then.
+    files_kept_until: str | None = None
 
     @property
     def duration(self) -> int:
@@ -139,6 +141,7 @@ class SandboxInfo:
             "idleTimeoutSeconds": self.idle_timeout_s,
             "onIdle": self.on_idle,
             "suspended": self.suspended,
+            "filesKeptUntil": self.files_kept_until,
         }
         if with_token:
             wire["token"] = self.token
@@ -174,6 +177,7 @@ class SandboxInfo:
             idle_timeout_s=data.get("idleTimeoutSeconds"),
             on_idle=data.get("onIdle") or "pause",
             suspended=bool(data.get("suspended")),
+            files_kept_until=data.get("filesKeptUntil"),
         )
 
 

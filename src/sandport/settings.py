@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -63,9 +64,33 @@ class ServerSettings:
     # An idle kept-alive client connection is closed after this; so is a request, response or
     # tunnel through which no byte has moved for this long (see proxy/server.py).
     idle_timeout_s: float = 75.0
+    # Edge connection limits (proxy/limits.py). Open connections per client address; the
+    # address is a PROXY protocol header's or X-Forwarded-For's only from these CIDRs.
+    max_connections_per_address: int = 512
+    trusted_proxies: tuple[str, ...] = ()
+    # A request body averaging under this many bytes/s over any window of this length is
+    # cut with 408 (a gap-between-reads timeout alone lets a trickle through).
+    min_body_rate: int = 256
+    min_body_rate_window_s: float = 60.0
+    # The open-files limit is raised to the hard limit at start; this caps it lower.
+    max_open_files: int | None = None
+    # Host-wide limits (control/admission.py). None: derived from the host at start.
+    # Every sandbox's processes and threads together, enforced on the parent cgroup
+    # (default: 3/4 of the host's pid_max / threads-max, the rest kept for the host).
+    max_pids_total: int | None = None
+    cgroup_parent: str = "sandport"  # sandboxes' cgroups are <parent>/<id>
+    # memMiB of running and paused sandboxes may add up to (MemTotal − reserve) × this.
+    memory_overcommit: float = 1.5
+    memory_reserve_mib: int | None = None  # default: a tenth of MemTotal, at least 1 GiB
+    # Output kept for processes, server-wide (default: an eighth of MemTotal, ≤ 512 MiB).
+    buffer_memory_mib: int | None = None
     region: str = "us"
     default_timeout_minutes: int = 5
+    # A sandbox that ended without a stop request (a crash, a host reboot) keeps its files
+    # this long, then they are reclaimed.
+    retain_ended_h: float = 24.0
     log_level: str = "info"
+    test_crash_at: str | None = None  # tests only: a crash point (see crashpoints.py)
 
     @property
     def host(self) -> str:
@@ -129,6 +154,10 @@ class ServerSettings:
         for name in ("browser_url_ttl_s", "token_ttl_s", "header_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValidationFailed(f"{name} must be positive")
+        if self.retain_ended_h < 0:
+            raise ValidationFailed("retain_ended_h must not be negative")
+        _check_limits(self)
+        _check_edge_limits(self)
         return self
 
 
@@ -143,9 +172,64 @@ def _read_config(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+_CGROUP_PARENT_RE = re.compile(r"sandport(-[a-z0-9]{1,32})?")
+_LIMIT_INTS = ("max_pids_total", "memory_reserve_mib", "buffer_memory_mib")
+
+
+def _check_limits(settings: ServerSettings) -> None:
+    # Cleanup finds sandboxes' cgroups as /sys/fs/cgroup/*/sandport*/<id>.
+    if not _CGROUP_PARENT_RE.fullmatch(settings.cgroup_parent):
+        raise ValidationFailed("cgroup_parent must be sandport or sandport-<a-z0-9>")
+    if settings.max_pids_total is not None and settings.max_pids_total < 64:
+        raise ValidationFailed("max_pids_total must be at least 64")
+    if not 0 < settings.memory_overcommit <= 100:
+        raise ValidationFailed("memory_overcommit must be a number above 0 (1.5: 50 % more)")
+    for name in ("memory_reserve_mib", "buffer_memory_mib"):
+        if (getattr(settings, name) or 0) < 0:
+            raise ValidationFailed(f"{name} must not be negative")
+
+
+_EDGE_INTS = ("max_connections_per_address", "min_body_rate", "max_open_files")
+
+
+def _check_edge_limits(settings: ServerSettings) -> None:
+    if settings.max_connections_per_address < 1:
+        raise ValidationFailed("max_connections_per_address must be at least 1")
+    if settings.min_body_rate < 0:
+        raise ValidationFailed("min_body_rate must not be negative (0: no minimum)")
+    if settings.min_body_rate_window_s <= 0:
+        raise ValidationFailed("min_body_rate_window_s must be positive")
+    if settings.max_open_files is not None and settings.max_open_files < 256:
+        raise ValidationFailed("max_open_files must be at least 256")
+    for cidr in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValidationFailed(f"trusted_proxies: {exc}") from None
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name in ("data_dir", "images_dir", "init_binary", "seccomp_source"):
         return Path(value)
+    if name in _EDGE_INTS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValidationFailed(f"{name} must be an integer") from None
+    if name == "min_body_rate_window_s":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValidationFailed(f"{name} must be a number") from None
+    if name == "trusted_proxies":
+        if isinstance(value, str):
+            return tuple(v for v in value.replace(",", " ").split() if v)
+        return tuple(value)
+    if name in _LIMIT_INTS or name == "memory_overcommit":
+        try:
+            return int(value) if name in _LIMIT_INTS else float(value)
+        except (TypeError, ValueError):
+            raise ValidationFailed(f"{name} must be a number") from None
     if name == "build_images":
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
@@ -155,7 +239,7 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be an integer") from None
-    if name in ("header_timeout_s", "idle_timeout_s"):
+    if name in ("header_timeout_s", "idle_timeout_s", "retain_ended_h"):
         try:
             return float(value)
         except (TypeError, ValueError):

@@ -10,6 +10,7 @@ import httpx
 
 from .._server import ServerProcess
 from ._host import host_footprint, sandbox_traces
+from ._invariants import assert_invariants
 
 
 def _exec(detail: dict, command: str) -> dict:
@@ -38,6 +39,7 @@ def test_sandboxes_survive_clean_and_crash_restarts(
         else:
             first.crash()
         first = fresh_server(first.data_dir, first.port)
+        assert_invariants(first.data_dir)
         with first.client() as api:
             again = api.get(f"/api/sandbox/{kept['id']}").json()
             assert again["status"] == "active", restart
@@ -67,6 +69,7 @@ def test_container_lost_while_server_down(fresh_server: Callable[..., ServerProc
     subprocess.run(["runc", "--root", str(srv.data_dir / "runc"), "kill", lost["id"], "KILL"],
                    check=True)
     srv = fresh_server(srv.data_dir, srv.port)
+    assert_invariants(srv.data_dir)
     with srv.client() as api:
         record = api.get(f"/api/sandbox/{lost['id']}").json()
         assert record["status"] == "closed"

@@ -89,6 +89,27 @@ def test_forwarded_headers_replaced_not_trusted(site: Site) -> None:
     assert h["host"] == [urlsplit(site.url(3000)).netloc]  # no masking by default
 
 
+@pytest.mark.parametrize("via", ["host", "runtime path"])
+def test_proxy_meaningful_headers_and_the_api_key_never_reach_the_sandbox(
+        site: Site, via: str) -> None:
+    url = site.url(3000, "/echo") if via == "host" else f"{site.runtime}/p/3000/echo"
+    sent = {"Connection": "x-forwarded-for, x-real-ip", "X-Forwarded-Port": "1",
+            "X-Forwarded-Prefix": "/evil", "X-Original-URL": "/evil", "X-Rewrite-URL": "/evil",
+            "X-Forwarded-Server": "evil", "X-Original-Host": "evil", "True-Client-IP": "6.6.6.6",
+            "x-api-key": site.server.api_key, "X-Custom": "kept"}
+    r = httpx.get(url, headers=sent, timeout=30)
+    assert r.status_code == 200, r.text
+    h = _headers(r.json())
+    for gone in ("x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url",
+                 "x-forwarded-server", "x-original-host", "true-client-ip", "x-api-key"):
+        assert gone not in h, gone
+    assert site.server.api_key not in r.text
+    assert "forwarded" not in ",".join(h.get("connection", [])).lower()
+    assert "real-ip" not in ",".join(h.get("connection", [])).lower()
+    assert h["x-forwarded-for"] == ["127.0.0.1"] and h["x-real-ip"] == ["127.0.0.1"]
+    assert h["x-custom"] == ["kept"]
+
+
 def test_cookies_both_ways(site: Site) -> None:
     r = httpx.get(site.url(3000, "/cookie"), headers={"Cookie": "app=1; other=two"}, timeout=10)
     assert r.json()["cookie"] == "app=1; other=two"

@@ -200,7 +200,7 @@ def test_made_up_sandbox_ids_leave_no_locks_behind(tmp_path: Path) -> None:
                 await service.expose("team", sandbox_id, ExposePort(3000))
             with pytest.raises(SandboxNotFound):
                 await service.unexpose("team", sandbox_id, 3000)
-        assert len(service._locks) == 0
+        assert len(service.locks) == 0
         store.close()
 
     asyncio.run(scenario())

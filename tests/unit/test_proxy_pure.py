@@ -93,15 +93,18 @@ def test_auth_by_token_and_cookie() -> None:
     assert _status(edge.decide(_req(host, b"/", (b"Authorization", b"Bearer spt_other")))) == 401
     ok = edge.decide(_req(host, b"/", (b"Authorization", b"Bearer spt_tok")))
     assert isinstance(ok, Forward) and b"spt_tok" not in ok.head
-    good = auth.sign_session(SECRET, SID, 3001, int(2e9))
+    good = auth.sign_session(SECRET, SID, 3001, int(2e9), generation=0)
     cookie = f"a=1; sandport_auth_3001={good}; b=2".encode()
     via_cookie = edge.decide(_req(host, b"/", (b"Cookie", cookie)))
     assert isinstance(via_cookie, Forward)
     assert b"Cookie: a=1; b=2\r\n" in via_cookie.head
-    for value in (auth.sign_session(SECRET, OTHER, 3001, int(2e9)),
-                  auth.sign_session(SECRET, SID, 3000, int(2e9)),
-                  auth.sign_session(SECRET, SID, 3001, 5),  # expired
-                  auth.sign_session(b"x" * 32, SID, 3001, int(2e9))):
+    for value in (auth.sign_session(SECRET, OTHER, 3001, int(2e9), generation=0),
+                  auth.sign_session(SECRET, SID, 3000, int(2e9), generation=0),
+                  auth.sign_session(SECRET, SID, 3001, 5, generation=0),  # expired
+                  auth.sign_session(SECRET, SID, 3001, int(2e9), generation=1),  # another
+                  auth.sign_session(b"x" * 32, SID, 3001, int(2e9), generation=0),
+                  good.replace(".3001.0.", ".3001.1."),  # the generation changed
+                  ".".join(good.split(".")[:2] + good.split(".")[3:])):  # the old format
         planted = (b"Cookie", f"sandport_auth_3001={value}".encode())
         assert _status(edge.decide(_req(host, b"/", planted))) == 401
 
@@ -237,12 +240,61 @@ def test_hop_by_hop_and_forwarded_headers_are_not_passed_on() -> None:
     for gone in (b"\r\nX-Hop:", b"\r\nKeep-Alive:", b"\r\nForwarded:", b"\r\nX_Forwarded",
                  b"\r\nx_real_ip:", b"evil", b"6.6.6.6"):
         assert gone not in head, gone
-    for kept in (b"Connection: keep-alive, X-Hop, Upgrade, content-length\r\n",
+    for kept in (b"Connection: keep-alive, upgrade\r\n",  # rebuilt: names no header
                  b"Upgrade: websocket\r\n", b"Content-Length: 0\r\n", b"X-Kept: 1\r\n"):
         assert kept in head, kept
     plain = edge.decide(_req(f"3000-{SID}.localhost", b"/", (b"Connection", b"close"),
                              (b"X-Hop", b"kept")))
     assert isinstance(plain, Forward) and b"X-Hop: kept\r\n" in plain.head
+
+
+@pytest.mark.parametrize("connection, upstream", [
+    (b"x-forwarded-for, x-real-ip", None),
+    (b"close, X-Forwarded-For", b"close"),
+    (b"Upgrade, x-real-ip, host", b"upgrade"),
+    (b"keep-alive, content-length", b"keep-alive"),
+    (b"Upgrade", b"Upgrade"),  # already clean: verbatim
+])
+def test_connection_header_never_names_the_proxy_s_headers(connection: bytes,
+                                                            upstream: bytes | None) -> None:
+    """An upstream honouring hop-by-hop would drop what the Connection header names:
+    the proxy's own forwarded headers, the Host or the framing must never be named."""
+    edge = _edge()
+    for host in ("localhost:8080", f"3000-{SID}.localhost", f"4001-{SID}.localhost"):
+        decision = edge.decide(_req(host, b"/", (b"Connection", connection)))
+        assert isinstance(decision, Forward)
+        lines = decision.head.split(b"\r\n")
+        sent = [line.partition(b": ")[2] for line in lines
+                if line.lower().startswith(b"connection:")]
+        assert sent == ([] if upstream is None else [upstream]), (host, sent)
+        assert b"x-forwarded-for: 192.0.2.7" in decision.head
+
+
+_PROXY_MEANINGFUL = [b"X-Forwarded-Port", b"X-Forwarded-Prefix", b"X-Original-URL",
+                     b"X-Rewrite-URL", b"X-Forwarded-Server", b"X-Forwarded-Scheme",
+                     b"X-Forwarded-Ssl", b"X-Original-Host", b"X-Client-IP",
+                     b"True-Client-IP", b"X-Forwarded-Uri", b"X-Original-Uri",
+                     b"x_original_url", b"X_Forwarded_Prefix"]
+
+
+@pytest.mark.parametrize("host, target, api_key_kept", [
+    ("localhost:8080", b"/api/sandboxes", True),  # the control host needs the key
+    (f"3000-{SID}.localhost", b"/", False),
+    (f"4001-{SID}.localhost", b"/sandbox/exec", False),  # the runtime API
+    (f"4001-{SID}.localhost", b"/p/3000/x", False),  # a sandbox port by path
+])
+def test_proxy_meaningful_headers_and_the_api_key_are_stripped(
+        host: str, target: bytes, api_key_kept: bool) -> None:
+    edge = _edge()
+    sent = [(name, b"/evil") for name in _PROXY_MEANINGFUL]
+    decision = edge.decide(_req(host, target, *sent, (b"x-api-key", b"spk_secret"),
+                                (b"X_Api_Key", b"spk_secret2"), (b"X-Kept", b"1")))
+    assert isinstance(decision, Forward)
+    head = decision.head
+    assert b"/evil" not in head, head
+    assert b"X-Kept: 1\r\n" in head
+    assert (b"x-api-key: spk_secret\r\n" in head) is api_key_kept, head
+    assert b"spk_secret2" not in head  # other spellings never count as the key
 
 
 def test_ports_unexposed_in_open_mode_stay_closed() -> None:

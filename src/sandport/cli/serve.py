@@ -31,6 +31,29 @@ def register(commands: Any) -> None:
     p.add_argument("--idle-timeout-s", type=float, metavar="N",
                    help="idle kept-alive connections, and requests, responses and tunnels "
                         "with no bytes moving, close after N seconds (default 75)")
+    p.add_argument("--retain-ended-h", type=float, metavar="H",
+                   help="a sandbox that ended without a stop request (a crash, a host "
+                        "reboot) keeps its files H hours (default 24)")
+    p.add_argument("--max-connections-per-address", type=int, metavar="N",
+                   help="open connections one client address may hold (default 512)")
+    p.add_argument("--trusted-proxy", action="append", metavar="CIDR",
+                   help="a proxy in front whose PROXY protocol header or X-Forwarded-For "
+                        "names the client (repeatable; default none)")
+    p.add_argument("--min-body-rate", type=int, metavar="BYTES_PER_S",
+                   help="a request body averaging less over any window is cut with 408 "
+                        "(default 256; window: --min-body-rate-window-s, default 60)")
+    p.add_argument("--min-body-rate-window-s", type=float, metavar="N")
+    p.add_argument("--max-pids-total", type=int, metavar="N",
+                   help="processes and threads of all sandboxes together, enforced on their "
+                        "parent cgroup (default 3/4 of the host's pid_max)")
+    p.add_argument("--memory-overcommit", type=float, metavar="X",
+                   help="memMiB of running and paused sandboxes may add up to "
+                        "(MemTotal - reserve) x X (default 1.5)")
+    p.add_argument("--memory-reserve-mib", type=int, metavar="MIB",
+                   help="memory kept for the host (default MemTotal/10, at least 1024)")
+    p.add_argument("--buffer-memory-mib", type=int, metavar="MIB",
+                   help="process output the server keeps, all sandboxes together "
+                        "(default MemTotal/8, at most 512)")
     p.add_argument("--config", help="TOML file with settings (flags and environment win)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
@@ -43,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
         "public_url_template": args.public_url_template,
         "browser_url_ttl_s": args.browser_url_ttl_s, "header_timeout_s": args.header_timeout_s,
         "idle_timeout_s": args.idle_timeout_s, "token_ttl_s": args.token_ttl_s,
+        "max_pids_total": args.max_pids_total, "memory_overcommit": args.memory_overcommit,
+        "memory_reserve_mib": args.memory_reserve_mib,
+        "buffer_memory_mib": args.buffer_memory_mib,
+        "retain_ended_h": args.retain_ended_h,
+        "max_connections_per_address": args.max_connections_per_address,
+        "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
+        "min_body_rate": args.min_body_rate,
+        "min_body_rate_window_s": args.min_body_rate_window_s,
     }
     settings = ServerSettings.load(flags)
     try:

@@ -161,11 +161,13 @@ def form(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def run(request: Request) -> Response:
         signed = await signed_in(request)
+        if signed is None:  # refused before its body is read or judged
+            return refused()
         try:
             fields = await form_fields(request)
         except SandportError as exc:
             return render("message.html", exc.status, title="Refused", message=exc.message)
-        if signed is None or not same_origin(request) or not sessions.csrf_ok(
+        if not same_origin(request) or not sessions.csrf_ok(
                 await console_secret(request), signed.value, str(fields.get("csrf") or "")):
             return refused()
         return await handler(request, signed)

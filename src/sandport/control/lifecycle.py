@@ -7,7 +7,10 @@
                 paused ────────────────────┘   (pause / resume; stop or timeout)
 
 ``creating`` and ``stopping`` exist only in the store, so that a crash in the middle of
-either is found and finished on the next boot. On the wire they read as ``active``.
+either is found and finished on the next boot. On the wire they read as ``active``. The
+verbs between ``active`` and ``paused`` (pause, resume, suspend, restore) keep the status
+and write the record's ``intent`` before they touch the host; a boot finds an intent left
+by a crash and finishes or undoes it from what the host holds (control/housekeeping.py).
 """
 
 from __future__ import annotations

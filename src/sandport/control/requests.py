@@ -23,6 +23,8 @@ MAX_ENV_BYTES = 128 * 1024
 MAX_LIST_LIMIT = 100
 MAX_CIDRS = 256
 MIN_IDLE_S = 5
+DEFAULT_PIDS_LIMIT = 1024  # processes and threads of one sandbox (pidsLimit)
+MIN_PIDS_LIMIT = 32  # its init, agent and a shell or two
 EGRESS_FIELDS = ("allowInternetAccess", "allowOut", "denyOut")
 
 EXPOSABLE_PORTS = (1024, 65535)
@@ -37,6 +39,7 @@ _IGNORED_WHEN_NULL = ("snapshotName", "snapshotId", "region")
 class HostLimits:
     cpus: int
     mem_mib: int
+    pids: int = 32768  # the host's pid_max: no sandbox may ask for more processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class CreateSandbox:
     auto_resume: bool = False
     idle_timeout_s: int | None = None
     on_idle: str = "pause"
+    pids_limit: int = DEFAULT_PIDS_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +125,7 @@ def parse_env(value: Any, key: str = "env") -> dict[str, str]:
         raise ValidationFailed(f"{key} has more than {MAX_ENV_VARS} variables")
     size = 0
     for name, text in value.items():
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):  # match() would let "A\n" through ($)
             raise ValidationFailed(f"{key}: {name!r} is not a valid variable name")
         if not isinstance(text, str) or "\x00" in text:
             raise ValidationFailed(f"{key}.{name} must be a string without NUL bytes")
@@ -136,7 +140,7 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
              "exposedPorts", "network", "onTimeout", "autoResume", "idleTimeoutSeconds",
-             "onIdle", *EGRESS_FIELDS,
+             "onIdle", "pidsLimit", *EGRESS_FIELDS,
              *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:
@@ -180,6 +184,8 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         idle_timeout_s=_optional_int(body, "idleTimeoutSeconds", MIN_IDLE_S,
                                      60 * MAX_TIMEOUT_MINUTES),
         on_idle=parse_on_timeout(body.get("onIdle"), "onIdle", "pause"),
+        pids_limit=_int(body, "pidsLimit", min(DEFAULT_PIDS_LIMIT, limits.pids),
+                        MIN_PIDS_LIMIT, limits.pids),
     )
 
 

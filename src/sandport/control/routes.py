@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from ..errors import SandportError
 from ..models import SandboxPage
-from .http import caller_team, json_body
+from .http import caller_team, json_body, keyed
 from .openapi import OPENAPI
 from .requests import (
     parse_create,
@@ -152,22 +152,22 @@ async def health(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/sandbox", create_sandbox, methods=["POST"]),
-    Route("/api/sandbox/{id}", get_sandbox, methods=["GET"]),
-    Route("/api/sandbox/{id}/stop", stop_sandbox, methods=["PUT"]),
-    Route("/api/sandbox/{id}/pause", _verb("pause"), methods=["POST"]),
-    Route("/api/sandbox/{id}/timeout", set_timeout, methods=["POST"]),
-    Route("/api/sandbox/{id}/resume", _verb("resume"), methods=["POST"]),
-    Route("/api/sandbox/{id}/network", update_network, methods=["PUT", "POST"]),
-    Route("/api/sandbox/{id}/suspend", _verb("suspend"), methods=["POST"]),
-    Route("/api/sandbox/{id}/refresh", _verb("refresh"), methods=["POST"]),
-    Route("/api/sandbox/{id}/connect", _verb("connect"), methods=["POST"]),
-    Route("/api/sandbox/{id}/revoke", revoke_token, methods=["POST"]),
-    Route("/api/sandbox/{id}/expose", expose_port, methods=["POST"]),
-    Route("/api/sandbox/{id}/unexpose", unexpose_port, methods=["POST"]),
-    Route("/api/sandboxes", list_sandboxes, methods=["GET"]),
-    Route("/api/images", list_images, methods=["GET"]),
-    Route("/api/images/{name}/build", build_image, methods=["POST"]),
+    Route("/api/sandbox", keyed(create_sandbox), methods=["POST"]),
+    Route("/api/sandbox/{id}", keyed(get_sandbox), methods=["GET"]),
+    Route("/api/sandbox/{id}/stop", keyed(stop_sandbox), methods=["PUT"]),
+    Route("/api/sandbox/{id}/pause", keyed(_verb("pause")), methods=["POST"]),
+    Route("/api/sandbox/{id}/timeout", keyed(set_timeout), methods=["POST"]),
+    Route("/api/sandbox/{id}/resume", keyed(_verb("resume")), methods=["POST"]),
+    Route("/api/sandbox/{id}/network", keyed(update_network), methods=["PUT", "POST"]),
+    Route("/api/sandbox/{id}/suspend", keyed(_verb("suspend")), methods=["POST"]),
+    Route("/api/sandbox/{id}/refresh", keyed(_verb("refresh")), methods=["POST"]),
+    Route("/api/sandbox/{id}/connect", keyed(_verb("connect")), methods=["POST"]),
+    Route("/api/sandbox/{id}/revoke", keyed(revoke_token), methods=["POST"]),
+    Route("/api/sandbox/{id}/expose", keyed(expose_port), methods=["POST"]),
+    Route("/api/sandbox/{id}/unexpose", keyed(unexpose_port), methods=["POST"]),
+    Route("/api/sandboxes", keyed(list_sandboxes), methods=["GET"]),
+    Route("/api/images", keyed(list_images), methods=["GET"]),
+    Route("/api/images/{name}/build", keyed(build_image), methods=["POST"]),
     Route("/api/openapi.json", openapi, methods=["GET"]),
     Route("/api/health", health, methods=["GET"]),
 ]

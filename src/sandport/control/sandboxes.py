@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from .. import ids, tokens
 from ..activity import Activity
+from ..crashpoints import crash_point
 from ..errors import (
     NotSupported,
     RuntimeFailure,
@@ -29,6 +30,7 @@ from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
 from ..tokens import TokenSet
 from . import lifecycle
+from .admission import Admission, Ask, HostProbe
 from .requests import (
     MAX_TIMEOUT_MINUTES,
     CreateSandbox,
@@ -67,6 +69,11 @@ class SandboxLocks:
         return len(self._locks)
 
 
+# The crash point between a verb's runtime step and the record that says it is done.
+_DONE_POINT = {"pause": "pause.after_freeze", "resume": "resume.after_thaw",
+               "restore": "restore.after_restore"}
+
+
 def egress_of(policy: NetworkPolicy) -> EgressPolicy:
     return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out)
 
@@ -93,8 +100,9 @@ class SandboxService:
         self.clock = clock
         self.activity = activity or Activity()
         # One create/stop at a time per sandbox; different sandboxes never wait on each other.
-        self._locks = SandboxLocks()
+        self.locks = SandboxLocks()
         self._waking: dict[str, asyncio.Future[bool]] = {}
+        self.admission = Admission(store, HostProbe(settings))  # host-wide room (503)
 
     # -- views ------------------------------------------------------------------------
     def runtime_target(self, sandbox_id: str) -> RuntimeTarget:
@@ -115,6 +123,7 @@ class SandboxService:
             allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
             mask_host=network.mask_request_host, paused=record.status == "paused",
             auto_resume=record.auto_resume, older_tokens=record.older_tokens,
+            port_generation=record.port_generation,
         )
 
     def identity_env(self, sandbox_id: str) -> dict[str, str]:
@@ -122,7 +131,7 @@ class SandboxService:
         return {"SANDPORT_SANDBOX_ID": sandbox_id,
                 "SANDPORT_PUBLIC_URL_TEMPLATE": self.urls.port_template(sandbox_id)}
 
-    def _publish(self, record: SandboxRecord) -> None:
+    def publish(self, record: SandboxRecord) -> None:
         address = self.runtime.address(record.id)
         if address is not None:
             self.routes.put(self.route_of(record, address))
@@ -153,10 +162,12 @@ class SandboxService:
             on_timeout=record.on_timeout, auto_resume=record.auto_resume,
             idle_timeout_s=record.idle_timeout_s, on_idle=record.on_idle,
             suspended=record.suspended,
+            files_kept_until=iso(record.retain_until) if record.retain_until else None,
         )
 
     # -- verbs ------------------------------------------------------------------------
     async def create(self, team_id: str, request: CreateSandbox) -> SandboxRecord:
+        await self.admission.admit(Ask(request.mem_mib, request.disk_size_mib))  # or 503
         self.images.check_name(request.image_name)
         await self.images.ensure(request.image_name, lambda line: log.info("%s", line))
         now = self.clock()
@@ -170,41 +181,46 @@ class SandboxService:
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=request.network.to_wire(), on_timeout=request.on_timeout,
             auto_resume=request.auto_resume, idle_timeout_s=request.idle_timeout_s,
-            on_idle=request.on_idle,
+            on_idle=request.on_idle, pids_limit=request.pids_limit,
         )
-        async with self._locks.hold(record.id):
+        async with self.locks.hold(record.id):
             await self.store.insert_sandbox(record)
+            crash_point("create.after_insert")
             spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
                                {**record.env, **self.identity_env(record.id)},
-                               egress_of(request.network))
+                               egress_of(request.network), pids_limit=record.pids_limit)
             try:
                 await self.runtime.create(spec)
             except BaseException as exc:
                 reason = exc.message if isinstance(exc, RuntimeFailure) else "create failed"
-                await self._finish(record, "error", reason)
+                await self.finish(record, "error", reason)
                 raise
+            crash_point("create.after_start")
             started = self.clock()
             record = record.evolve(status="active", started_at=started, updated_at=started,
                                    expires_at=started + 60 * request.timeout_minutes,
                                    token_expires_at=started + self.settings.token_ttl_s)
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         log.info("sandbox %s created from %s", record.id, record.image_name)
         return record
 
     async def expose(self, team_id: str, sandbox_id: str,
                      request: ExposePort) -> ExposedPort:
         """Open a port's URL (again: idempotent, and ``auth`` may change)."""
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             lifecycle.ensure_running(record)
             check_ingress(network_from_wire(record.network), request.port)
             ports = {**record.exposed_ports, request.port: request.auth}
             closed = tuple(p for p in record.closed_ports if p != request.port)
+            # Public made private again: the browser cookies from before open nothing.
+            private_again = request.auth and record.exposed_ports.get(request.port) is False
             record = record.evolve(exposed_ports=ports, closed_ports=closed,
+                                   port_generation=record.port_generation + int(private_again),
                                    updated_at=self.clock())
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         url = self.urls.url(sandbox_id, request.port)
         if not request.auth:
             return ExposedPort(request.port, False, url, url, None)
@@ -214,23 +230,26 @@ class SandboxService:
     async def unexpose(self, team_id: str, sandbox_id: str, port: int) -> None:
         """Close a port's URL; closing one that is not open is success. On an openPorts
         sandbox the port is remembered as closed: it does not fall back to open."""
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             lifecycle.ensure_running(record)
             ports = {p: a for p, a in record.exposed_ports.items() if p != port}
             closed = record.closed_ports
             if network_from_wire(record.network).open_ports and port not in closed:
                 closed = tuple(sorted((*closed, port)))
+            # Its browser cookies end (all the sandbox's: a cookie names one generation).
+            was_exposed = port in record.exposed_ports
             record = record.evolve(exposed_ports=ports, closed_ports=closed,
+                                   port_generation=record.port_generation + int(was_exposed),
                                    updated_at=self.clock())
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
 
     async def update_network(self, team_id: str, sandbox_id: str,
                              body: Any) -> SandboxRecord:
         """A new network policy for a running (or paused) sandbox: the fields given
         replace the current ones; egress rules change at once, in its namespace."""
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
@@ -240,7 +259,7 @@ class SandboxService:
             await self.runtime.set_egress(record.id, egress_of(policy))
             record = record.evolve(network=policy.to_wire(), updated_at=self.clock())
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         log.info("sandbox %s: network policy changed", sandbox_id)
         return record
 
@@ -249,7 +268,7 @@ class SandboxService:
         too)."""
         if not 1 <= minutes <= MAX_TIMEOUT_MINUTES:
             raise ValidationFailed(f"timeoutMinutes must be between 1 and {MAX_TIMEOUT_MINUTES}")
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
@@ -257,7 +276,7 @@ class SandboxService:
             record = record.evolve(timeout_minutes=minutes, expires_at=now + 60 * minutes,
                                    updated_at=now)
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         return record
 
     async def pause(self, team_id: str, sandbox_id: str) -> SandboxRecord:
@@ -295,7 +314,7 @@ class SandboxService:
         processes end; status paused (``suspended``), URLs kept (503, or wake with
         autoResume); a resume restores it where it was. Connections to it and processes
         started through the API end. Where the host cannot, NotSupported says why."""
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.suspended:
                 return record
@@ -306,13 +325,14 @@ class SandboxService:
                 raise NotSupported(why)
             self.routes.drop(record.id)  # cut its connections, end its API sessions
             try:
-                await self.runtime.suspend(record.id)
-            except BaseException:
-                self._publish(record)
-                raise
-            record = record.evolve(status="paused", suspended=True, updated_at=self.clock())
+                await self._under_intent(record, "suspend", self.runtime.suspend)
+            finally:
+                self.publish(record)
+            crash_point("suspend.after_checkpoint")
+            record = record.evolve(status="paused", suspended=True, intent=None,
+                                   updated_at=self.clock())
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         log.info("sandbox %s suspended to disk", record.id)
         return record
 
@@ -341,7 +361,17 @@ class SandboxService:
     async def revoke(self, team_id: str, sandbox_id: str, token: str | None) -> SandboxRecord:
         """End one runtime token, or (None) all of them; a new current one is issued when
         the current one ends. Connections opened with them (runtime API streams and
-        WebSockets, tunnels to auth ports) are cut."""
+        WebSockets, tunnels to auth ports) are cut. Revoking all of them also ends the
+        browser cookies of its auth ports and the browser links not yet used (the port
+        generation moves on, first: no moment where the cookies outlive the tokens)."""
+        if token is None:
+            async with self.locks.hold(_known_id(sandbox_id)):
+                record = await self.get(team_id, sandbox_id)
+                if record.status not in ("active", "paused"):
+                    lifecycle.ensure_running(record)
+                record = record.evolve(port_generation=record.port_generation + 1)
+                await self.store.update_sandbox(record)
+                self.publish(record)
         ended: set[str] = set()
 
         def change(tokens: TokenSet, now: float) -> TokenSet:
@@ -359,40 +389,68 @@ class SandboxService:
     async def _retoken(self, team_id: str, sandbox_id: str,
                        change: Callable[[tokens.TokenSet, float], tokens.TokenSet],
                        ) -> SandboxRecord:
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
             now = self.clock()
             record = record.with_tokens(change(record.tokens, now)).evolve(updated_at=now)
             await self.store.update_sandbox(record)
-            self._publish(record)
+            self.publish(record)
         return record
 
     async def _freeze(self, team_id: str, sandbox_id: str,
                       target: RecordStatus) -> SandboxRecord:
-        async with self._locks.hold(_known_id(sandbox_id)):
+        async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
-            if record.status == target:
-                return record
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
-            if target == "paused":
-                await self.runtime.pause(record.id)
-            elif record.suspended:
-                await self.runtime.restore(record.id)
-            else:
-                await self.runtime.resume(record.id)
-            now = self.clock()
-            record = record.evolve(status=target, updated_at=now, suspended=False)
-            self.activity.touch(record.id)  # a resume starts a new idle period
-            if target == "active" and record.expires_at is None:
-                # Paused by its timeout: a resume starts a new timeoutMinutes period.
-                record = record.evolve(expires_at=now + 60 * record.timeout_minutes)
-            await self.store.update_sandbox(record)
-            self._publish(record)
+            record = await self.freeze_locked(record, target)
         log.info("sandbox %s %s", record.id, "paused" if target == "paused" else "resumed")
         return record
+
+    async def freeze_locked(self, record: SandboxRecord,
+                             target: RecordStatus) -> SandboxRecord:
+        """Pause or resume (a restore, if it is on disk) under the sandbox's lock. The
+        runtime looks at the freezer itself, so asking again what the record already says
+        still mends a sandbox a crash left frozen or thawed against it."""
+        if target == "paused" and record.suspended:
+            return record
+        if target == "paused":
+            verb, step = "pause", self.runtime.pause
+        elif record.suspended:
+            verb, step = "restore", self.runtime.restore
+        else:
+            verb, step = "resume", self.runtime.resume
+        if record.status == target:
+            await step(record.id)  # idempotent in the runtime; the record stays as it is
+            return record
+        if verb == "restore":  # its memory comes back: it counts again (or 503)
+            await self.admission.admit(Ask(record.mem_mib, 0))
+        await self._under_intent(record, verb, step)
+        crash_point(_DONE_POINT[verb])
+        now = self.clock()
+        record = record.evolve(status=target, updated_at=now, suspended=False, intent=None)
+        self.activity.touch(record.id)  # a resume starts a new idle period
+        if target == "active" and record.expires_at is None:
+            # Paused by its timeout: a resume starts a new timeoutMinutes period.
+            record = record.evolve(expires_at=now + 60 * record.timeout_minutes)
+        await self.store.update_sandbox(record)
+        self.publish(record)
+        return record
+
+    async def _under_intent(self, record: SandboxRecord, verb: str,
+                            step: Callable[[str], Awaitable[None]]) -> None:
+        """Run a runtime step of ``verb`` with the intent in the store first, so that a
+        crash in the middle is finished or undone on the next boot (housekeeping.py);
+        a step that fails takes the intent back."""
+        await self.store.update_sandbox(record.evolve(intent=verb))
+        crash_point(f"{verb}.after_intent")
+        try:
+            await step(record.id)
+        except BaseException:
+            await self.store.update_sandbox(record.evolve(intent=None))
+            raise
 
     async def get(self, team_id: str, sandbox_id: str) -> SandboxRecord:
         record = await self.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
@@ -410,103 +468,39 @@ class SandboxService:
         return await self._stop(record, reason)
 
     async def _stop(self, record: SandboxRecord, reason: str) -> SandboxRecord:
-        async with self._locks.hold(record.id):
-            current = await self.store.get_sandbox(record.id) or record
-            if lifecycle.is_finished(current.status):
-                return current  # stopping twice is success
-            stopping = current.evolve(status="stopping", updated_at=self.clock())
-            await self.store.update_sandbox(stopping)
-            self.routes.drop(record.id)
-            await self.runtime.destroy(record.id)
-            done = await self._finish(stopping, "closed", reason)
-            self.activity.forget(record.id)
+        async with self.locks.hold(record.id):
+            return await self.end_locked(record, reason)
+
+    async def end_locked(self, record: SandboxRecord, reason: str, *,
+                         keep_files: bool = False) -> SandboxRecord:
+        """Close the sandbox (under its lock): stopped, timed out, or (``keep_files``)
+        found dead without anyone asking, when its files stay for ``retain_ended_h``."""
+        current = await self.store.get_sandbox(record.id) or record
+        if lifecycle.is_finished(current.status):
+            return current  # stopping twice is success
+        # What the end is and whether the files stay, so that a boot after a crash in the
+        # middle finishes it the same way (housekeeping.reconcile).
+        stopping = current.evolve(status="stopping", close_reason=reason,
+                                  retain_until=self.keep_files_until() if keep_files else None,
+                                  updated_at=self.clock())
+        await self.store.update_sandbox(stopping)
+        crash_point("stop.after_mark")
+        self.routes.drop(record.id)
+        await self.runtime.destroy(record.id, keep_files=keep_files)
+        done = await self.finish(stopping, "closed", reason, keep_files=keep_files)
+        self.activity.forget(record.id)
         log.info("sandbox %s stopped: %s", record.id, reason)
         return done
 
-    async def _finish(self, record: SandboxRecord, status: RecordStatus,
-                      reason: str) -> SandboxRecord:
+    def keep_files_until(self) -> float:
+        return self.clock() + 3600 * self.settings.retain_ended_h
+
+    async def finish(self, record: SandboxRecord, status: RecordStatus, reason: str, *,
+                     keep_files: bool = False) -> SandboxRecord:
         now = self.clock()
-        done = record.evolve(status=status, ended_at=now, updated_at=now,
-                             close_reason=reason).with_tokens(record.tokens.ended(now))
+        kept = (record.retain_until or self.keep_files_until()) if keep_files else None
+        done = record.evolve(status=status, ended_at=now, updated_at=now, close_reason=reason,
+                             intent=None, retain_until=kept,
+                             ).with_tokens(record.tokens.ended(now))
         await self.store.update_sandbox(done)
         return done
-
-    # -- housekeeping -----------------------------------------------------------------
-    async def stop_expired(self) -> int:
-        """Act on deadlines: stop, or pause (``onTimeout: "pause"``; a paused sandbox then
-        has no deadline until it is given one again)."""
-        due = await self.store.expired_sandboxes(self.clock())
-        for record in due:
-            if record.on_timeout == "pause":
-                await self._pause_on_timeout(record)
-            else:
-                await self._stop(record, lifecycle.CLOSE_TIMEOUT)
-        return len(due)
-
-    async def act_on_idle(self) -> int:
-        """Pause or stop (``onIdle``) running sandboxes with ``idleTimeoutSeconds`` that
-        have shown no sign of life (see activity.py) for that long."""
-        idle = [r for r in await self.store.idle_watched()
-                if r.idle_timeout_s is not None
-                and self.activity.idle_for(r.id) >= r.idle_timeout_s]
-        for record in idle:
-            if record.on_idle == "stop":
-                await self._stop(record, lifecycle.CLOSE_IDLE)
-                continue
-            try:
-                await self._freeze(record.team_id, record.id, "paused")
-            except SandportError as exc:
-                log.warning("sandbox %s: pausing when idle failed: %s", record.id, exc.message)
-                continue
-            log.info("sandbox %s paused: idle for %d s", record.id, record.idle_timeout_s)
-        return len(idle)
-
-    async def _pause_on_timeout(self, record: SandboxRecord) -> None:
-        async with self._locks.hold(record.id):
-            current = await self.store.get_sandbox(record.id) or record
-            if current.status not in ("active", "paused"):
-                return
-            if current.status == "active":
-                await self.runtime.pause(record.id)
-            current = current.evolve(status="paused", expires_at=None, updated_at=self.clock())
-            await self.store.update_sandbox(current)
-            self._publish(current)
-        log.info("sandbox %s paused: timeout", record.id)
-
-    async def stop_exited(self) -> int:
-        """Close active sandboxes whose container is gone (e.g. killed from outside)."""
-        gone = [r for r in await self.store.sandboxes_in(("active", "paused"))
-                if not self.runtime.is_running(r.id) and not r.suspended]
-        for record in gone:
-            await self._stop(record, lifecycle.CLOSE_EXITED)
-        return len(gone)
-
-    async def reconcile(self) -> dict[str, int]:
-        """On boot: adopt running containers, close the lost, finish interrupted verbs,
-        and remove runtime leftovers that no record owns."""
-        counts = {"adopted": 0, "lost": 0, "interrupted": 0, "orphans": 0}
-        for record in await self.store.sandboxes_in(("creating", "active", "paused",
-                                                      "stopping")):
-            if record.status in ("active", "paused") and (
-                    self.runtime.is_running(record.id) or
-                    (record.suspended and self.runtime.is_suspended(record.id))):
-                counts["adopted"] += 1
-                self._publish(record)
-                continue
-            await self.runtime.destroy(record.id)
-            if record.status == "creating":
-                counts["interrupted"] += 1
-                await self._finish(record, "error", lifecycle.CLOSE_CREATE_INTERRUPTED)
-            elif record.status == "stopping":
-                counts["interrupted"] += 1
-                await self._finish(record, "closed", record.close_reason or
-                                   lifecycle.CLOSE_REQUESTED)
-            else:
-                counts["lost"] += 1
-                await self._finish(record, "closed", lifecycle.CLOSE_LOST)
-        for sandbox_id in self.runtime.sandbox_ids():
-            owner = await self.store.get_sandbox(sandbox_id)
-            if owner is None or lifecycle.is_finished(owner.status):
-                counts["orphans"] += 1
-                await self.runtime.destroy(sandbox_id)
-        return counts

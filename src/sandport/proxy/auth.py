@@ -1,9 +1,13 @@
 """Who may open an ``auth: true`` port (pure): bearer tokens, session cookies, grants.
 
 A browser cannot send a bearer token, so ``browserUrl`` carries a one-time grant; the
-proxy redeems it on the port's own host for a session cookie bound to (sandbox, port)
-by an HMAC under the server's secret. The cookie is host-only, and even planted on
-another host it opens nothing but the port it names.
+proxy redeems it on the port's own host for a session cookie bound to (sandbox, port,
+port generation) by an HMAC under the server's secret. The cookie is host-only, and even
+planted on another host it opens nothing but the port it names.
+
+The sandbox's port generation (``SandboxRoute.port_generation``, stored with the sandbox)
+moves on when all its tokens are revoked, a port is unexposed, or a public port is made
+private: cookies and grants of an older generation open nothing, like no cookie at all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import re
+import secrets
 
 from ..ids import secrets_equal
 from .routes import SandboxRoute
@@ -33,18 +38,33 @@ def _mac(secret: bytes, message: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def sign_session(secret: bytes, sandbox_id: str, port: int, expires_at: int) -> str:
-    body = f"{sandbox_id}.{port}.{expires_at}"
+def sign_session(secret: bytes, sandbox_id: str, port: int, expires_at: int, *,
+                 generation: int) -> str:
+    body = f"{sandbox_id}.{port}.{generation}.{expires_at}"
     return f"{body}.{_mac(secret, body)}"
 
 
-def session_opens(secret: bytes, value: str, sandbox_id: str, port: int, now: float) -> bool:
+def session_opens(secret: bytes, value: str, sandbox_id: str, port: int, now: float, *,
+                  generation: int) -> bool:
     parts = value.split(".")
-    if len(parts) != 4 or parts[0] != sandbox_id or parts[1] != str(port):
+    if len(parts) != 5 or parts[0] != sandbox_id or parts[1] != str(port):
         return False
-    if not parts[2].isdigit() or int(parts[2]) <= now:
+    if parts[2] != str(generation):  # from before a revoke-all, unexpose or auth change
         return False
-    return secrets_equal(parts[3], _mac(secret, ".".join(parts[:3])))
+    if not parts[3].isdigit() or int(parts[3]) <= now:
+        return False
+    return secrets_equal(parts[4], _mac(secret, ".".join(parts[:4])))
+
+
+def new_grant(generation: int) -> str:
+    """A one-time browser-link grant of this port generation (it shows in the grant, and
+    the store keeps only the grant's hash, so it cannot be changed)."""
+    return f"{generation}.{secrets.token_urlsafe(32)}"
+
+
+def grant_generation(grant: str) -> int | None:
+    head, dot, _ = grant.partition(".")
+    return int(head) if dot and head.isdigit() and len(head) < 19 else None
 
 
 def bearer(authorization: bytes | None) -> str | None:

@@ -25,7 +25,7 @@ from .auth import (
     token_opens,
     without_our_cookies,
 )
-from .routes import RouteTable, SandboxRoute
+from .routes import RouteTable, SandboxRoute, cookie_credential
 from .urls import (
     RUNTIME_HEADER,
     RUNTIME_PORT,
@@ -36,9 +36,18 @@ from .urls import (
 
 Header = tuple[bytes, bytes]
 # Client-sent headers never passed on, however spelled ('_' for '-', any case): the proxy
-# writes its own forwarded headers, and only it may say a request came by a runtime host.
+# writes its own forwarded headers, only it may say a request came by a runtime host, and
+# the others are what proxies and frameworks read as "the proxy in front says" (the
+# client's port, path prefix or original URL, its address).
 _DROPPED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-                      b"x-real-ip", b"forwarded", RUNTIME_HEADER})
+                      b"x-real-ip", b"forwarded", RUNTIME_HEADER,
+                      b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-server",
+                      b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-forwarded-uri",
+                      b"x-original-url", b"x-original-uri", b"x-original-host",
+                      b"x-rewrite-url", b"x-client-ip", b"true-client-ip",
+                      b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme"})
+# The user's control API key: the control host reads it; code in a sandbox never sees it.
+_API_KEY = b"x-api-key"
 
 
 def _spellings(name: bytes) -> set[bytes]:
@@ -48,24 +57,30 @@ def _spellings(name: bytes) -> set[bytes]:
             for seps in itertools.product((b"-", b"_"), repeat=len(rest))}
 
 
-_DROPPED_SPELLINGS = frozenset(itertools.chain.from_iterable(map(_spellings, _DROPPED)))
+_DROPPED_SPELLINGS = frozenset(itertools.chain.from_iterable(map(_spellings, _DROPPED))) \
+    | (_spellings(_API_KEY) - {_API_KEY})  # the key in another spelling counts nowhere
 # Named in the client's Connection header, these still go upstream: framing, the Host,
 # and the Connection/Upgrade pair a tunnel needs.
 _HOP_KEPT = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                        b"upgrade", b"close", b""})
+# The only tokens a Connection header sent upstream keeps: naming any header there would
+# let an upstream that honours hop-by-hop drop it (the proxy's forwarded headers, the Host).
+_CONNECTION_TOKENS = frozenset({b"close", b"upgrade", b"keep-alive"})
 AUTH_PATH = b"/_sandport/auth"
 # Lengths of every header name _head may drop or rewrite: others are copied untouched.
 _REWRITTEN_LENGTHS = frozenset({*map(len, _DROPPED), len(b"host"), len(b"cookie"),
-                                len(b"authorization")})
+                                len(b"authorization"), len(_API_KEY)})
 
 
 @dataclass(frozen=True, slots=True)
 class HopByHop:
-    """Header names a client's Connection headers list, and the name lengths _head must
-    then look at."""
+    """Header names a client's Connection headers list, the name lengths _head must then
+    look at, and the Connection header rebuilt for upstream (None: pass it unchanged;
+    empty: send none)."""
 
     names: frozenset[bytes] = frozenset()
     lengths: frozenset[int] = _REWRITTEN_LENGTHS
+    connection: bytes | None = None
 
 
 _NO_HOP = HopByHop()
@@ -188,7 +203,8 @@ class Edge:
         auth = route.port_auth(port) if route is not None and 0 < port < 65536 else None
         if route is None or auth is None:
             return _error(404, "not_found", pages.NOT_FOUND, browser)
-        if auth and not self._opens(route, port, authorization, cookies):
+        opened_by = self._opens(route, port, authorization, cookies) if auth else None
+        if auth and opened_by is None:
             return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
                           pages.BROWSER_NEEDS_AUTH)
         if route.paused:
@@ -197,22 +213,23 @@ class Edge:
             return _error(503, "sandbox_paused", pages.PAUSED, browser)
         head = self._head(req, target, host, route=route, port=port, hop=hop)
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port,
-                       _token_of(sandbox_id, authorization) if auth else None)
+                       None if opened_by is None else (sandbox_id, opened_by))
 
     def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
-               cookies: list[bytes]) -> bool:
+               cookies: list[bytes]) -> str | None:
+        """What opens the port: a token (by its hash) or a cookie (its generation)."""
         now = self.clock()
         if token_opens(route, authorization, now):
-            return True
+            return hash_secret(bearer(authorization) or "")
         wanted = cookie_name(port).encode() + b"="
         for header in cookies:
             for pair in header.split(b";"):
                 pair = pair.strip()
                 if pair.startswith(wanted) and session_opens(
                         self.secret, pair[len(wanted):].decode("latin-1"), route.sandbox_id,
-                        port, now):
-                    return True
-        return False
+                        port, now, generation=route.port_generation):
+                    return cookie_credential(route.port_generation)
+        return None
 
     def _redeem(self, req: RequestHead, sandbox_id: str, port: int, browser: bool) -> Decision:
         if req.method != b"GET":  # HEAD too: link checkers must not use up the grant
@@ -236,13 +253,20 @@ class Edge:
         sandport's cookies removed, the Host masked."""
         out = [req.method, b" ", target, b" HTTP/", req.version, b"\r\n"]
         masked = route.upstream_host(port) if route is not None else None
-        lengths, hop_names = hop.lengths, hop.names
+        lengths, hop_names, connection = hop.lengths, hop.names, hop.connection
+        to_sandbox = route is not None or runtime_id is not None
         for name, value in req.headers:
             if len(name) not in lengths:
                 out += (name, b": ", value, b"\r\n")
                 continue
             lname = name.lower()
-            if lname in _DROPPED_SPELLINGS or (hop_names and lname in hop_names):
+            if lname in _DROPPED_SPELLINGS or (hop_names and lname in hop_names) or \
+                    (to_sandbox and lname == _API_KEY):
+                continue
+            if connection is not None and lname == b"connection":
+                if connection:  # the rebuilt value, once, in place of the first
+                    out += (name, b": ", connection, b"\r\n")
+                    connection = b""
                 continue
             if route is not None:
                 if lname == b"host" and masked is not None:
@@ -270,15 +294,23 @@ def nominated(connection: list[bytes]) -> HopByHop:
 
 @lru_cache(maxsize=256)  # a few values ("keep-alive", "Upgrade") are nearly all there is
 def _nominated(value: bytes) -> HopByHop:
-    names = frozenset({token.strip().lower() for token in value.split(b",")} - _HOP_KEPT)
-    if not names:
-        return _NO_HOP
-    return HopByHop(names, _REWRITTEN_LENGTHS.union(map(len, names)))
+    tokens = [token.strip().lower() for token in value.split(b",")]
+    names = frozenset(set(tokens) - _HOP_KEPT)
+    if all(token in _CONNECTION_TOKENS for token in tokens):
+        if not names:
+            return _NO_HOP  # "close", "Upgrade": nothing to drop, nothing to rebuild
+        connection = None
+    else:
+        kept = dict.fromkeys(token for token in tokens if token in _CONNECTION_TOKENS)
+        connection = b", ".join(kept)
+    return HopByHop(names, _REWRITTEN_LENGTHS.union(map(len, names), (len(b"connection"),)),
+                    connection)
 
 
 def redeemed(redeem: Redeem, secret: bytes, expires_at: int, now: float,
-             secure: bool) -> Answer:
-    value = sign_session(secret, redeem.sandbox_id, redeem.port, expires_at)
+             secure: bool, generation: int) -> Answer:
+    value = sign_session(secret, redeem.sandbox_id, redeem.port, expires_at,
+                         generation=generation)
     cookie = pages.session_cookie(cookie_name(redeem.port), value, int(expires_at - now),
                                   secure=secure)
     return Answer(partial(_redirect, redeem.next_path, cookie))

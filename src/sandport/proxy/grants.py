@@ -3,13 +3,12 @@ port's own host, redeemed by the proxy for a session cookie (see auth.py)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 
 from ..models import iso
 from ..store import Store
-from .auth import SESSION_TTL_S, grant_hash
+from .auth import SESSION_TTL_S, grant_generation, grant_hash, new_grant
 from .decide import Answer, Redeem, grant_refused, redeemed
 from .routes import RouteTable, SandboxRoute
 from .urls import PublicUrls
@@ -27,7 +26,8 @@ class Grants:
 
     async def mint(self, sandbox_id: str, port: int) -> tuple[str, str]:
         """(browser URL, its expiry as ISO-8601)."""
-        grant = secrets.token_urlsafe(32)
+        route = self.routes.get(sandbox_id)
+        grant = new_grant(route.port_generation if route is not None else 0)
         expires = self.clock() + self.ttl_s
         await self.store.add_grant(grant_hash(grant), sandbox_id, port, expires)
         url = f"{self.urls.url(sandbox_id, port)}_sandport/auth?grant={grant}&next=%2F"
@@ -42,9 +42,12 @@ class Grants:
         if route is None:
             return grant_refused(request.browser)
         expires = int(now + SESSION_TTL_S)  # and refused once the sandbox stops
-        return redeemed(request, self.secret, expires, now, self.urls.secure)
+        return redeemed(request, self.secret, expires, now, self.urls.secure,
+                        route.port_generation)
 
     def _open_route(self, request: Redeem) -> SandboxRoute | None:
+        """The route, if the port answers and the grant is of its current generation."""
         route = self.routes.get(request.sandbox_id)
-        return route if route is not None and route.port_auth(request.port) is not None \
-            else None
+        if route is None or route.port_auth(request.port) is None:
+            return None
+        return route if grant_generation(request.grant) == route.port_generation else None

@@ -14,6 +14,13 @@ from ..tokens import Older, TokenSet
 from .urls import RUNTIME_PORT
 
 
+def cookie_credential(generation: int) -> str:
+    """What a connection opened by a port cookie of ``generation`` is known by, as one
+    opened by a token is known by the token's hash: when the generation moves on, what
+    its cookies opened is cut as a revoked token's is."""
+    return f"cookie-generation:{generation}"
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxRoute:
     sandbox_id: str
@@ -28,6 +35,7 @@ class SandboxRoute:
     paused: bool = False  # frozen: its ports answer 503 until it is resumed...
     auto_resume: bool = False  # ...or a request to them resumes it (autoResume)
     older_tokens: Older = ()  # replaced tokens, valid until their own expiry
+    port_generation: int = 0  # browser cookies and grants of another one open nothing
 
     @property
     def tokens(self) -> TokenSet:
@@ -81,6 +89,9 @@ class RouteTable:
                 was, now = old.port_auth(port), route.port_auth(port)
                 if was is not None and (now is None or (now and not was)):  # closed, private
                     self._tell(route.sandbox_id, port)
+            if old.port_generation != route.port_generation:
+                self.revoked(route.sandbox_id,
+                             frozenset({cookie_credential(old.port_generation)}))
 
     def drop(self, sandbox_id: str) -> None:
         if self._routes.pop(sandbox_id, None) is not None:

@@ -8,11 +8,15 @@ modules behind the same Protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..models import ExecResult
 from .agent.channel import CommandChannel, CommandListener
 from .network import EgressPolicy
+
+# What a sandbox really is on the host, whatever the store says: its processes run, are
+# frozen (paused), are on disk (suspended: a complete checkpoint, nothing running), or gone.
+RealState = Literal["running", "frozen", "suspended", "gone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,7 @@ class SandboxSpec:
     mem_mib: int
     env: dict[str, str] = field(default_factory=dict)
     egress: EgressPolicy = field(default_factory=EgressPolicy)
+    pids_limit: int = 1024  # its processes and threads (all sandboxes: the parent's cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,9 @@ class Runtime(Protocol):
 
     async def prepare_host(self) -> None:
         """Once per server start: host-wide rules and directories."""
+
+    async def release_host(self) -> None:
+        """Once per server stop: remove host-wide rules that nothing needs any more."""
 
     async def create(self, spec: SandboxSpec) -> None:
         """Start the sandbox; on failure leave nothing behind and raise RuntimeFailure."""
@@ -92,8 +100,25 @@ class Runtime(Protocol):
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox; its processes go on where they were."""
 
-    async def destroy(self, sandbox_id: str) -> None:
-        """Stop the sandbox and remove everything it held; safe to repeat."""
+    async def destroy(self, sandbox_id: str, keep_files: bool = False) -> None:
+        """Stop the sandbox and remove everything it held; safe to repeat. With
+        ``keep_files`` the files it changed are kept aside (``discard_files`` ends them)."""
+
+    def discard_files(self, sandbox_id: str) -> None:
+        """Remove the files ``destroy(keep_files=True)`` kept; safe to repeat."""
+
+    def retained_ids(self) -> set[str]:
+        """Sandboxes whose files are kept after their end."""
+        ...
+
+    def real_state(self, sandbox_id: str) -> RealState:
+        """What the sandbox is now on the host (not what the store says)."""
+        ...
+
+    async def settle(self, sandbox_id: str) -> RealState:
+        """On boot: wait for an operation a crashed server left running on the sandbox,
+        tidy what it left half done, and say what the sandbox is now."""
+        ...
 
     def is_running(self, sandbox_id: str) -> bool: ...
 
@@ -122,4 +147,5 @@ class Runtime(Protocol):
         ...
 
 
-__all__ = ["CommandRequest", "EgressPolicy", "ExecRequest", "Runtime", "SandboxSpec"]
+__all__ = ["CommandRequest", "EgressPolicy", "ExecRequest", "RealState", "Runtime",
+           "SandboxSpec"]

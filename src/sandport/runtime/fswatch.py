@@ -8,20 +8,31 @@ appears is watched first and then listed, and what it already holds is reported 
 a file made in it before its watch was in place is not lost (it may be reported twice).
 
 Events are named like fsnotify's: CREATE, WRITE, REMOVE, RENAME, CHMOD.
+
+Every watch of the server shares ONE inotify instance (``Inotify``), opened when the
+server starts: instances are a per-user count (``fs.inotify.max_user_instances``, 128 by
+default) and root in a sandbox is the server's own user, so a sandbox that takes them all
+must not leave the server without one. Events are handed to the watches by watch
+descriptor; the kernel gives one descriptor per directory per instance, so two watches
+over the same directory share it (each with its own path for it).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import posixpath
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .safepath import open_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger("sandport.runtime")
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -36,6 +47,7 @@ _EVENT = struct.Struct("iIII")
 MAX_DIRS = 2048
 WALK_BUDGET = 256
 MAX_FOUND = 4096  # entries of a new directory reported as CREATE per event; then OVERFLOW
+READS_PER_WAKE = 16  # 64 KiB reads of events per readiness callback, then the loop goes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +71,115 @@ def op_name(mask: int) -> str | None:
     return None
 
 
-class DirectoryWatch:
-    """One inotify instance over a directory (and, if recursive, its subdirectories).
+class Inotify:
+    """The server's one inotify instance, shared by all its ``DirectoryWatch``es.
 
-    ``fileno()`` is readable when events wait; ``read()`` returns them. ``ended`` turns
-    true when the watched directory itself is removed, moved or unmounted.
+    Watches are added from worker threads (a watch is opened with the identity of the
+    sandbox user asking) and events are read on the event loop: one lock covers the
+    descriptor table, held from ``inotify_add_watch`` until the new descriptor is known,
+    so no event is read for a descriptor that has no owner yet.
     """
 
-    def __init__(self, root_fd: int, path: str, recursive: bool) -> None:
+    def __init__(self) -> None:
+        self._fd = -1
+        self._lock = threading.RLock()
+        self._owners: dict[int, dict[int, DirectoryWatch]] = {}  # wd → watches by id()
+        try:
+            self.open()
+        except OSError as exc:  # tried again at the first watch
+            log.warning("no inotify instance for file watches yet: %s", exc.strerror)
+
+    def open(self) -> int:
+        with self._lock:
+            if self._fd < 0:
+                fd = int(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+                if fd < 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+                self._fd = fd
+            return self._fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def descriptors(self) -> int:
+        """Directories watched (once each, however many watches cover them)."""
+        return len(self._owners)
+
+    def add(self, watch: DirectoryWatch, dir_fd: int, path: str) -> None:
+        fd = self.open()
+        with self._lock:
+            wd = _libc.inotify_add_watch(fd, f"/proc/self/fd/{dir_fd}".encode(), MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR):
+                    return
+                raise OSError(err, os.strerror(err), path)
+            self._owners.setdefault(wd, {})[id(watch)] = watch
+            watch._dirs[wd] = path
+
+    def remove(self, watch: DirectoryWatch) -> None:
+        with self._lock:
+            for wd in list(watch._dirs):
+                owners = self._owners.get(wd, {})
+                owners.pop(id(watch), None)
+                if not owners:
+                    self._owners.pop(wd, None)
+                    _libc.inotify_rm_watch(self._fd, wd)  # EINVAL if already gone
+            watch._dirs.clear()
+
+    def read(self) -> None:
+        """Read the events waiting and hand each to the watches of its descriptor."""
+        touched: dict[int, DirectoryWatch] = {}
+        for _ in range(READS_PER_WAKE):
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                break
+            with self._lock:
+                self._dispatch(data, touched)
+            if len(data) < 1 << 15:
+                break
+        for watch in touched.values():
+            if watch.on_change is not None:
+                watch.on_change()
+
+    def _dispatch(self, data: bytes, touched: dict[int, DirectoryWatch]) -> None:
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            raw = data[offset + _EVENT.size: offset + _EVENT.size + length]
+            offset += _EVENT.size + length
+            name = raw.split(b"\0", 1)[0].decode(errors="replace")
+            if mask & IN_Q_OVERFLOW:  # the shared queue overflowed: every watch may miss
+                watches = [w for owners in self._owners.values() for w in owners.values()]
+            else:
+                watches = list(self._owners.get(wd, {}).values())
+            if mask & IN_IGNORED:
+                self._owners.pop(wd, None)
+            for watch in watches:
+                watch._one(wd, mask, name)
+                touched[id(watch)] = watch
+
+
+class DirectoryWatch:
+    """A directory (and, if recursive, its subdirectories) watched through the server's
+    shared ``Inotify``.
+
+    Changes collect until ``read()`` takes them; ``on_change`` (when set) is called on the
+    event loop after new ones came. ``ended`` turns true when the watched directory itself
+    is removed, moved or unmounted.
+    """
+
+    def __init__(self, inotify: Inotify, root_fd: int, path: str, recursive: bool) -> None:
         self.path = "/" + posixpath.normpath("/" + path).lstrip("/")
         self.recursive = recursive
         self.ended = False
+        self.on_change: Callable[[], None] | None = None
+        self._inotify = inotify
         self._dirs: dict[int, str] = {}
-        self._fd: int = int(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
-        if self._fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        self._pending: list[Change] = []
         self._root = os.dup(root_fd)  # new subdirectories are found from the root again
         try:
             dir_fd = open_dir(root_fd, self.path)
@@ -83,8 +188,7 @@ class DirectoryWatch:
             finally:
                 os.close(dir_fd)
         except BaseException:
-            os.close(self._fd)
-            os.close(self._root)
+            self.close()
             raise
 
     @property
@@ -92,25 +196,15 @@ class DirectoryWatch:
         """How many directories this watch holds an inotify watch on."""
         return len(self._dirs)
 
-    def fileno(self) -> int:
-        return self._fd
-
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        if self._root >= 0:
+            self._inotify.remove(self)
             os.close(self._root)
-            self._fd = -1
+            self._root = -1
 
     def _add(self, dir_fd: int, path: str) -> None:
-        if len(self._dirs) >= MAX_DIRS:
-            return
-        wd = _libc.inotify_add_watch(self._fd, f"/proc/self/fd/{dir_fd}".encode(), MASK)
-        if wd < 0:
-            err = ctypes.get_errno()
-            if err in (errno.ENOENT, errno.ENOTDIR):
-                return
-            raise OSError(err, os.strerror(err), path)
-        self._dirs[wd] = path
+        if len(self._dirs) < MAX_DIRS:
+            self._inotify.add(self, dir_fd, path)
 
     def _add_tree(self, dir_fd: int, path: str, depth: int, budget: list[int] | None = None,
                   found: list[Change] | None = None) -> bool:
@@ -149,20 +243,13 @@ class DirectoryWatch:
         return complete
 
     def read(self) -> list[Change]:
-        try:
-            data = os.read(self._fd, 1 << 16)
-        except BlockingIOError:
-            return []
-        changes: list[Change] = []
-        offset = 0
-        while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-            raw = data[offset + _EVENT.size: offset + _EVENT.size + length]
-            offset += _EVENT.size + length
-            self._one(wd, mask, raw.split(b"\0", 1)[0].decode(errors="replace"), changes)
+        """The changes seen since the last call."""
+        with self._inotify._lock:
+            changes, self._pending = self._pending, []
         return changes
 
-    def _one(self, wd: int, mask: int, name: str, changes: list[Change]) -> None:
+    def _one(self, wd: int, mask: int, name: str) -> None:
+        changes = self._pending
         base = self._dirs.get(wd)
         if mask & IN_Q_OVERFLOW:
             changes.append(Change(self.path, "OVERFLOW"))

@@ -19,14 +19,25 @@ iptables-restore: replies to the host's connections (the proxy, the agent) pass;
 reserved ranges are refused; then the rest of the world passes only with
 ``allowInternetAccess``. Refusals are ICMP admin-prohibited, so a blocked connect fails at
 once instead of hanging.
+
+What stays on the host, and for how long: the host chains, their jumps and the subnet's
+MASQUERADE rule stay while any sandport server runs or any sandbox exists on the host (a
+sandbox's veth may appear at any moment, and must never be without them); the last server
+to stop, with no sandbox left, removes them. ``ip_forward`` is set only while some sandbox
+may go out, and put back as it was found (the value is recorded under ``/run/sandport``)
+once none may. Servers hold ``servers.lock`` shared for their lifetime; the last one out
+is the one that can take it exclusively.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,11 +195,21 @@ async def apply_egress(lease: Lease, policy: EgressPolicy, subnet: str) -> None:
     """Replace the sandbox's filter table, then open or close its way through the host."""
     await run_tool("ip", "netns", "exec", lease.netns, "iptables-restore", "-w",
                    stdin=egress_rules(lease, policy))
-    if policy.lets_out:
-        _enable_forwarding()
-        await _host_rule("-I", lease, subnet)
-    else:
+    await _way_out(lease, subnet, policy.lets_out)
+
+
+async def _way_out(lease: Lease, subnet: str, open_it: bool) -> None:
+    """Open or close the host's way out for one sandbox; forwarding is on exactly while
+    some sandbox on the host has a way out (one host-wide lock orders the servers)."""
+    async with _host_lock("forward.lock"):
+        if open_it:
+            _enable_forwarding()
+            await _host_rule("-I", lease, subnet)
+            return
         await _host_rule("-D", lease, subnet)
+        chain = (await _listing("iptables", "-w", "-S", FORWARD_CHAIN)).splitlines()
+        if not any(line.endswith("-j ACCEPT") for line in chain):
+            _restore_forwarding()
 
 
 async def _host_rule(action: str, lease: Lease, subnet: str) -> None:
@@ -206,12 +227,49 @@ async def _host_rule(action: str, lease: Lease, subnet: str) -> None:
         present = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
 
 
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+FORWARD_FOUND = SLOTS_ROOT / "ip_forward.found"  # what it was before sandport set it
+
+
 def _enable_forwarding() -> None:
     """The host routes for sandboxes that may go out (only what the FORWARD rules let by:
     nothing else is forwarded between a sandbox and anything)."""
-    path = Path("/proc/sys/net/ipv4/ip_forward")
-    if path.read_text().strip() != "1":
-        path.write_text("1")
+    found = IP_FORWARD.read_text().strip()
+    if found != "1":
+        if not FORWARD_FOUND.exists():
+            FORWARD_FOUND.write_text(found)
+        IP_FORWARD.write_text("1")
+
+
+def _restore_forwarding() -> None:
+    """Put ip_forward back as sandport found it, if sandport changed it."""
+    try:
+        found = FORWARD_FOUND.read_text().strip()
+    except FileNotFoundError:
+        return
+    if found in ("0", "1"):
+        IP_FORWARD.write_text(found)
+    FORWARD_FOUND.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def _host_lock(name: str) -> AsyncIterator[None]:
+    """A host-wide exclusive lock shared with the other servers (waited for off the loop)."""
+    SLOTS_ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(SLOTS_ROOT / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _listing(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    return out.decode(errors="replace")
 
 
 def _disable_ipv6(ifname: str) -> None:
@@ -226,11 +284,69 @@ async def delete_network(lease: Lease, subnet: str | None = None) -> None:
     """Remove the namespace (its eth0 and the veth peer go with it) and the host's way out
     for it (the rule names ``subnet``); safe to repeat."""
     if subnet is not None:
-        await _host_rule("-D", lease, subnet)
+        await _way_out(lease, subnet, False)
     if Path(lease.netns_path).exists():
         await run_tool("ip", "netns", "del", lease.netns, check=False)
     if Path(f"/sys/class/net/{lease.veth}").exists():
         await run_tool("ip", "link", "del", lease.veth, check=False)
+
+
+class HostRules:
+    """This server's hold on the host rules: installed at start (idempotent: several
+    servers share them), removed at stop by the last server out if no sandbox is left."""
+
+    def __init__(self, subnet: str) -> None:
+        self.subnet = subnet
+        self._fd: int | None = None
+
+    async def hold(self) -> None:
+        SLOTS_ROOT.mkdir(parents=True, exist_ok=True)
+        fd = os.open(SLOTS_ROOT / "servers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)  # waits for a teardown
+        self._fd = fd
+        SlotRegistry(self.subnet).dir.mkdir(exist_ok=True)  # the subnet's rules are known
+        await install_host_rules(self.subnet)
+
+    async def release(self) -> bool:
+        """At stop; whether the rules were removed (this was the last server out)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another server runs
+            slot_dirs = list(SLOTS_ROOT.glob("slots-*"))
+            if any(n.isdigit() for d in slot_dirs for n in os.listdir(d)):
+                return False  # sandboxes outlive their server: their guards stay
+            # Every subnet a server used on this host has its slots directory: servers that
+            # stopped before this one (not last) left their MASQUERADE rules to it.
+            used = {d.name.removeprefix("slots-").replace("_", "/") for d in slot_dirs}
+            await remove_host_rules(sorted(used | {self.subnet}))
+            return True
+        finally:
+            os.close(fd)
+
+
+async def remove_host_rules(subnets: list[str]) -> None:
+    veths = VETH_PREFIX + "+"
+    for chain, rule in (("FORWARD", ["-o", veths, "-j", RETURN_CHAIN]),
+                        ("FORWARD", ["-i", veths, "-j", FORWARD_CHAIN]),
+                        ("INPUT", ["-i", veths, "-j", FILTER_CHAIN])):
+        while (await run_tool("iptables", "-w", "-D", chain, *rule, check=False))[0] == 0:
+            pass
+    for chain in (FILTER_CHAIN, FORWARD_CHAIN, RETURN_CHAIN):
+        await run_tool("iptables", "-w", "-F", chain, check=False)
+        await run_tool("iptables", "-w", "-X", chain, check=False)
+    for subnet in subnets:
+        masquerade = ["POSTROUTING", "-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE"]
+        while (await run_tool("iptables", "-w", "-t", "nat", "-D", *masquerade,
+                              check=False))[0] == 0:
+            pass
+    async with _host_lock("forward.lock"):
+        _restore_forwarding()
 
 
 async def install_host_rules(subnet: str) -> None:

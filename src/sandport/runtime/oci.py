@@ -7,7 +7,8 @@ What a sandbox gets, and why (shared/DESIGN.md §5, §6):
 - Docker's default capabilities minus NET_RAW: raw and packet sockets would bypass the
   host's netfilter rules that keep sandboxes away from host ports and from each other;
 - noNewPrivileges, a Docker-equivalent seccomp profile, masked and read-only /proc paths;
-- memory (swap included), CPU and pids limits in its own cgroup;
+- memory (swap included), CPU and pids limits in its own cgroup, under a parent whose
+  pids.max caps all sandboxes together (pidcap.py);
 - rlimits no higher than the host's hard limits (a higher value fails with EPERM).
 """
 
@@ -59,6 +60,7 @@ class ContainerSpec:
     image_env: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
+    cgroup_parent: str = "sandport"  # whose pids.max caps all sandboxes together
 
 
 def merge_env(*layers: dict[str, str] | tuple[str, ...]) -> list[str]:
@@ -97,7 +99,7 @@ def container_config(spec: ContainerSpec, seccomp: dict[str, Any] | None) -> dic
             {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
             {"type": "cgroup"}, {"type": "network", "path": spec.netns_path},
         ],
-        "cgroupsPath": f"/sandport/{spec.sandbox_id}",
+        "cgroupsPath": f"/{spec.cgroup_parent}/{spec.sandbox_id}",
         "resources": {
             "devices": [{"allow": False, "access": "rwm"}],
             "memory": {"limit": mem_bytes, "swap": mem_bytes},

@@ -12,31 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import glob
 import json
 import logging
 import os
 import resource
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
+from ..crashpoints import crash_point
 from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning
 from ..models import ExecResult
 from ..settings import ServerSettings
-from . import CommandRequest, ExecRequest, SandboxSpec, criu, network, oci, seccomp
+from . import CommandRequest, ExecRequest, RealState, SandboxSpec, criu, network, oci, seccomp
 from ._files import read_json, write_json
 from .agent.build import ensure_agent
 from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
 from .agent.client import run_command
+from .cgroups import freezer_state, remove_cgroups, thaw
 from .images import ImageStore
+from .inflight import run_recorded, settle
 from .mounts import mount_overlay, unmount
 from .network import EgressPolicy, Lease, SlotRegistry, lease_for
+from .pidcap import cap_pids, host_pids_total
 
 log = logging.getLogger("sandport.runtime")
 
-PIDS_LIMIT = 1024
 AGENT_PROTOCOL = 2  # what this server speaks to the agents of the sandboxes it creates
 OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
 PR_SET_CHILD_SUBREAPER = 36
@@ -50,7 +51,9 @@ class RuncRuntime:
         self.images = images
         self.state_root = settings.data_dir / "runc"
         self.bundles = settings.data_dir / "sandboxes"
+        self.retained = settings.data_dir / "retained"  # files of sandboxes that ended
         self.slots = SlotRegistry(settings.subnet)
+        self.host_rules = network.HostRules(settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
         self._criu: tuple[str | None, str | None] | None = None  # (binary, why not)
@@ -79,7 +82,19 @@ class RuncRuntime:
             raise RuntimeFailure("cannot become child subreaper")
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.bundles.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await network.install_host_rules(self.settings.subnet)
+        await self.host_rules.hold()
+        # All sandboxes together get at most this many processes and threads: the kernel
+        # enforces it on their parent cgroup, whatever their own limits add up to.
+        total = host_pids_total(self.settings.max_pids_total)
+        try:
+            cap_pids(self.settings.cgroup_parent, total)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot cap the sandboxes' processes at {total} on their "
+                                 f"parent cgroup: {exc.strerror}") from None
+
+    async def release_host(self) -> None:
+        if await self.host_rules.release():
+            log.info("no sandbox and no other server left: host rules removed")
 
     # -- create -----------------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> None:
@@ -126,7 +141,8 @@ class RuncRuntime:
             resolv_file=bundle / "resolv.conf", hostname_file=bundle / "hostname",
             init_binary=self.settings.init_binary, agent_binary=self.agent_binary,
             agent_peer=lease.host_ip, vcpus=spec.vcpus, mem_mib=spec.mem_mib,
-            pids_limit=PIDS_LIMIT, nofile_limit=self.nofile, image_env=image_env,
+            pids_limit=spec.pids_limit, nofile_limit=self.nofile, image_env=image_env,
+            cgroup_parent=self.settings.cgroup_parent,
             env=spec.env, workdir=workdir,
         )
 
@@ -148,13 +164,9 @@ class RuncRuntime:
         # sandbox could write it through /proc/1/fd/2) nor a pipe (never at EOF). runc's
         # own complaints go to its log file.
         log_file = bundle / "runc.log"
-        proc = await asyncio.create_subprocess_exec(
+        code = await run_recorded(bundle, "create", [
             self.settings.runc, "--root", str(self.state_root), "--log", str(log_file),
-            "run", "-d", "--bundle", str(bundle), sandbox_id,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        code = await proc.wait()
+            "run", "-d", "--bundle", str(bundle), sandbox_id])
         if code != 0:
             try:
                 detail = log_file.read_text(errors="replace").strip()[-2000:]
@@ -174,8 +186,7 @@ class RuncRuntime:
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         """Run ``/bin/sh -c command`` through the sandbox's agent, protocol v1: the exec of
         sandboxes made by a sandport before v2 (see runtime_api/exec)."""
-        if not self.is_running(sandbox_id):
-            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        self._ensure_thawed(sandbox_id)
         meta = read_json(self.bundles / sandbox_id / "runtime.json")
         return await run_command(
             meta["sandboxIp"], request.cwd or meta.get("workdir") or "/",
@@ -185,8 +196,7 @@ class RuncRuntime:
 
     async def start_command(self, sandbox_id: str, request: CommandRequest,
                             listener: CommandListener) -> CommandChannel:
-        if not self.is_running(sandbox_id):
-            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        self._ensure_thawed(sandbox_id)
         meta = read_json(self.bundles / sandbox_id / "runtime.json")
         if meta.get("agentProtocol", 1) < AGENT_PROTOCOL:
             raise Conflict(f"sandbox {sandbox_id} was created by an older sandport: it can "
@@ -198,7 +208,40 @@ class RuncRuntime:
         )
         return await start_command(meta["sandboxIp"], spec, listener)
 
+    def _ensure_thawed(self, sandbox_id: str) -> None:
+        """The agent of a frozen sandbox cannot answer: say so at once instead of hanging
+        (the store may not know yet, e.g. while a pause is being finished after a crash)."""
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        if freezer_state(sandbox_id) == "frozen":
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
+
     # -- state ------------------------------------------------------------------------
+    def real_state(self, sandbox_id: str) -> RealState:
+        if self.is_running(sandbox_id):
+            return "frozen" if freezer_state(sandbox_id) == "frozen" else "running"
+        return "suspended" if self.is_suspended(sandbox_id) else "gone"
+
+    async def settle(self, sandbox_id: str) -> RealState:
+        """Let a runc verb left running by a crashed server end, tidy what it left half
+        done, and say what the sandbox is now."""
+        bundle = self.bundles / sandbox_id
+        verb = await settle(bundle, (str(self.state_root), sandbox_id))
+        if verb is not None:
+            log.info("sandbox %s: a %s was under way when the last server stopped",
+                     sandbox_id, verb)
+        state = self.real_state(sandbox_id)
+        if state in ("running", "frozen"):
+            # A checkpoint that did not finish, or a restore that did: its files are stale.
+            for name in ("checkpoint", "checkpoint-work"):
+                shutil.rmtree(bundle / name, ignore_errors=True)
+        elif state == "suspended":
+            # A restore that failed half way leaves runc's state of a container that is not
+            # there; the next restore needs the name free.
+            await self._quiet("delete", "-f", sandbox_id)
+            await remove_cgroups(sandbox_id)
+        return state
+
     def address(self, sandbox_id: str) -> str | None:
         address = read_json(self.bundles / sandbox_id / "runtime.json").get("sandboxIp")
         return address if isinstance(address, str) else None
@@ -241,13 +284,14 @@ class RuncRuntime:
 
     def cpu_seconds(self, sandbox_id: str) -> float | None:
         """CPU time the sandbox's processes have used, from its cgroup (v1 or v2)."""
+        parent = self.settings.cgroup_parent
         try:
-            ns = Path(f"/sys/fs/cgroup/cpuacct/sandport/{sandbox_id}/cpuacct.usage").read_text()
+            ns = Path(f"/sys/fs/cgroup/cpuacct/{parent}/{sandbox_id}/cpuacct.usage").read_text()
             return int(ns) / 1e9
         except (OSError, ValueError):
             pass
         try:
-            stat = Path(f"/sys/fs/cgroup/sandport/{sandbox_id}/cpu.stat").read_text()
+            stat = Path(f"/sys/fs/cgroup/{parent}/{sandbox_id}/cpu.stat").read_text()
         except OSError:
             return None
         for line in stat.splitlines():
@@ -258,8 +302,9 @@ class RuncRuntime:
 
     def memory_bytes(self, sandbox_id: str) -> int | None:
         """Memory charged to the sandbox's cgroup now (v1 or v2)."""
-        for path in (f"/sys/fs/cgroup/memory/sandport/{sandbox_id}/memory.usage_in_bytes",
-                     f"/sys/fs/cgroup/sandport/{sandbox_id}/memory.current"):
+        parent = self.settings.cgroup_parent
+        for path in (f"/sys/fs/cgroup/memory/{parent}/{sandbox_id}/memory.usage_in_bytes",
+                     f"/sys/fs/cgroup/{parent}/{sandbox_id}/memory.current"):
             try:
                 return int(Path(path).read_text())
             except (OSError, ValueError):
@@ -285,15 +330,22 @@ class RuncRuntime:
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         code, detail = await self._runc_logged(
-            bundle, "--criu", binary, "checkpoint", "--image-path", str(image), "--work-path",
-            str(work), "--tcp-established", sandbox_id)
-        if code != 0 or self.is_running(sandbox_id):
-            shutil.rmtree(image, ignore_errors=True)
+            bundle, "suspend", "--criu", binary, "checkpoint", "--image-path", str(image),
+            "--work-path", str(work), "--tcp-established", sandbox_id)
+        # What counts is what the host holds: a sandbox that still runs was not suspended
+        # (its partial image goes); one that is gone with a complete image was, whatever
+        # runc said afterwards (deleting that image would lose its memory).
+        if self.is_running(sandbox_id) or not self.is_suspended(sandbox_id):
+            if self.is_running(sandbox_id):
+                shutil.rmtree(image, ignore_errors=True)
             log.error("sandbox %s: checkpoint failed: %s %s", sandbox_id, detail,
                       criu.last_error(work / "dump.log"))
             raise RuntimeFailure("the sandbox could not be suspended: "
                                  + (criu.last_error(work / "dump.log") or "runc checkpoint failed"))
-        await _remove_cgroups(sandbox_id)
+        if code != 0:
+            log.warning("sandbox %s: runc checkpoint failed after a complete dump: %s",
+                        sandbox_id, detail)
+        await remove_cgroups(sandbox_id)
 
     async def restore(self, sandbox_id: str) -> None:
         """Start a suspended sandbox again from its checkpoint, where it was."""
@@ -303,7 +355,7 @@ class RuncRuntime:
         if not self.is_suspended(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} has no checkpoint to restore")
         code, detail = await self._runc_logged(
-            bundle, "--criu", binary, "restore", "-d", "--image-path", str(image),
+            bundle, "restore", "--criu", binary, "restore", "-d", "--image-path", str(image),
             "--work-path", str(work), "--tcp-established", "--bundle", str(bundle), sandbox_id)
         if code != 0 or not self.is_running(sandbox_id):
             log.error("sandbox %s: restore failed: %s %s", sandbox_id, detail,
@@ -322,15 +374,13 @@ class RuncRuntime:
             raise NotSupported(why or "suspend to disk is not available")
         return self._criu[0]
 
-    async def _runc_logged(self, bundle: Path, *args: str) -> tuple[int, str]:
+    async def _runc_logged(self, bundle: Path, verb: str, *args: str) -> tuple[int, str]:
         """Run runc with /dev/null for stdio (a restored container inherits it) and its
-        complaints in runc.log; (exit code, the log's tail)."""
+        complaints in runc.log, recorded as ``verb`` while it runs (inflight.py); (exit
+        code, the log's tail)."""
         log_file = bundle / "runc.log"
-        proc = await asyncio.create_subprocess_exec(
-            self.settings.runc, "--root", str(self.state_root), "--log", str(log_file), *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        code = await proc.wait()
+        code = await run_recorded(bundle, verb, [
+            self.settings.runc, "--root", str(self.state_root), "--log", str(log_file), *args])
         try:
             detail = log_file.read_text(errors="replace").strip()[-1000:]
         except OSError:
@@ -346,45 +396,73 @@ class RuncRuntime:
         await network.apply_egress(lease, egress, self.settings.subnet)
 
     # -- pause --------------------------------------------------------------------------
+    # Both read the freezer itself, not runc's idea of it: each does what it says whatever
+    # state a crash left (pausing a frozen sandbox or resuming a thawed one is success).
     async def pause(self, sandbox_id: str) -> None:
-        await self._checked("pause", sandbox_id)
-
-    async def resume(self, sandbox_id: str) -> None:
-        await self._checked("resume", sandbox_id)
-
-    async def _checked(self, verb: str, sandbox_id: str) -> None:
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        proc = await asyncio.create_subprocess_exec(
-            *self._runc(verb, sandbox_id), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            log.error("sandbox %s: runc %s failed: %s", sandbox_id, verb,
-                      err.decode(errors="replace").strip())
+        if freezer_state(sandbox_id) != "frozen":
+            await self._freezer_verb("pause", sandbox_id, want="frozen")
+
+    async def resume(self, sandbox_id: str) -> None:
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        if freezer_state(sandbox_id) == "frozen":
+            await self._freezer_verb("resume", sandbox_id, want="thawed")
+
+    async def _freezer_verb(self, verb: str, sandbox_id: str, want: str) -> None:
+        code, detail = await self._runc_logged(self.bundles / sandbox_id, verb, verb,
+                                               sandbox_id)
+        if want == "thawed" and freezer_state(sandbox_id) == "frozen":
+            # runc saw it otherwise (a freezer left half way by a crash): thaw it anyway
+            with contextlib.suppress(OSError):
+                thaw(sandbox_id)
+        if freezer_state(sandbox_id) != want:
+            log.error("sandbox %s: runc %s failed (%s): %s", sandbox_id, verb, code, detail)
             raise RuntimeFailure(f"the sandbox could not be {verb}d")
 
     # -- destroy ----------------------------------------------------------------------
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str, keep_files: bool = False) -> None:
+        """Remove the container and all it holds on the host; with ``keep_files`` its
+        files (the overlay's upper directory: what the sandbox changed) move to
+        ``retained/<id>/`` first, for ``discard_files`` later. Safe to repeat."""
         bundle = self.bundles / sandbox_id
         meta = read_json(bundle / "runtime.json")
         state = read_json(self.state_root / sandbox_id / "state.json")
         init_pid = state.get("init_process_pid")
-        await self._quiet("resume", sandbox_id)  # frozen processes would not die of KILL
+        with contextlib.suppress(OSError):
+            thaw(sandbox_id)  # frozen processes would not die of KILL
         await self._quiet("kill", sandbox_id, "KILL")
         if isinstance(init_pid, int) and init_pid > 0:
             await _wait_gone(init_pid)
         await self._quiet("delete", "-f", sandbox_id)
-        await _remove_cgroups(sandbox_id)
+        await remove_cgroups(sandbox_id)
         with contextlib.suppress(OSError):
             unmount(bundle / "rootfs")
+        if keep_files and (bundle / "upper").is_dir():
+            kept = self.retained / sandbox_id
+            kept.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not (kept / "upper").exists():
+                (bundle / "upper").rename(kept / "upper")
+            write_json(kept / "image.json", {"image": meta.get("image"),
+                                             "imageVersion": meta.get("imageVersion")})
+            crash_point("lost.files_moved")
         slot = meta.get("slot")
         lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
         await network.delete_network(lease, self.settings.subnet)
         if isinstance(slot, int):
             self.slots.release(slot, sandbox_id)
+        crash_point("stop.runtime_half_done")
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+
+    def discard_files(self, sandbox_id: str) -> None:
+        shutil.rmtree(self.retained / sandbox_id, ignore_errors=True)
+
+    def retained_ids(self) -> set[str]:
+        if not self.retained.exists():
+            return set()
+        return {p.name for p in self.retained.iterdir() if p.is_dir()}
 
     async def _quiet(self, *args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -423,27 +501,3 @@ async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
             if stat is None or stat[0] in ("Z", "X"):
                 return
         await asyncio.sleep(0.01)
-
-
-async def _remove_cgroups(sandbox_id: str) -> None:
-    paths = glob.glob(f"/sys/fs/cgroup/*/sandport/{sandbox_id}")
-    paths += glob.glob(f"/sys/fs/cgroup/sandport/{sandbox_id}")
-    for _ in range(200):
-        remaining = []
-        for path in paths:
-            if not os.path.isdir(path):
-                continue
-            with contextlib.suppress(OSError):
-                for pid in Path(path, "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            try:
-                os.rmdir(path)
-            except OSError:
-                remaining.append(path)
-        if not remaining:
-            return
-        paths = remaining
-        await asyncio.sleep(0.01)
-    log.warning("sandbox %s: cgroups not removed: %s", sandbox_id, ", ".join(paths))
-

@@ -30,6 +30,7 @@ from ..errors import (
     PayloadTooLarge,
     RuntimeFailure,
     SandportError,
+    Unavailable,
 )
 from ..models import FileInfo, FileType
 from . import safepath
@@ -118,9 +119,21 @@ def error_for(code: int | None, path: str) -> SandportError:
         errno.EDQUOT: (PayloadTooLarge, "disk quota exceeded in the sandbox"),
         errno.EROFS: (Forbidden, "read-only filesystem"),
         errno.EINVAL: (BadRequest, "invalid argument"),
-        errno.EBUSY: (Conflict, "busy"),
+        errno.EBUSY: (Conflict, "busy (a mount point, or in use)"),
+        errno.ETXTBSY: (Conflict, "in use by a running program"),
+        errno.EFBIG: (PayloadTooLarge, "file too large"),
+        errno.EMLINK: (Conflict, "too many links"),
+        errno.ENXIO: (BadRequest, "no such device"),
+        errno.ENODEV: (BadRequest, "no such device"),
+        errno.EOPNOTSUPP: (BadRequest, "not supported by this filesystem"),
+        errno.EOVERFLOW: (BadRequest, "value too large"),
+        errno.EAGAIN: (Conflict, "temporarily unavailable; try again"),
+        errno.EMFILE: (Unavailable, "too many open files; try again"),
+        errno.ENFILE: (Unavailable, "too many open files; try again"),
+        errno.ENOMEM: (Unavailable, "out of memory; try again"),
     }
-    cls, text = messages.get(code or 0, (SandportError, "file operation failed"))
+    name = errno.errorcode.get(code or 0, "unknown")
+    cls, text = messages.get(code or 0, (SandportError, f"file operation failed ({name})"))
     return cls(f"{path}: {text}")
 
 
@@ -316,7 +329,9 @@ class SandboxFS:
                 st = os.stat(src_name, dir_fd=src_parent, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode) and not recursive:
                     raise BadRequest(f"{source}: is a directory (pass recursive)")
-                with self._parent(destination) as (dst_parent, dst_name):
+                # From here what fails is mostly the destination's: name it.
+                with client_errors(destination), \
+                        self._parent(destination) as (dst_parent, dst_name):
                     if _exists(dst_parent, dst_name):
                         if not overwrite:
                             raise Conflict(f"{destination}: already exists (pass overwrite)")
@@ -491,6 +506,19 @@ def _open_child_regular(parent: int, name: str) -> int:
         os.close(fd)
 
 
+def _copy_bytes(src: int, dst: int) -> None:
+    """In the kernel: copy_file_range, or sendfile where that cannot cross filesystems
+    (a bind-mounted file into the sandbox's overlay is EXDEV since Linux 5.19)."""
+    try:
+        while os.copy_file_range(src, dst, COPY_CHUNK):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        while os.sendfile(dst, src, None, COPY_CHUNK):
+            pass
+
+
 def _copy_child(src_parent: int, src_name: str, dst_parent: int, dst_name: str,
                 depth: int) -> None:
     """Copy one entry: files by content, directories recursively, symlinks as symlinks;
@@ -505,8 +533,7 @@ def _copy_child(src_parent: int, src_name: str, dst_parent: int, dst_name: str,
             dst = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600, dir_fd=dst_parent)
             try:
-                while os.copy_file_range(src, dst, COPY_CHUNK):
-                    pass
+                _copy_bytes(src, dst)
                 os.fchmod(dst, perms)
             finally:
                 os.close(dst)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 
 from .. import ids
 from ..errors import ValidationFailed
@@ -16,12 +18,32 @@ from .auth import authorize
 
 
 async def runtime_record(request: HTTPConnection) -> SandboxRecord:
+    """The sandbox the request's runtime token opens (checked once per request)."""
+    cached: SandboxRecord | None = getattr(request.state, "runtime_record", None)
+    if cached is not None:
+        return cached
     ctx = request.app.state.ctx
     sandbox_id = request.path_params["id"]
     record = await ctx.store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
     record = authorize(record, sandbox_id, request.headers.get("authorization"), ctx.clock())
     ctx.sandboxes.activity.touch(record.id)  # the API at work in it: not idle
+    request.state.runtime_record = record
     return record
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def tokened(handler: Handler) -> Handler:
+    """A route that checks the runtime token before anything else: without a valid one,
+    how the body or query would have been judged stays unsaid (401, never 400/413)."""
+
+    async def run(request: Request) -> Response:
+        await runtime_record(request)
+        return await handler(request)
+
+    run.__name__ = run.__qualname__ = handler.__name__
+    return run
 
 
 def require_object(body: Any, allowed: set[str]) -> dict[str, Any]:
@@ -38,7 +60,7 @@ def string_field(body: dict[str, Any], name: str, *, required: bool = True) -> s
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise ValidationFailed(f"{name} must be a non-empty string")
+        raise ValidationFailed(f"{name} must be a non-empty string without NUL bytes")
     return value
 
 

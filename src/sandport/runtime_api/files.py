@@ -231,10 +231,10 @@ async def make_dir(request: Request) -> Response:
 def _source_and_destination(body: dict[str, Any]) -> tuple[str, str]:
     source = body.get("from", body.get("source"))
     destination = body.get("to", body.get("destination"))
-    if not isinstance(source, str) or not source or not isinstance(destination, str) \
-            or not destination:
-        raise ValidationFailed("from and to must be non-empty paths")
-    return source, destination
+    for name, value in (("from", source), ("to", destination)):
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ValidationFailed(f"{name} must be a non-empty path without NUL bytes")
+    return str(source), str(destination)
 
 
 async def move_file(request: Request) -> Response:

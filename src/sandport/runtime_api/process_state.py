@@ -6,7 +6,9 @@ recent ``buffer_bytes`` of it, so a client that attaches late (or reconnects) re
 missed, within that bound. A follower that is attached never misses a chunk: while it lags
 more than the buffer behind, reading from the sandbox pauses (the command's writes block)
 rather than dropping what it has not read. Memory per process is thus at most about twice
-the buffer, whatever the command prints.
+the buffer, whatever the command prints; and all sessions of the server together keep at
+most what their ``BufferBudget`` allows (buffers.py: finished processes' output is shed
+first, then what was read; running ones hold back while the server is over it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Literal
 
 from ..errors import Conflict, NotFound, Unavailable
 from ..runtime.agent.channel import CommandChannel, CommandListener
+from .buffers import BufferBudget
 
 ProcessStatus = Literal["running", "exited", "failed", "killed", "timed_out"]
 DEFAULT_BUFFER_BYTES = 4 << 20
@@ -79,6 +82,11 @@ class ProcessSession(CommandListener):
     _paused: bool = False
     _kill_reason: ProcessStatus | None = None
     _deadline: asyncio.TimerHandle | None = None
+    # The server-wide account of kept output (unbounded when a session is made alone).
+    budget: BufferBudget = field(default_factory=lambda: BufferBudget(None))
+
+    def __post_init__(self) -> None:
+        self.budget.register(self)
 
     # -- from the channel ---------------------------------------------------------------
     def on_output(self, stream: str, data: bytes) -> None:
@@ -92,6 +100,7 @@ class ProcessSession(CommandListener):
             self.last_seq += 1
             self.chunks.append(Chunk(self.last_seq, stream, data, now_ms()))
         self.buffered += len(data)
+        self.budget.charge(self.sandbox_id, len(data))
         self._trim()
         self._wake()
 
@@ -125,17 +134,56 @@ class ProcessSession(CommandListener):
 
     # -- output buffer ------------------------------------------------------------------
     def _trim(self) -> None:
-        """Drop chunks beyond the buffer that every follower has read; pause reading if a
-        follower lags so far that nothing more may be dropped."""
+        """Drop chunks beyond the buffer (or, while the server is over its budget, any)
+        that every follower has read; pause reading if a follower lags so far that nothing
+        more may be dropped, or while the server is over its budget."""
         oldest_needed = min(self._followers.values(), default=self.last_seq)
-        while self.buffered > self.buffer_bytes and self.chunks \
+        freed = 0
+        while (self.buffered > self.buffer_bytes or self.budget.over) and self.chunks \
                 and self.chunks[0].seq <= oldest_needed:
-            self.buffered -= len(self.chunks.popleft().data)
+            size = len(self.chunks.popleft().data)
+            self.buffered -= size
+            freed += size
             self.dropped = True
-        lagging = self.buffered > 2 * self.buffer_bytes
+        if freed:
+            self.budget.credit(self.sandbox_id, freed)
+        lagging = self.buffered > 2 * self.buffer_bytes or (
+            self.running and self.budget.holds_back(self.sandbox_id))
         if lagging != self._paused and self.channel is not None:
             self._paused = lagging
             (self.channel.pause if lagging else self.channel.resume)()
+
+    # -- as a BufferHolder (buffers.py) ---------------------------------------------------
+    @property
+    def owner(self) -> str:
+        return self.sandbox_id
+
+    @property
+    def finished(self) -> bool:
+        return not self.running
+
+    @property
+    def finished_at(self) -> int:
+        return self.completed_at or 0
+
+    def shed(self, nbytes: int) -> int:
+        """Drop the oldest chunks every follower has read, about ``nbytes`` of them."""
+        oldest_needed = min(self._followers.values(), default=self.last_seq)
+        freed = 0
+        while freed < nbytes and self.chunks and self.chunks[0].seq <= oldest_needed:
+            freed += len(self.chunks.popleft().data)
+            self.dropped = True
+        self.buffered -= freed
+        return freed
+
+    def relieved(self) -> None:
+        self._trim()
+
+    def release(self) -> None:
+        """Forgotten by the registry: its output leaves the server's account."""
+        self.chunks.clear()
+        self.budget.unregister(self, self.buffered)
+        self.buffered = 0
 
     def _wake(self) -> None:
         self._changed.set()
@@ -210,6 +258,7 @@ class ProcessSession(CommandListener):
 
     def forget_output(self) -> None:
         self.chunks.clear()
+        self.budget.credit(self.sandbox_id, self.buffered)
         self.buffered = 0
         self.dropped = True
 
@@ -278,7 +327,8 @@ class ProcessSession(CommandListener):
 class ProcessRegistry:
     """Every process and terminal session of this server, by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: BufferBudget | None = None) -> None:
+        self.budget = budget or BufferBudget(None)  # kept output, server-wide
         self._sessions: dict[str, ProcessSession] = {}
         self._starting: dict[str, list[int]] = {}  # sandbox → buffers of starts under way
 
@@ -319,6 +369,7 @@ class ProcessRegistry:
                           key=lambda s: s.started_at)
         for old in finished[:-KEEP_FINISHED or None]:
             del self._sessions[old.id]
+            old.release()
         kept = sum(s.buffered for s in finished)
         for old in finished:  # the oldest finished processes' output goes first
             if kept <= FINISHED_BUFFER_BUDGET:
@@ -346,3 +397,4 @@ class ProcessRegistry:
                 session.channel.close()
             session.on_lost()
             del self._sessions[session.id]
+            session.release()

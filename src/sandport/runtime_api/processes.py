@@ -78,7 +78,8 @@ async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
         cwd = cwd or user.home
     session = ProcessSession(
         registry(request).new_id(prefix), sandbox_id, start.command, start.args,
-        cwd or ctx.runtime.workdir(sandbox_id), buffer_bytes=start.buffer_bytes, pty=start.pty)
+        cwd or ctx.runtime.workdir(sandbox_id), buffer_bytes=start.buffer_bytes, pty=start.pty,
+        budget=registry(request).budget)
     if pin:
         session.pin_start()
     command = CommandRequest(
@@ -87,8 +88,11 @@ async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
         groups=None if user is ROOT else user.groups)
     try:
         session.channel = await ctx.runtime.start_command(sandbox_id, command, session)
-    except RuntimeFailure as exc:
-        raise _start_error(exc.message, session.cwd) from None
+    except BaseException as exc:
+        session.release()  # never registered: its output leaves the server's account
+        if isinstance(exc, RuntimeFailure):
+            raise _start_error(exc.message, session.cwd) from None
+        raise
     session.pid = session.channel.pid
     session.set_timeout(start.timeout_s)
     registry(request).add(session)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import signal
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..control.http import json_body
+from ..control.json_text import parse_json
 from ..errors import SandportError, ValidationFailed
 from ._common import bool_field, decode_data, int_field, require_object, runtime_record
 from .commands import parse_signal, parse_size, parse_terminal, parse_wait_timeout
@@ -125,10 +125,8 @@ async def relay(websocket: WebSocket, session: ProcessSession, cursor: int) -> N
 
 
 def _apply(session: ProcessSession, raw: str | bytes) -> None:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        raise ValidationFailed("messages must be JSON objects") from None
+    # The same check as request bodies: usable text, bounded depth, the field named.
+    message = parse_json(raw.encode() if isinstance(raw, str) else raw)
     if not isinstance(message, dict):
         raise ValidationFailed("messages must be JSON objects")
     kind = message.get("type")

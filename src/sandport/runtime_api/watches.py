@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -22,19 +23,22 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..control.http import json_body
 from ..errors import Conflict, NotFound, SandportError, Unavailable
-from ..runtime.fswatch import DirectoryWatch
+from ..runtime.fswatch import DirectoryWatch, Inotify
 from ..runtime.sandboxfs import client_errors
 from ._common import bool_field, int_field, require_object, runtime_record, string_field
 from .files import in_sandbox
 from .websocket import deny
 
+log = logging.getLogger("sandport.runtime_api")
+
 EVENT_BUFFER = 4096
 MAX_WATCHES_PER_SANDBOX = 8
 KEEP_STOPPED = 8  # per sandbox: ended watches kept for a last read of their events
-# For the whole server: inotify watches and instances are host-wide resources of root
-# (fs.inotify.max_user_watches, max_user_instances: 128 by default).
+# For the whole server: inotify watches are a per-user resource that root in every
+# sandbox shares with the server (fs.inotify.max_user_watches). All watches share one
+# inotify instance (fswatch.Inotify), so they take one of max_user_instances (128).
 MAX_WATCHED_DIRS = 32768
-MAX_ACTIVE_WATCHES = 64
+MAX_ACTIVE_WATCHES = 1024
 
 
 def _ms() -> int:
@@ -84,6 +88,10 @@ class WatchSession:
 class WatchRegistry:
     def __init__(self) -> None:
         self._watches: dict[str, WatchSession] = {}
+        # Opened now, at the server's start: a sandbox that later takes every inotify
+        # instance of root (its own user) cannot take this one.
+        self.inotify = Inotify()
+        self._reading: int | None = None  # the descriptor the event loop reads
 
     def add(self, sandbox_id: str, watch: DirectoryWatch) -> WatchSession:
         mine = [w for w in self._watches.values() if w.sandbox_id == sandbox_id]
@@ -102,19 +110,24 @@ class WatchRegistry:
         session = WatchSession("w_" + secrets.token_hex(8), sandbox_id, watch.path,
                                watch.recursive, watch)
         self._watches[session.id] = session
-        asyncio.get_running_loop().add_reader(watch.fileno(), self._readable, session)
+        if self._reading != self.inotify.fileno():
+            self._reading = self.inotify.fileno()
+            asyncio.get_running_loop().add_reader(self._reading, self._read_inotify)
+        watch.on_change = lambda: self._changed(session)
+        self._changed(session)  # what came before it was registered
         return session
 
-    def _readable(self, session: WatchSession) -> None:
+    def _read_inotify(self) -> None:
+        try:
+            self.inotify.read()
+        except OSError as exc:
+            log.error("reading file watch events failed: %s", exc.strerror)
+
+    def _changed(self, session: WatchSession) -> None:
         watch = session.watch
         if watch is None:
             return
-        try:
-            changes = watch.read()
-        except OSError as exc:
-            self.stop(session, f"watch failed: {exc.strerror}")
-            return
-        for change in changes:
+        for change in watch.read():
             session.record(change.path, change.op)
         if watch.ended:
             self.stop(session, "the watched directory is gone")
@@ -127,8 +140,7 @@ class WatchRegistry:
 
     def stop(self, session: WatchSession, error: str | None = None) -> None:
         if session.watch is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(session.watch.fileno())
+            session.watch.on_change = None
             session.watch.close()
             session.watch = None
         if session.stopped_at is None:
@@ -154,10 +166,12 @@ async def create_watch(request: Request) -> Response:
     recursive = bool_field(body, "recursive")
     run_as = string_field(body, "runAs", required=False)
 
+    inotify = _registry(request).inotify
+
     def open_watch(fs: Any) -> DirectoryWatch:
         absolute = fs.absolute(path)
         with client_errors(absolute):
-            return DirectoryWatch(fs.root_fd, absolute, recursive)
+            return DirectoryWatch(inotify, fs.root_fd, absolute, recursive)
 
     watch = await in_sandbox(request, run_as, open_watch)
     session = _registry(request).add(request.path_params["id"], watch)

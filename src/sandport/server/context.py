@@ -34,4 +34,6 @@ def host_limits() -> HostLimits:
         for line in fh:
             if line.startswith("MemTotal:"):
                 mem_kib = int(line.split()[1])
-    return HostLimits(cpus=os.cpu_count() or 1, mem_mib=mem_kib // 1024)
+    with open("/proc/sys/kernel/pid_max") as fh:
+        pid_max = int(fh.read())
+    return HostLimits(cpus=os.cpu_count() or 1, mem_mib=mem_kib // 1024, pids=pid_max)

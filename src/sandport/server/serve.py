@@ -15,20 +15,26 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
+from .. import crashpoints
 from ..activity import Activity, CpuProbe
+from ..control.housekeeping import Housekeeping
 from ..control.sandboxes import SandboxService
 from ..ids import hash_secret, new_api_key
 from ..proxy.decide import Edge
 from ..proxy.grants import Grants
+from ..proxy.limits import EdgeLimits
 from ..proxy.routes import RouteTable
 from ..proxy.server import ProxyServer
 from ..proxy.urls import PublicUrls
 from ..runtime.images import ImageStore
 from ..runtime.runc import RuncRuntime
+from ..runtime_api.sessions import RuntimeSessions
 from ..settings import ServerSettings
 from ..store import Store
 from ..store.sqlite import SqliteStore
@@ -50,6 +56,7 @@ def serve(settings: ServerSettings) -> None:
     )
     import uvloop
 
+    crashpoints.arm(settings.test_crash_at)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock_fd = os.open(settings.data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -58,6 +65,7 @@ def serve(settings: ServerSettings) -> None:
         raise SystemExit(
             f"error: another sandport serve is using {settings.data_dir}"
         ) from None
+    _raise_open_files_limit(settings.max_open_files)
     uvloop.run(_serve(settings))
 
 
@@ -80,9 +88,12 @@ async def _serve(settings: ServerSettings) -> None:
         activity = Activity()
         sandboxes = SandboxService(settings, store, runtime, images, routes, grants,
                                    activity=activity)
-        counts = await sandboxes.reconcile()
+        housekeeping = Housekeeping(sandboxes)
+        counts = await housekeeping.reconcile()
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        ctx = AppContext(settings, store, runtime, images, sandboxes, host_limits())
+        limits = host_limits()
+        ctx = AppContext(settings, store, runtime, images, sandboxes, limits,
+                         RuntimeSessions.for_server(settings.buffer_memory_mib, limits.mem_mib))
         socket_path = settings.control_socket
         socket_path.parent.mkdir(mode=0o700, exist_ok=True)
         socket_path.unlink(missing_ok=True)
@@ -91,17 +102,22 @@ async def _serve(settings: ServerSettings) -> None:
             access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=5,
             proxy_headers=True, forwarded_allow_ips="*",  # only the edge proxy connects
         )
-        api = uvicorn.Server(config)
+        api = _ApiServer(config)
         proxy = ProxyServer(Edge(urls, routes, str(socket_path), secret), grants.redeem,
                             wake=sandboxes.wake, touch=activity.touch,
                             header_timeout_s=settings.header_timeout_s,
-                            idle_timeout_s=settings.idle_timeout_s)
+                            idle_timeout_s=settings.idle_timeout_s,
+                            limits=EdgeLimits.from_settings(
+                                settings.max_connections_per_address,
+                                settings.trusted_proxies, settings.min_body_rate,
+                                settings.min_body_rate_window_s,
+                                resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
         activity.probes += [proxy.in_use, ctx.sessions.processes.any_running,
                             CpuProbe(runtime.cpu_seconds)]
         routes.watch(proxy.cut)
         routes.watch_revocations(proxy.cut_tokens)
         routes.watch(ctx.sessions.sandbox_gone)
-        reaper = asyncio.ensure_future(run_reaper(sandboxes))
+        reaper = asyncio.ensure_future(run_reaper(housekeeping))
         listener: asyncio.Server | None = None
         try:
             listener = await _listen(proxy, settings)
@@ -114,8 +130,35 @@ async def _serve(settings: ServerSettings) -> None:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            socket_path.unlink(missing_ok=True)
+            await runtime.release_host()
     finally:
         store.close()
+
+
+def _raise_open_files_limit(cap: int | None) -> None:
+    """Soft open-files limit up to the hard one (or ``cap``): every connection is a
+    descriptor. The hard limit stays: sandboxes' rlimits are read from it (runtime/runc.py).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # the kernel's nr_open
+    wanted = ceiling if cap is None else min(ceiling, cap)
+    if wanted != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn raises the stop signal again once it has shut down, which would end the
+    process before sandport's own shutdown ran (the API socket, the host rules): the signal
+    has done its work once uvicorn returns, so it is not raised again."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 async def _listen(proxy: ProxyServer, settings: ServerSettings) -> asyncio.Server:

@@ -46,6 +46,14 @@ class SandboxRecord:
     idle_timeout_s: int | None = None  # with no sign of life for this long...
     on_idle: str = "pause"  # ...it is paused or stopped
     suspended: bool = False  # paused to disk (checkpoint), not in memory
+    pids_limit: int = 1024  # at most this many processes and threads in the sandbox
+    # A multi-step transition under way (suspend, restore, pause, resume, stop, create),
+    # written before the runtime is touched: a boot after a crash finishes or undoes it.
+    intent: str | None = None
+    # An ended sandbox whose end nobody asked for keeps its files until then (a crash).
+    retain_until: float | None = None
+    # Browser cookies for its auth ports carry this; revoke-all and unexpose advance it.
+    port_generation: int = 0
 
     @property
     def tokens(self) -> TokenSet:
@@ -87,6 +95,10 @@ class Store(Protocol):
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...
 
     async def expired_sandboxes(self, now: float) -> list[SandboxRecord]: ...
+
+    async def files_due(self, now: float) -> list[SandboxRecord]:
+        """Ended sandboxes whose kept files are due to be reclaimed (retain_until <= now)."""
+        ...
 
     async def sign_out(self, nonce: str, expires_at: float, now: float) -> None:
         """A console session ended before its expiry (kept until then)."""

@@ -77,6 +77,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sandboxes ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE console_signed_out (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN pids_limit INTEGER NOT NULL DEFAULT 1024;
+    ALTER TABLE sandboxes ADD COLUMN intent TEXT;
+    ALTER TABLE sandboxes ADD COLUMN retain_until REAL;
+    ALTER TABLE sandboxes ADD COLUMN port_generation INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -217,6 +223,10 @@ class SqliteStore:
             "SELECT * FROM sandboxes WHERE status IN ('active', 'paused') AND expires_at <= ?",
             (now,)
         )
+        return [_from_row(r) for r in rows.fetchall()]
+
+    async def files_due(self, now: float) -> list[SandboxRecord]:
+        rows = self.db.execute("SELECT * FROM sandboxes WHERE retain_until <= ?", (now,))
         return [_from_row(r) for r in rows.fetchall()]
 
 

@@ -164,9 +164,17 @@ async def start_command(host: str, spec: CommandSpec, listener: CommandListener,
             if loop.time() > deadline:
                 raise RuntimeFailure("the sandbox's agent is not answering") from None
             await asyncio.sleep(0.005)
-    channel._send(encode_request_v2(
-        spec.argv, spec.env, cwd=spec.cwd, stdin_pipe=spec.stdin, pty=spec.pty, uid=spec.uid,
-        gid=spec.gid, groups=spec.groups))
-    await channel.started
+    try:
+        channel._send(encode_request_v2(
+            spec.argv, spec.env, cwd=spec.cwd, stdin_pipe=spec.stdin, pty=spec.pty,
+            uid=spec.uid, gid=spec.gid, groups=spec.groups))
+        await channel.started
+    except BaseException:
+        # Nobody will await ``started`` now: cancel it, or the close below sets an exception
+        # on it that asyncio logs as "Future exception was never retrieved"; and hang up, or
+        # the connection stays open until the sandbox stops.
+        channel.started.cancel()
+        channel.close()
+        raise
     return channel
 
