@@ -103,6 +103,7 @@ class SandboxInfo:
     suspended: bool = False  # paused on disk (checkpoint), not in memory
     # An ended sandbox whose end nobody asked for (a crash) keeps its files until then.
     files_kept_until: str | None = None
+    pids_limit: int = 1024  # processes and threads it may have at once
 
     @property
     def duration(self) -> int:
@@ -142,6 +143,7 @@ class SandboxInfo:
             "onIdle": self.on_idle,
             "suspended": self.suspended,
             "filesKeptUntil": self.files_kept_until,
+            "pidsLimit": self.pids_limit,
         }
         if with_token:
             wire["token"] = self.token
@@ -178,6 +180,7 @@ class SandboxInfo:
             on_idle=data.get("onIdle") or "pause",
             suspended=bool(data.get("suspended")),
             files_kept_until=data.get("filesKeptUntil"),
+            pids_limit=int(data.get("pidsLimit") or 1024),
         )
 
 

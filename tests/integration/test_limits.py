@@ -134,6 +134,18 @@ def test_all_sandboxes_together_stay_under_the_pids_cap(
 
 
 # -- item 4: memory admission ----------------------------------------------------------------
+def test_a_sandbox_s_own_pids_limit(make_sandbox: Callable[..., Sandbox]) -> None:
+    """pidsLimit from the SDK: in the detail, and the kernel holds the sandbox to it."""
+    sb = make_sandbox(pids_limit=64)
+    assert sb.info.pids_limit == 64
+    spawn = ("import os, signal\nkids = []\nfor _ in range(100):\n    try:\n"
+             "        kids.append(os.posix_spawn('/bin/sleep', ['sleep', '30'], {}))\n"
+             "    except OSError:\n        break\nprint(len(kids))\n"
+             "for k in kids:\n    os.kill(k, signal.SIGKILL)\n")
+    started = sb.exec(f"python3 -c \"{spawn}\"")
+    assert 40 < int(started.stdout) < 64, started
+
+
 def test_memory_admission_sums_running_and_paused_sandboxes(fresh_server: Factory) -> None:
     capacity = 1000
     srv = fresh_server(env={"SANDPORT_MEMORY_OVERCOMMIT": "1",

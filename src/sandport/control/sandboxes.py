@@ -163,6 +163,7 @@ class SandboxService:
             idle_timeout_s=record.idle_timeout_s, on_idle=record.on_idle,
             suspended=record.suspended,
             files_kept_until=iso(record.retain_until) if record.retain_until else None,
+            pids_limit=record.pids_limit,
         )
 
     # -- verbs ------------------------------------------------------------------------

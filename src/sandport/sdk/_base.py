@@ -70,6 +70,7 @@ def create_call(
     exposed_ports: dict[int, bool] | None = None, network: dict[str, Any] | None = None,
     on_timeout: str | None = None, auto_resume: bool | None = None,
     idle_timeout_s: int | None = None, on_idle: str | None = None,
+    pids_limit: int | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {"imageName": image}
     ports = None if exposed_ports is None else [
@@ -78,7 +79,8 @@ def create_call(
                        ("memMiB", mem_mib), ("diskSizeMiB", disk_size_mib), ("env", env),
                        ("exposedPorts", ports), ("network", network),
                        ("onTimeout", on_timeout), ("autoResume", auto_resume),
-                       ("idleTimeoutSeconds", idle_timeout_s), ("onIdle", on_idle)):
+                       ("idleTimeoutSeconds", idle_timeout_s), ("onIdle", on_idle),
+                       ("pidsLimit", pids_limit)):
         if value is not None:
             body[key] = value
     return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,

@@ -81,7 +81,8 @@ class Sandbox:
         env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
         network: dict[str, Any] | None = None, on_timeout: str | None = None,
         auto_resume: bool | None = None, idle_timeout_s: int | None = None,
-        on_idle: str | None = None, api_key: str | None = None, base_url: str | None = None,
+        on_idle: str | None = None, pids_limit: int | None = None, api_key: str | None = None,
+        base_url: str | None = None,
     ) -> Sandbox:
         """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
         ``network`` is the policy in its JSON form, e.g. ``{"maskRequestHost":
@@ -89,7 +90,8 @@ class Sandbox:
         ``on_timeout="pause"`` pauses at the deadline instead of stopping;
         ``auto_resume=True`` lets a request to a paused sandbox's URL resume it;
         ``idle_timeout_s`` pauses it (or stops it: ``on_idle="stop"``) after that many
-        seconds without traffic, API calls, running API processes or CPU use."""
+        seconds without traffic, API calls, running API processes or CPU use;
+        ``pids_limit`` caps its processes and threads (default 1024)."""
         settings = ClientSettings.load(base_url, api_key)
         client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
         try:
@@ -97,7 +99,7 @@ class Sandbox:
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
                 network=network, on_timeout=on_timeout, auto_resume=auto_resume,
-                idle_timeout_s=idle_timeout_s, on_idle=on_idle))
+                idle_timeout_s=idle_timeout_s, on_idle=on_idle, pids_limit=pids_limit))
         except BaseException:
             client.close()
             raise
