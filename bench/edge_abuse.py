@@ -15,7 +15,6 @@ timed, and so is one from the hoarding address.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import socket
 import sys
@@ -47,16 +46,6 @@ asyncio.run(main())
 """
 
 
-def open_sockets(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
-
-
 def connect(port: int, source: str) -> socket.socket:
     sock = socket.socket()
     sock.bind((source, 0))
@@ -65,12 +54,12 @@ def connect(port: int, source: str) -> socket.socket:
     return sock
 
 
-def half_closed(srv: ServerProcess, pid: int, n: int) -> None:
+def half_closed(srv: ServerProcess, n: int) -> None:
     sb = Sandbox.create(api_key=srv.api_key, base_url=srv.base_url, exposed_ports={3000: False})
     sb.processes.start(["python3", "-c", WHOLE_BODIES])
     host = f"3000-{sb.id}.localhost:{srv.port}".encode()
     time.sleep(1)
-    before = open_sockets(pid)
+    before = srv.open_sockets()
     held = []
     for i in range(n):
         sock = connect(srv.port, f"127.0.{1 + i // 250}.{1 + i % 250}")
@@ -79,10 +68,10 @@ def half_closed(srv: ServerProcess, pid: int, n: int) -> None:
         sock.shutdown(socket.SHUT_WR)
         held.append(sock)
     time.sleep(2)
-    after_2s = open_sockets(pid)
+    after_2s = srv.open_sockets()
     time.sleep(8)
     print(f"{n} clients that FIN mid-body: server sockets {before} before, "
-          f"{after_2s} after 2 s, {open_sockets(pid)} after 10 s")
+          f"{after_2s} after 2 s, {srv.open_sockets()} after 10 s")
     for sock in held:
         sock.close()
     sb.stop()
@@ -128,7 +117,7 @@ def main() -> None:
     srv = ServerProcess(Path(tempfile.mkdtemp(prefix="sandport-bench-")) / "data").start()
     assert srv.proc is not None
     try:
-        half_closed(srv, srv.proc.pid, args.half_closed)
+        half_closed(srv, args.half_closed)
         hoard(srv, srv.proc.pid, args.hoard, args.fd_limit)
     finally:
         srv.stop()

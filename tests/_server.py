@@ -66,6 +66,23 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    def assert_clean_log(self) -> None:
+        """No traceback and no asyncio complaint in the whole log."""
+        log = self.log_path.read_text(errors="replace")
+        for bad in ("Traceback", "was never retrieved", "unable to perform operation"):
+            assert bad not in log, log[-3000:]
+
+    def open_sockets(self) -> int:
+        """Sockets the server process holds open now."""
+        assert self.proc is not None
+        count = 0
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                count += os.readlink(f"/proc/{self.proc.pid}/fd/{fd}").startswith("socket:")
+            except FileNotFoundError:
+                pass
+        return count
+
     def stop_all_sandboxes(self) -> None:
         """What a careful user does before shutting down: sandboxes outlive the server."""
         if self.proc is None or self.proc.poll() is not None:

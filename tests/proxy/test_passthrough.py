@@ -253,21 +253,11 @@ def test_client_that_half_closes_still_gets_its_answer(site: Site) -> None:
     assert data.startswith(b"HTTP/1.1 200") and b"/echo?half" in data
 
 
-def _open_sockets(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except FileNotFoundError:
-            pass
-    return count
-
 
 def test_tunnel_closes_once_both_sides_have_half_closed(site: Site) -> None:
     assert site.server.proc is not None
-    pid = site.server.proc.pid
     host = urlsplit(site.url(3000)).netloc
-    before = _open_sockets(pid)
+    before = site.server.open_sockets()
     held = []
     for _ in range(3):
         s = socket.create_connection(("127.0.0.1", site.server.port), timeout=10)
@@ -286,9 +276,9 @@ def test_tunnel_closes_once_both_sides_have_half_closed(site: Site) -> None:
         s.shutdown(socket.SHUT_WR)  # the client is done; the upstream then is done too
         assert s.recv(65536) == b""
     deadline = time.monotonic() + 3  # far less than the 75 s idle timeout
-    while _open_sockets(pid) > before and time.monotonic() < deadline:
+    while site.server.open_sockets() > before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _open_sockets(pid) <= before, "the proxy kept both-ways half-closed tunnels open"
+    assert site.server.open_sockets() <= before, "the proxy kept both-ways half-closed tunnels open"
     for s in held:
         s.close()
 

@@ -46,13 +46,19 @@ async def caller_team(request: Request) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def keyed(handler: Handler) -> Handler:
-    """A route that checks the API key before anything else: a caller without one learns
-    nothing from how its body or query would have been judged (401, never 400/413)."""
+def checked_first(check: Callable[[Request], Awaitable[object]]) -> Callable[[Handler], Handler]:
+    """Routes that run ``check`` (credentials) before anything else: a caller without them
+    learns nothing from how its body or query would have been judged (401, never 400/413)."""
 
-    async def run(request: Request) -> Response:
-        await caller_team(request)
-        return await handler(request)
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            await check(request)
+            return await handler(request)
 
-    run.__name__ = run.__qualname__ = handler.__name__
-    return run
+        run.__name__ = run.__qualname__ = handler.__name__
+        return run
+
+    return wrap
+
+
+keyed = checked_first(caller_team)  # the control API: the x-api-key

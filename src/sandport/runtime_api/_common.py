@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.requests import HTTPConnection
 
 from .. import ids
+from ..control.http import checked_first
 from ..errors import ValidationFailed
 from ..store import SandboxRecord
 from .auth import authorize
@@ -31,19 +30,7 @@ async def runtime_record(request: HTTPConnection) -> SandboxRecord:
     return record
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def tokened(handler: Handler) -> Handler:
-    """A route that checks the runtime token before anything else: without a valid one,
-    how the body or query would have been judged stays unsaid (401, never 400/413)."""
-
-    async def run(request: Request) -> Response:
-        await runtime_record(request)
-        return await handler(request)
-
-    run.__name__ = run.__qualname__ = handler.__name__
-    return run
+tokened = checked_first(runtime_record)  # the runtime API: the sandbox's bearer token
 
 
 def require_object(body: Any, allowed: set[str]) -> dict[str, Any]:

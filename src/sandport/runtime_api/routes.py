@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from starlette.routing import Route, WebSocketRoute
 
+from ..control.http import Handler
 from . import files, processes, terminals, watches
-from ._common import Handler, tokened
+from ._common import tokened
 from .exec import exec_command
 
 P = "/runtime/{id}/sandbox"
