@@ -30,6 +30,13 @@ def test_sandbox_commands(server: ServerProcess) -> None:
     try:
         ran = sandport("sandbox", "exec", sid, "--", "echo hello; exit 4", server=server)
         assert ran.stdout == "hello\n" and ran.returncode == 4
+        # several words are a command and its arguments: `sh -c 'a; b'` stays one -c line
+        words = sandport("sandbox", "exec", sid, "--", "sh", "-c", "echo a; echo 'b c'",
+                         server=server)
+        assert words.stdout == "a\nb c\n", words.stderr
+        spaced = sandport("sandbox", "exec", sid, "--", "printf", "%s|", "x y", "$HOME",
+                          server=server)
+        assert spaced.stdout == "x y|$HOME|"
         assert json.loads(sandport("sandbox", "get", sid, server=server).stdout)["id"] == sid
         listed = sandport("sandbox", "list", "--status", "active", server=server)
         assert listed.returncode == 0 and sid in listed.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -34,9 +35,11 @@ def register(commands: Any) -> None:
     p.add_argument("id")
     p.set_defaults(run=get)
 
-    p = verbs.add_parser("exec", help="run a shell command; exits with its exit code")
+    p = verbs.add_parser("exec", help="run a command; exits with its exit code")
     p.add_argument("id")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command (after --)")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="after --: one word is a shell line ('ls | wc -l'); several words "
+                        "are a command and its arguments, each passed as it is")
     p.add_argument("--cwd")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     p.set_defaults(run=exec_)
@@ -112,7 +115,9 @@ def exec_(args: argparse.Namespace) -> int:
     s = client_settings(args)
     sb = Sandbox.get(args.id, api_key=s.api_key, base_url=s.base_url)
     try:
-        result = sb.exec(" ".join(words), cwd=args.cwd, timeout=args.timeout)
+        # Several words keep their boundaries (quoted), as a shell would have split them.
+        line = words[0] if len(words) == 1 else shlex.join(words)
+        result = sb.exec(line, cwd=args.cwd, timeout=args.timeout)
     finally:
         sb.close()
     sys.stdout.write(result.stdout)
