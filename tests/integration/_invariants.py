@@ -116,6 +116,10 @@ def invariant_problems(data_dir: Path) -> list[str]:
                 say(f"{sid}: record {status}, freezer {_freezer(sid)}")
             if not cgroups:
                 say(f"{sid}: record {status}, no cgroups")
+        if live and not suspended and netns and "-N CRIU" in subprocess.run(
+                ["ip", "netns", "exec", f"sp-{sid}", "iptables", "-w", "-S"],
+                capture_output=True, text=True).stdout:
+            say(f"{sid}: CRIU's network lock is left in its namespace")
         if live:
             for what, there in (("overlay mount", sid in mounted), ("netns", netns),
                                 ("veth", veth), ("address slot", sid in slots),

@@ -10,7 +10,10 @@ agreement.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from sandport.runtime.agent.protocol import AGENT_PORT
 
 from .._server import ServerProcess
 from ._host import sandbox_traces
@@ -304,3 +309,104 @@ def _quietly(call: Callable[..., object], *args: object) -> None:
         call(*args)
     except httpx.HTTPError:
         pass
+
+
+MEMORY = "nohup python3 -c 'import time\nb=bytearray(300<<20)\ntime.sleep(3600)' >/dev/null 2>&1 &"
+
+
+def _session(srv: ServerProcess, sandbox_id: str, verb: str) -> int | None:
+    """The session of the runc doing ``verb`` on the sandbox now (inflight.json)."""
+    try:
+        record = json.loads(
+            (srv.data_dir / "sandboxes" / sandbox_id / "inflight.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("session") if record.get("verb") == verb else None
+
+
+def _in_session(session: int) -> dict[int, str]:
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[3]) == session:
+            found[int(pid)] = stat.partition("(")[2].rpartition(")")[0]
+    return found
+
+
+def _criu_at_work(srv: ServerProcess, sandbox_id: str, verb: str) -> int | None:
+    """The runc session once its CRIU is dumping or restoring (its network lock is in the
+    sandbox's namespace, or, restoring, CRIU runs)."""
+    session = _session(srv, sandbox_id, verb)
+    if session is None or "criu" not in _in_session(session).values():
+        return None
+    if verb == "suspend" and subprocess.run(
+            ["ip", "netns", "exec", f"sp-{sandbox_id}", "iptables", "-w", "-n", "-L", "CRIU"],
+            capture_output=True).returncode != 0:
+        return None
+    return session
+
+
+def _kill_runc_and_criu(srv: ServerProcess, session: int) -> None:
+    """SIGKILL the server and the runc (and its CRIU) working on the sandbox: what a kill
+    of the server's whole cgroup does, or the boot's own end to a runc that ran too long."""
+    srv.crash()
+    for pid, name in _in_session(session).items():
+        if name.startswith(("runc", "criu")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("verb", ["suspend", "resume"])
+def test_criu_killed_with_the_server(fresh_server: Start, verb: str) -> None:
+    """CRIU killed mid-checkpoint left the sandbox's network locked (active, unreachable),
+    mid-restore its mounts and runc state (the sandbox could never be restored again)."""
+    srv = fresh_server()
+    detail = _new_sandbox(srv)
+    _stdout(detail, MEMORY)
+    sid = detail["id"]
+    with srv.client() as api:
+        if verb == "resume":
+            assert api.post(f"/api/sandbox/{sid}/suspend").status_code == 200
+        sent = threading.Thread(target=lambda: _quietly(api.post, f"/api/sandbox/{sid}/{verb}"))
+        sent.start()
+        deadline = time.monotonic() + 30
+        while (session := _criu_at_work(srv, sid, "suspend" if verb == "suspend"
+                                        else "restore")) is None:
+            assert time.monotonic() < deadline, "CRIU was never seen at work"
+            time.sleep(0.002)
+        _kill_runc_and_criu(srv, session)
+        sent.join()
+    srv = _restart(fresh_server, srv)  # the checker: no lock left, no runc state, mounts
+    with srv.client() as api:
+        record = api.get(f"/api/sandbox/{sid}").json()
+        if record["status"] == "paused":
+            assert api.post(f"/api/sandbox/{sid}/resume").json()["status"] == "active"
+    t0 = time.monotonic()
+    assert _stdout(detail, "cat /root/keep") == "mine\n"
+    assert time.monotonic() - t0 < 10
+    with srv.client() as api:  # and it suspends and restores again
+        assert api.post(f"/api/sandbox/{sid}/suspend").json()["suspended"] is True
+        assert api.post(f"/api/sandbox/{sid}/resume").json()["status"] == "active"
+    assert _stdout(detail, "cat /root/keep") == "mine\n"
+    assert_invariants(srv.data_dir)
+
+
+def test_an_agent_that_cannot_be_reached_fails_fast(fresh_server: Start) -> None:
+    """Packets to the agent dropped (as by a network lock a CRIU left): exec fails within
+    seconds, it does not wait out the kernel's two minutes of connect retries."""
+    srv = fresh_server()
+    detail = _new_sandbox(srv)
+    rule = ["INPUT", "-p", "tcp", "--dport", str(AGENT_PORT), "-j", "DROP"]
+    ns = ["ip", "netns", "exec", f"sp-{detail['id']}", "iptables", "-w"]
+    subprocess.run([*ns, "-I", *rule], check=True)
+    try:
+        t0 = time.monotonic()
+        answer = _exec(detail, "true", timeout=60)
+        assert time.monotonic() - t0 < 8
+        assert answer.status_code >= 500 and "not answering" in answer.json()["message"]
+    finally:
+        subprocess.run([*ns, "-D", *rule], check=True)
+    assert _stdout(detail, "cat /root/keep") == "mine\n"

@@ -153,6 +153,28 @@ def test_fin_mid_body_ends_the_exchange_at_once(edge: Site) -> None:
     edge.server.assert_clean_log()
 
 
+def test_a_client_gone_mid_body_is_no_server_error(edge: Site) -> None:
+    """With valid credentials, so the API reads the body: the client's FIN mid-body ends
+    the exchange, and the server logs no error (a 500 with a traceback before)."""
+    netloc = urlsplit(edge.server.base_url).netloc
+    runtime = urlsplit(edge.sb.info.runtime.base_url).netloc
+    for host, path, credential in (
+            (netloc, "/api/sandbox", f"x-api-key: {edge.server.api_key}"),
+            (runtime, "/sandbox/exec", f"Authorization: Bearer {edge.token}")):
+        for framing in ("Content-Length: 1000\r\n\r\n{\"comm",
+                        "Transfer-Encoding: chunked\r\n\r\n10\r\n{\"comm"):
+            with _connect(edge) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{credential}\r\n"
+                          f"Content-Type: application/json\r\n{framing}".encode())
+                time.sleep(0.2)  # the API is reading the body
+                s.shutdown(socket.SHUT_WR)
+                s.recv(65536)
+    time.sleep(0.5)
+    log = edge.server.log_path.read_text(errors="replace")
+    assert " ERROR " not in log and "Exception in ASGI application" not in log, log[-3000:]
+    edge.server.assert_clean_log()
+
+
 def test_fin_after_a_complete_body_still_gets_the_response(edge: Site) -> None:
     with _connect(edge) as s:
         s.sendall(f"POST /sink HTTP/1.1\r\nHost: {_host(edge)}\r\nContent-Length: 10\r\n"

@@ -29,3 +29,16 @@ def is_mounted(target: Path) -> bool:
     wanted = str(target)
     with open("/proc/self/mountinfo") as fh:
         return any(line.split()[4] == wanted for line in fh)
+
+
+def unmount_below(root: Path) -> int:
+    """Detach every mount at or under ``root``, deepest first (what a CRIU killed half way
+    leaves: its root and cgroup yard mounts); how many were detached."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as fh:
+        points = {line.split()[4] for line in fh}
+    below = sorted((p for p in points if p == prefix[:-1] or p.startswith(prefix)),
+                   key=len, reverse=True)
+    for point in below:
+        _libc.umount2(point.encode(), MNT_DETACH)  # EINVAL once a parent took it along
+    return len(below)

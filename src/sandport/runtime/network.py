@@ -280,6 +280,30 @@ def _disable_ipv6(ifname: str) -> None:
             raise
 
 
+CRIU_LOCK_CHAIN = "CRIU"  # what CRIU's iptables network lock adds in the sandbox's netns
+
+
+async def remove_criu_lock(lease: Lease) -> bool:
+    """Take away the network lock a CRIU killed half way through a checkpoint or restore
+    left in the sandbox's namespace (a chain that drops all but CRIU's own packets, jumped
+    to from INPUT and OUTPUT, for IPv4 and IPv6); whether there was one."""
+    if not Path(lease.netns_path).exists():
+        return False
+    found = False
+    for tool in ("iptables", "ip6tables"):
+        ns = ("ip", "netns", "exec", lease.netns, tool, "-w")
+        if (await run_tool(*ns, "-n", "-L", CRIU_LOCK_CHAIN, check=False))[0] != 0:
+            continue
+        found = True
+        for chain in ("INPUT", "OUTPUT"):
+            while (await run_tool(*ns, "-D", chain, "-j", CRIU_LOCK_CHAIN,
+                                  check=False))[0] == 0:
+                pass
+        await run_tool(*ns, "-F", CRIU_LOCK_CHAIN, check=False)
+        await run_tool(*ns, "-X", CRIU_LOCK_CHAIN, check=False)
+    return found
+
+
 async def delete_network(lease: Lease, subnet: str | None = None) -> None:
     """Remove the namespace (its eth0 and the veth peer go with it) and the host's way out
     for it (the rule names ``subnet``); safe to repeat."""

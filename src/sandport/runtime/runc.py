@@ -32,7 +32,7 @@ from .agent.client import run_command
 from .cgroups import freezer_state, remove_cgroups, thaw
 from .images import ImageStore
 from .inflight import run_recorded, settle
-from .mounts import mount_overlay, unmount
+from .mounts import mount_overlay, unmount, unmount_below
 from .network import EgressPolicy, Lease, SlotRegistry, lease_for
 from .pidcap import cap_pids, host_pids_total
 
@@ -230,15 +230,24 @@ class RuncRuntime:
         if verb is not None:
             log.info("sandbox %s: a %s was under way when the last server stopped",
                      sandbox_id, verb)
+        if verb in ("suspend", "restore"):  # a CRIU ended half way leaves its mounts
+            for directory in (bundle / "checkpoint-work", self.state_root / sandbox_id):
+                unmount_below(directory)
         state = self.real_state(sandbox_id)
+        # ... and its network lock, which only a suspended sandbox keeps (peers' packets are
+        # dropped, not refused, until the restore takes its connections back).
+        if verb in ("suspend", "restore") and state in ("running", "frozen") and \
+                await network.remove_criu_lock(self._lease(sandbox_id)):
+            log.warning("sandbox %s: CRIU's network lock removed", sandbox_id)
         if state in ("running", "frozen"):
             # A checkpoint that did not finish, or a restore that did: its files are stale.
             for name in ("checkpoint", "checkpoint-work"):
                 shutil.rmtree(bundle / name, ignore_errors=True)
         elif state == "suspended":
             # A restore that failed half way leaves runc's state of a container that is not
-            # there; the next restore needs the name free.
+            # there (maybe no more than CRIU's root); the next restore needs the name free.
             await self._quiet("delete", "-f", sandbox_id)
+            shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
             await remove_cgroups(sandbox_id)
         return state
 
@@ -388,9 +397,13 @@ class RuncRuntime:
         return code, detail
 
     # -- network ----------------------------------------------------------------------
+    def _lease(self, sandbox_id: str) -> Lease:
+        slot = read_json(self.bundles / sandbox_id / "runtime.json").get("slot")
+        return lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
+
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
         slot = read_json(self.bundles / sandbox_id / "runtime.json").get("slot")
-        lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
+        lease = self._lease(sandbox_id)
         if not isinstance(slot, int) or not Path(lease.netns_path).exists():
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         await network.apply_egress(lease, egress, self.settings.subnet)
@@ -453,6 +466,8 @@ class RuncRuntime:
         if isinstance(slot, int):
             self.slots.release(slot, sandbox_id)
         crash_point("stop.runtime_half_done")
+        for directory in (bundle, self.state_root / sandbox_id):
+            unmount_below(directory)  # after a CRIU that died half way (the rootfs is gone)
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
 

@@ -7,7 +7,7 @@ import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -42,6 +42,14 @@ async def render_error(request: Request, exc: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"},
                         status_code=500)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away before its request was whole (the edge ends such an exchange
+    at once): nobody reads this answer, and it is no error of the server's."""
+    log.debug("%s %s: the client went away mid-request", request.method, request.url.path)
+    return JSONResponse({"error": "bad_request", "message": "the request was not complete"},
+                        status_code=400)
 
 
 def _console_error(request: Request, exc: Exception) -> Response:
@@ -90,8 +98,10 @@ def build_app(ctx: AppContext) -> Starlette:
     app = Starlette(
         routes=[*control_routes, *runtime_routes, *console_routes],
         middleware=[Middleware(RuntimeRoutesGuard)],
+        # Exception (500) is rendered and raised again by Starlette for uvicorn's log; a
+        # client that went away is not such an error, so it has a handler of its own.
         exception_handlers={SandportError: render_error, HTTPException: render_error,
-                            Exception: render_error},
+                            ClientDisconnect: client_gone, Exception: render_error},
     )
     app.state.ctx = ctx
     return app

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from ...errors import RuntimeFailure
-from .client import CONNECT_RETRY_S
+from .client import CONNECT_RETRY_S, CONNECT_TIMEOUT_S, START_TIMEOUT_S
 from .protocol import (
     AGENT_PORT,
     FrameDecoder,
@@ -158,8 +158,11 @@ async def start_command(host: str, spec: CommandSpec, listener: CommandListener,
     deadline = loop.time() + CONNECT_RETRY_S
     while True:
         try:
-            await loop.create_connection(lambda: channel, host, port)
+            await asyncio.wait_for(loop.create_connection(lambda: channel, host, port),
+                                   CONNECT_TIMEOUT_S)
             break
+        except TimeoutError:
+            raise RuntimeFailure("the sandbox's agent is not answering") from None
         except ConnectionRefusedError:  # a sandbox created a moment ago may not listen yet
             if loop.time() > deadline:
                 raise RuntimeFailure("the sandbox's agent is not answering") from None
@@ -168,7 +171,10 @@ async def start_command(host: str, spec: CommandSpec, listener: CommandListener,
         channel._send(encode_request_v2(
             spec.argv, spec.env, cwd=spec.cwd, stdin_pipe=spec.stdin, pty=spec.pty,
             uid=spec.uid, gid=spec.gid, groups=spec.groups))
-        await channel.started
+        try:
+            await asyncio.wait_for(asyncio.shield(channel.started), START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeFailure("the sandbox's agent did not start the command") from None
     except BaseException:
         # Nobody will await ``started`` now: cancel it, or the close below sets an exception
         # on it that asyncio logs as "Future exception was never retrieved"; and hang up, or

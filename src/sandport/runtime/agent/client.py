@@ -14,13 +14,20 @@ from ...models import ExecResult
 from .protocol import AGENT_PORT, FrameDecoder, FrameError, encode_request, exit_code
 
 CONNECT_RETRY_S = 3.0  # a sandbox created a moment ago may not be listening yet
+# A connection that neither succeeds nor is refused (its packets dropped: a sandbox whose
+# network a CRIU left locked) fails after this instead of the kernel's two minutes.
+CONNECT_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 10.0  # from the request sent to the agent's "started" (its pid)
 
 
 async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     deadline = time.monotonic() + CONNECT_RETRY_S
     while True:
         try:
-            return await asyncio.open_connection(host, port)
+            return await asyncio.wait_for(asyncio.open_connection(host, port),
+                                          CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeFailure("the sandbox's agent is not answering") from None
         except ConnectionRefusedError:
             if time.monotonic() > deadline:
                 raise RuntimeFailure("the sandbox's agent is not answering") from None
