@@ -336,9 +336,11 @@ def _in_session(session: int) -> dict[int, str]:
     return found
 
 
-def _criu_at_work(srv: ServerProcess, sandbox_id: str, verb: str) -> int | None:
-    """The runc session once its CRIU is dumping or restoring (its network lock is in the
-    sandbox's namespace, or, restoring, CRIU runs)."""
+def _criu_at_work(srv: ServerProcess, sandbox_id: str, verb: str,
+                  late: bool = False) -> int | None:
+    """The runc session once its CRIU is dumping (its network lock is in the sandbox's
+    namespace) or restoring (CRIU runs; ``late``: and runc knows the restored init, which
+    CRIU tells it before it lets the processes run)."""
     session = _session(srv, sandbox_id, verb)
     if session is None or "criu" not in _in_session(session).values():
         return None
@@ -346,6 +348,13 @@ def _criu_at_work(srv: ServerProcess, sandbox_id: str, verb: str) -> int | None:
             ["ip", "netns", "exec", f"sp-{sandbox_id}", "iptables", "-w", "-n", "-L", "CRIU"],
             capture_output=True).returncode != 0:
         return None
+    if late:
+        try:
+            state = json.loads((srv.data_dir / "runc" / sandbox_id / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not state.get("init_process_pid"):
+            return None
     return session
 
 
@@ -359,7 +368,7 @@ def _kill_runc_and_criu(srv: ServerProcess, session: int) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("verb", ["suspend", "resume"])
+@pytest.mark.parametrize("verb", ["suspend", "resume", "resume-late"])
 def test_criu_killed_with_the_server(fresh_server: Start, verb: str) -> None:
     """CRIU killed mid-checkpoint left the sandbox's network locked (active, unreachable),
     mid-restore its mounts and runc state (the sandbox could never be restored again)."""
@@ -368,13 +377,14 @@ def test_criu_killed_with_the_server(fresh_server: Start, verb: str) -> None:
     _stdout(detail, MEMORY)
     sid = detail["id"]
     with srv.client() as api:
-        if verb == "resume":
+        if verb != "suspend":
             assert api.post(f"/api/sandbox/{sid}/suspend").status_code == 200
-        sent = threading.Thread(target=lambda: _quietly(api.post, f"/api/sandbox/{sid}/{verb}"))
+        path = f"/api/sandbox/{sid}/{verb.partition('-')[0]}"
+        sent = threading.Thread(target=lambda: _quietly(api.post, path))
         sent.start()
         deadline = time.monotonic() + 30
         while (session := _criu_at_work(srv, sid, "suspend" if verb == "suspend"
-                                        else "restore")) is None:
+                                        else "restore", late=verb == "resume-late")) is None:
             assert time.monotonic() < deadline, "CRIU was never seen at work"
             time.sleep(0.002)
         _kill_runc_and_criu(srv, session)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..crashpoints import crash_point
-from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning
+from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning, SandportError
 from ..models import ExecResult
 from ..settings import ServerSettings
 from . import CommandRequest, ExecRequest, RealState, SandboxSpec, criu, network, oci, seccomp
@@ -239,6 +239,15 @@ class RuncRuntime:
         if verb in ("suspend", "restore") and state in ("running", "frozen") and \
                 await network.remove_criu_lock(self._lease(sandbox_id)):
             log.warning("sandbox %s: CRIU's network lock removed", sandbox_id)
+        if verb == "restore" and state == "running" and self._has_checkpoint(sandbox_id) and \
+                not await self._agent_answers(sandbox_id):
+            # A restore ended half way may leave processes that are there but do not run
+            # (stopped when their tracer, CRIU, died). The checkpoint is whole: back to it;
+            # the next resume restores it again.
+            log.warning("sandbox %s: a restore ended half way: back to its checkpoint",
+                        sandbox_id)
+            await self._end_container(sandbox_id)
+            state = self.real_state(sandbox_id)
         if state in ("running", "frozen"):
             # A checkpoint that did not finish, or a restore that did: its files are stale.
             for name in ("checkpoint", "checkpoint-work"):
@@ -250,6 +259,40 @@ class RuncRuntime:
             shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
             await remove_cgroups(sandbox_id)
         return state
+
+    def _has_checkpoint(self, sandbox_id: str) -> bool:
+        return (self.bundles / sandbox_id / "checkpoint" / "inventory.img").exists()
+
+    async def _agent_answers(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's agent starts a command (``true``) within seconds."""
+        address = self.address(sandbox_id)
+        if address is None:
+            return False
+        try:
+            if self.agent_protocol(sandbox_id) < AGENT_PROTOCOL:
+                done = await run_command(address, "/", ["true"], (), 5.0, 1024)
+                return not done.timed_out
+            channel = await asyncio.wait_for(start_command(
+                address, CommandSpec(argv=("true",), env=(), cwd="/", stdin=False),
+                CommandListener()), 8.0)
+        except (TimeoutError, OSError):
+            return False
+        except SandportError as exc:  # an answer, unless it is the lack of one
+            return "agent" not in exc.message
+        channel.close()
+        return True
+
+    async def _end_container(self, sandbox_id: str) -> None:
+        """Kill the container's processes and forget it in runc, keeping its bundle,
+        network and overlay (for a restore)."""
+        init_pid = read_json(self.state_root / sandbox_id / "state.json").get("init_process_pid")
+        await self._quiet("kill", sandbox_id, "KILL")
+        if isinstance(init_pid, int) and init_pid > 0:
+            await _wait_gone(init_pid)
+        await self._quiet("delete", "-f", sandbox_id)
+        await remove_cgroups(sandbox_id)
+        unmount_below(self.state_root / sandbox_id)
+        shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
 
     def address(self, sandbox_id: str) -> str | None:
         address = read_json(self.bundles / sandbox_id / "runtime.json").get("sandboxIp")
