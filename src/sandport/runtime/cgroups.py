@@ -29,15 +29,20 @@ def _first(pattern: str) -> Path | None:
     return Path(found[0]) if found else None
 
 
-def _freezer_files(sandbox_id: str) -> tuple[Path | None, Path | None]:
+def _freezer_files(sandbox_id: str,
+                   parent: str | None) -> tuple[Path | None, Path | None]:
+    if parent is not None:  # known: no directory listing (this is on exec's path)
+        return (CGROUP_ROOT / "freezer" / parent / sandbox_id / "freezer.state",
+                CGROUP_ROOT / parent / sandbox_id / "cgroup.freeze")
     return (_first(f"freezer/sandport*/{sandbox_id}/freezer.state"),
             _first(f"sandport*/{sandbox_id}/cgroup.freeze"))
 
 
-def freezer_state(sandbox_id: str) -> Freezer | None:
+def freezer_state(sandbox_id: str, parent: str | None = None) -> Freezer | None:
     """Whether the sandbox's processes are frozen; None if it has no cgroup (not running).
-    A freezer caught half way (v1 ``FREEZING``) counts as frozen: its processes do not run."""
-    v1, v2 = _freezer_files(sandbox_id)
+    A freezer caught half way (v1 ``FREEZING``) counts as frozen: its processes do not run.
+    ``parent``: the sandboxes' parent cgroup, if known (else any ``sandport*``)."""
+    v1, v2 = _freezer_files(sandbox_id, parent)
     with contextlib.suppress(OSError):
         if v1 is not None:
             return "thawed" if v1.read_text().strip() == "THAWED" else "frozen"
@@ -49,7 +54,7 @@ def freezer_state(sandbox_id: str) -> Freezer | None:
 
 def thaw(sandbox_id: str) -> None:
     """Thaw the sandbox's cgroup directly, whatever runc believes its state is."""
-    v1, v2 = _freezer_files(sandbox_id)
+    v1, v2 = _freezer_files(sandbox_id, None)
     if v1 is not None:
         v1.write_text("THAWED")
     elif v2 is not None:

@@ -213,13 +213,16 @@ class RuncRuntime:
         (the store may not know yet, e.g. while a pause is being finished after a crash)."""
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        if freezer_state(sandbox_id) == "frozen":
+        if self._frozen(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is paused")
+
+    def _frozen(self, sandbox_id: str) -> bool:
+        return freezer_state(sandbox_id, self.settings.cgroup_parent) == "frozen"
 
     # -- state ------------------------------------------------------------------------
     def real_state(self, sandbox_id: str) -> RealState:
         if self.is_running(sandbox_id):
-            return "frozen" if freezer_state(sandbox_id) == "frozen" else "running"
+            return "frozen" if self._frozen(sandbox_id) else "running"
         return "suspended" if self.is_suspended(sandbox_id) else "gone"
 
     async def settle(self, sandbox_id: str) -> RealState:
@@ -457,23 +460,23 @@ class RuncRuntime:
     async def pause(self, sandbox_id: str) -> None:
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        if freezer_state(sandbox_id) != "frozen":
+        if not self._frozen(sandbox_id):
             await self._freezer_verb("pause", sandbox_id, want="frozen")
 
     async def resume(self, sandbox_id: str) -> None:
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        if freezer_state(sandbox_id) == "frozen":
+        if self._frozen(sandbox_id):
             await self._freezer_verb("resume", sandbox_id, want="thawed")
 
     async def _freezer_verb(self, verb: str, sandbox_id: str, want: str) -> None:
         code, detail = await self._runc_logged(self.bundles / sandbox_id, verb, verb,
                                                sandbox_id)
-        if want == "thawed" and freezer_state(sandbox_id) == "frozen":
+        if want == "thawed" and self._frozen(sandbox_id):
             # runc saw it otherwise (a freezer left half way by a crash): thaw it anyway
             with contextlib.suppress(OSError):
                 thaw(sandbox_id)
-        if freezer_state(sandbox_id) != want:
+        if self._frozen(sandbox_id) != (want == "frozen"):
             log.error("sandbox %s: runc %s failed (%s): %s", sandbox_id, verb, code, detail)
             raise RuntimeFailure(f"the sandbox could not be {verb}d")
 
