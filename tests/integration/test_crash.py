@@ -30,8 +30,10 @@ from ._host import sandbox_traces
 from ._invariants import assert_invariants
 
 Start = Callable[..., ServerProcess]
-COUNTER = ("nohup python3 -c 'import time\nn=0\nwhile True:\n n+=1\n "
-           "open(\"/root/n\",\"w\").write(str(n))\n time.sleep(0.05)' >/dev/null 2>&1 &")
+# Counts in /root/n, replaced whole each time (a reader never sees it half written).
+COUNTER = ("nohup python3 -c 'import os, time\nn=0\nwhile True:\n n+=1\n "
+           "open(\"/root/n.new\",\"w\").write(str(n))\n os.replace(\"/root/n.new\", "
+           "\"/root/n\")\n time.sleep(0.05)' >/dev/null 2>&1 &")
 
 
 def _exec(detail: dict, command: str, timeout: float = 30) -> httpx.Response:
