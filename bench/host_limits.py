@@ -25,19 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandport import Sandbox  # noqa: E402
 from tests._server import ServerProcess  # noqa: E402
-
-SPAWN = """
-import os, time
-n = 0
-for _ in range(1100):
-    try:
-        os.posix_spawn("/bin/sleep", ["sleep", "600"], os.environ)
-    except OSError:
-        break
-    n += 1
-print(n, flush=True)
-time.sleep(600)
-"""
+from tests.integration.test_limits import SPAWN  # noqa: E402
 
 
 def host_processes() -> int:
@@ -68,7 +56,7 @@ def pids(srv: ServerProcess, n: int) -> None:
                 continue
             sb = Sandbox.get(answer.json()["id"], api_key=srv.api_key, base_url=srv.base_url)
             made.append(sb)
-            started = sb.processes.start(["python3", "-c", SPAWN])
+            started = sb.processes.start(["python3", "-c", SPAWN.format(count=1100)])
             print(f"sandbox {sb.id}: {next(iter(started.stream())).text.strip()} sleeps")
         print(f"{n} sandboxes: host processes {before} -> {host_processes()}")
         with srv.client() as api:

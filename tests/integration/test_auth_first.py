@@ -8,7 +8,6 @@ import base64
 import os
 import re
 import socket
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,14 +24,6 @@ BODIES = [None, b"[" * 5000, rb'{"path": "\ud800", "command": "\ud800"}', b"\xff
           b"{not json", b'{"port": "x", "colour": 1}']
 BIG = 64 << 20  # declared, never sent: more than any route takes
 QUERY = "?path=%00&depth=deep&status=nope&limit=-1&cursor=x&from_seq=y"
-
-
-@pytest.fixture(scope="module")
-def detail(server: ServerProcess) -> Iterator[dict]:
-    with server.client() as api:
-        made = api.post("/api/sandbox", json={"imageName": "python"}).json()
-        yield made
-        api.put(f"/api/sandbox/{made['id']}/stop")
 
 
 def _fill(path: str, sandbox_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,14 +21,6 @@ def _assert_400(response: httpx.Response, mentions: str | None = None) -> None:
     assert set(body) == {"error", "message"} and body["message"]
     if mentions is not None:
         assert mentions in body["message"], body["message"]
-
-
-@pytest.fixture(scope="module")
-def detail(server: ServerProcess) -> Iterator[dict]:
-    with server.client() as api:
-        made = api.post("/api/sandbox", json={"imageName": "python"}).json()
-        yield made
-        api.put(f"/api/sandbox/{made['id']}/stop")
 
 
 def _runtime(detail: dict, path: str, body: bytes) -> httpx.Response:
