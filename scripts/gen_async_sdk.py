@@ -1,7 +1,7 @@
 """Generate the asyncio SDK (_async*.py) from the blocking one (_sync*.py), so the twins
 never drift.
 
-    python scripts/gen_async_sdk.py          # rewrite _async.py and _async_runtime.py
+    python scripts/gen_async_sdk.py          # rewrite _async.py, _async_runtime.py, ...
     python scripts/gen_async_sdk.py --check  # exit 1 if one is stale (unit tests run this)
 """
 
@@ -13,22 +13,27 @@ from pathlib import Path
 
 SDK = Path(__file__).resolve().parent.parent / "src" / "sandport" / "sdk"
 
-PAIRS = [("_sync.py", "_async.py"), ("_sync_runtime.py", "_async_runtime.py")]
+PAIRS = [("_sync.py", "_async.py"), ("_sync_runtime.py", "_async_runtime.py"),
+         ("_sync_images.py", "_async_images.py")]
 CLASSES = ("Sandbox", "Files", "Processes", "Process", "Terminal", "TerminalHandle",
-           "TerminalSession", "Watch")
+           "TerminalSession", "Watch", "Images")
 ASYNC_METHODS = ("create", "get", "list", "refresh", "exec", "expose", "unexpose", "stop",
                  "close", "_send", "stat", "exists", "read", "write", "mkdir", "move", "copy",
                  "remove", "chmod", "chown", "upload", "download", "start", "wait", "kill",
                  "signal", "write_stdin", "close_stdin", "resize", "connect", "send", "watch",
                  "_put", "_fetch", "pause", "resume", "set_timeout", "_rt", "refresh_token",
-                 "revoke_token", "suspend")
+                 "revoke_token", "suspend", "pull", "push", "build", "import_", "delete",
+                 "_stream")
 
 # (pattern, replacement) applied in order, each a regular expression on the whole file.
 REWRITES: list[tuple[str, str]] = [
     (r"The blocking SDK: ``Sandbox``\.",
      "The asyncio SDK: ``AsyncSandbox``, generated from _sync.py by scripts/gen_async_sdk.py."),
     (r"The blocking runtime API", "The asyncio runtime API"),
-    (r"\bfrom \._sync(_runtime)? import", r"from ._async\1 import"),
+    (r"The blocking images API: ``Images``\.",
+     "The asyncio images API: ``AsyncImages``, generated from _sync_images.py by "
+     "scripts/gen_async_sdk.py."),
+    (r"\bfrom \._sync(_runtime|_images)? import", r"from ._async\1 import"),
     (r"\bfrom \._sync import", "from ._async import"),
     (r"\b(" + "|".join(CLASSES) + r")\b(?=[(:\]\[,)]| \||$)", r"Async\1"),
     (r"\bAsyncAsync", "Async"),
@@ -46,10 +51,11 @@ REWRITES: list[tuple[str, str]] = [
     (r"self\._sb\._send\(", "await self._sb._send("),
     (r"self\._sb\._rt\(\)", "(await self._sb._rt())"),
     (r"return await await", "return await"),
-    (r"^( +)with (self\._sb\._http\(\)\.stream\()", r"\1async with \2"),
+    (r"^( +)with (self\.(?:_sb\.)?_http\(\)\.stream\()", r"\1async with \2"),
     (r"response\.read\(\)", "await response.aread()"),
     (r"for (\w+) in response\.iter_(bytes|lines|text)\(", r"async for \1 in response.aiter_\2("),
-    (r"= self\._sb\._http\(\)\.request\(", "= await self._sb._http().request("),
+    (r"= self\.(_sb\.)?_http\(\)\.request\(", r"= await self.\1_http().request("),
+    (r"\bupload\.chunks\(\)", "upload.achunks()"),
     (r"return self\._sb\._send\(", "return await self._sb._send("),
     (r"(?<!await )\bself\.(" + "|".join(ASYNC_METHODS) + r")\(", r"await self.\1("),
     (r"^(    (?:@overload\n    )?)def (" + "|".join(ASYNC_METHODS) + r")\(", r"\1async def \2("),

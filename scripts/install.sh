@@ -10,9 +10,10 @@ extra="${1:-server}"
 # mmdebstrap: builds the built-in images from Debian packages. tini: the sandboxes' init.
 # golang-github-containers-common: the seccomp profile. libnss-myhostname: *.localhost names.
 # gcc, libc6-dev: build the in-sandbox agent (static C) once. curl: the README's examples.
-# python3-venv: the virtualenv below.
+# python3-venv: the virtualenv below. e2fsprogs: mkfs.ext4 for each sandbox's own disk (the
+# filesystem that enforces diskSizeMiB).
 packages=(runc iproute2 iptables mmdebstrap tini golang-github-containers-common gcc libc6-dev
-          libnss-myhostname curl ca-certificates python3 python3-venv)
+          libnss-myhostname curl ca-certificates python3 python3-venv e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,6 +38,34 @@ if [ "$extra" = "test" ] && ! dpkg-query -W -f='${Status}' chromium 2>/dev/null 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium ||
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
           apt-get install -y -q --no-install-recommends chromium; }
+fi
+
+# Image pull tests (test tools only): docker-registry is CNCF distribution 2.8, run by the
+# tests as real plain, basic-auth and token-auth registries on loopback; skopeo is a second,
+# independent registry client that reads back what the tests push; busybox-static is the
+# tests' images' base layer (one static binary, no libc to copy).
+test_packages=(docker-registry skopeo busybox-static)
+if [ "$extra" = "test" ]; then
+    missing=()
+    for p in "${test_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${missing[@]}" ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+              apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+    fi
+    # Debian's package enables a system registry on :5000; the tests start their own on
+    # free ports, and a stray one only gets in the way, so it is stopped and kept off.
+    if [ -d /run/systemd/system ]; then
+        systemctl stop docker-registry.service >/dev/null 2>&1 || true
+    else
+        /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+    fi
+    systemctl disable docker-registry.service >/dev/null 2>&1 ||
+        update-rc.d docker-registry disable >/dev/null 2>&1 || true
 fi
 
 # Suspend to disk: a CRIU that works with this kernel (built once if Debian's does not).

@@ -19,6 +19,7 @@ import httpx
 IMAGES_DIR = Path(os.environ.get("SANDPORT_TEST_IMAGES_DIR", "/var/tmp/sandport-test-images"))
 API_KEY = "spk_test_" + os.urandom(8).hex()
 START_TIMEOUT_S = 600  # a first start builds the python image
+CLOSED_PORT = 9  # discard: nothing listens there on these machines
 
 
 def free_port() -> int:
@@ -43,7 +44,11 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "SANDPORT_API_KEY": self.api_key,
-               "SANDPORT_IMAGES_DIR": str(IMAGES_DIR), **self.env}
+               "SANDPORT_IMAGES_DIR": str(IMAGES_DIR),
+               # No test reaches Docker Hub: its names go to a loopback port that refuses,
+               # unless a test mirrors docker.io to one of its own registries.
+               "SANDPORT_REGISTRY_MIRRORS": f"docker.io=http://127.0.0.1:{CLOSED_PORT}",
+               **self.env}
         env.pop("SANDPORT_BASE_URL", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -11,6 +11,7 @@ import pytest
 from sandport import Sandbox
 
 from ._server import ServerProcess
+from .registries import Registries
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,6 +28,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield srv
     srv.stop_all_sandboxes()
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    """Real registries on loopback (tests/registries.py): .plain, .basic and .token each start
+    when a test first uses them, share one test CA (.ca_file), and stop with the session."""
+    made = Registries(tmp_path_factory.mktemp("registries"))
+    yield made
+    made.stop()
 
 
 @pytest.fixture

@@ -11,8 +11,11 @@ from .errors import (
     Conflict,
     Forbidden,
     ImageNotFound,
+    ImageRejected,
     NotFound,
     PayloadTooLarge,
+    RegistryAuthFailed,
+    RegistryFailure,
     RuntimeFailure,
     SandboxNotFound,
     SandboxNotRunning,
@@ -22,12 +25,13 @@ from .errors import (
     Unavailable,
     ValidationFailed,
 )
-from .models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
-from .sdk import AsyncSandbox, Sandbox
+from .models import ExecResult, ExposedPort, ImageInfo, PushResult, SandboxInfo, SandboxPage
+from .sdk import AsyncImages, AsyncSandbox, Images, Sandbox
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncImages",
     "AsyncSandbox",
     "BadRequest",
     "Conflict",
@@ -36,8 +40,13 @@ __all__ = [
     "Forbidden",
     "ImageInfo",
     "ImageNotFound",
+    "ImageRejected",
+    "Images",
     "NotFound",
     "PayloadTooLarge",
+    "PushResult",
+    "RegistryAuthFailed",
+    "RegistryFailure",
     "RuntimeFailure",
     "Sandbox",
     "SandboxInfo",

@@ -12,7 +12,10 @@
     │   └── SandboxNotRunning          409 sandbox_not_running
     ├── RequestTimeout                 408 timeout
     ├── PayloadTooLarge                413 payload_too_large
+    ├── ImageRejected                  422 image_rejected
     ├── RuntimeFailure                 500 runtime_error
+    ├── RegistryFailure                502 registry_error
+    │   └── RegistryAuthFailed         502 registry_auth_failed
     ├── Unavailable                    503 unavailable
     │   └── InsufficientCapacity       503 insufficient_capacity
     └── TransportError                 (SDK only: the server could not be reached)
@@ -30,9 +33,12 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "ImageNotFound",
+    "ImageRejected",
     "InsufficientCapacity",
     "NotFound",
     "PayloadTooLarge",
+    "RegistryAuthFailed",
+    "RegistryFailure",
     "RequestTimeout",
     "RuntimeFailure",
     "SandboxNotFound",
@@ -42,6 +48,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "ValidationFailed",
+    "error_from_code",
     "error_from_wire",
 ]
 
@@ -104,8 +111,28 @@ class PayloadTooLarge(SandportError):
     status, code = 413, "payload_too_large"
 
 
+class ImageRejected(SandportError):
+    """An image or archive that is refused as it is: a hostile or malformed layer, over the
+    size cap, no manifest for this host's platform. The message says which and why."""
+
+    status, code = 422, "image_rejected"
+
+
 class RuntimeFailure(SandportError):
     status, code = 500, "runtime_error"
+
+
+class RegistryFailure(SandportError):
+    """A registry could not give what was asked: unreachable, an error answer, a blob whose
+    digest or length is not what its manifest says. The message names the registry."""
+
+    status, code = 502, "registry_error"
+
+
+class RegistryAuthFailed(RegistryFailure):
+    """The registry refused the credentials sandport has for it (or asked for some)."""
+
+    code = "registry_auth_failed"
 
 
 class NotSupported(SandportError):
@@ -141,7 +168,8 @@ def _leaves(cls: type[SandportError]) -> list[type[SandportError]]:
 _BY_CODE: dict[str, type[SandportError]] = {c.code: c for c in _leaves(SandportError)}
 _BY_STATUS: dict[int, type[SandportError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 408: RequestTimeout,
-    409: Conflict, 413: PayloadTooLarge, 501: NotSupported, 503: Unavailable,
+    409: Conflict, 413: PayloadTooLarge, 422: ImageRejected, 501: NotSupported,
+    503: Unavailable,
 }
 
 
@@ -153,3 +181,14 @@ def error_from_wire(status: int, body: Any) -> SandportError:
     if cls is None or cls.status != status:
         cls = _BY_STATUS.get(status, SandportError)
     return cls(str(message or f"HTTP {status}"))
+
+
+def error_from_code(body: Any) -> SandportError:
+    """An error that came with no HTTP status of its own (a line of a streamed answer,
+    after the 200): the class its code names, else the root of the tree."""
+    code = body.get("error") if isinstance(body, dict) else None
+    cls = _BY_CODE.get(code, SandportError) if isinstance(code, str) else SandportError
+    if cls is TransportError:  # the server never sends it; it means no answer came
+        cls = SandportError
+    message = body.get("message") if isinstance(body, dict) else None
+    return cls(str(message or code or "the server reported an error"))

@@ -230,27 +230,68 @@ class ExecResult:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
+    """An image as ``GET /api/images`` lists it (``imageName`` is ``name``'s older key)."""
+
     name: str
     built: bool
     created_at: str | None
     size_bytes: int | None
-    source: str
+    source: str  # builtin | pulled | imported | built | snapshot
+    ref: str | None = None
+    digest: str | None = None
+    layers: int = 0
+    last_used_at: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str = "/"
+    user: str = ""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "name": self.name,
             "imageName": self.name,
             "built": self.built,
-            "createdAt": self.created_at,
-            "sizeBytes": self.size_bytes,
             "source": self.source,
+            "ref": self.ref,
+            "digest": self.digest,
+            "sizeBytes": self.size_bytes,
+            "layers": self.layers,
+            "createdAt": self.created_at,
+            "lastUsedAt": self.last_used_at,
+            "env": list(self.env),
+            "workdir": self.workdir,
+            "user": self.user,
+            "entrypoint": list(self.entrypoint),
+            "cmd": list(self.cmd),
         }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ImageInfo:
         return cls(
-            data["imageName"], bool(data["built"]), data.get("createdAt"),
-            data.get("sizeBytes"), data.get("source", ""),
+            data.get("name") or data["imageName"], bool(data.get("built", True)),
+            data.get("createdAt"), data.get("sizeBytes"), data.get("source", ""),
+            data.get("ref"), data.get("digest"), int(data.get("layers") or 0),
+            data.get("lastUsedAt"), tuple(data.get("env") or ()), data.get("workdir") or "/",
+            data.get("user") or "", tuple(data.get("entrypoint") or ()),
+            tuple(data.get("cmd") or ()),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """Where a push put an image: the reference as the registry has it, and the digest of
+    the manifest it stored (``ref@digest`` pulls exactly these bytes)."""
+
+    ref: str
+    digest: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ref": self.ref, "digest": self.digest}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> PushResult:
+        return cls(str(data["ref"]), str(data["digest"]))
 
 
 FileType = Literal["file", "dir", "symlink", "other"]

@@ -51,6 +51,14 @@ class ServerSettings:
     api_key: str | None = None  # the first API key, instead of a generated one
     build_images: tuple[str, ...] = ("python",)  # built at start when missing
     default_image: str = "python"
+    # Registries (runtime/registry.py). Credentials: a Docker-format auth file (default
+    # <data_dir>/registry-auth.json; Docker Hub's under "https://index.docker.io/v1/").
+    registry_auth: Path | None = None
+    registry_cas: tuple[str, ...] = ()  # "HOST[:PORT]=FILE": a CA trusted for that registry
+    insecure_registries: tuple[str, ...] = ()  # "HOST:PORT" spoken to over plain HTTP
+    registry_mirrors: tuple[str, ...] = ()  # "docker.io=URL": reached only through URL
+    images_max_gib: float | None = None  # unused images beyond this are reclaimed, LRU first
+    image_max_gib: float = 32.0  # one image's unpacked size, at most
     subnet: str = "10.77.0.0/16"  # sandboxes' private addresses, one /30 each
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
@@ -89,6 +97,10 @@ class ServerSettings:
     # A sandbox that ended without a stop request (a crash, a host reboot) keeps its files
     # this long, then they are reclaimed.
     retain_ended_h: float = 24.0
+    # diskSizeMiB enforced by a filesystem per sandbox (runtime/disks.py): "auto" where the
+    # host can (else a warning, and sizes are only checked at create), "on" (refuse to
+    # start without), "off".
+    disk_limits: str = "auto"
     log_level: str = "info"
     test_crash_at: str | None = None  # tests only: a crash point (see crashpoints.py)
 
@@ -103,6 +115,10 @@ class ServerSettings:
     @property
     def image_root(self) -> Path:
         return self.images_dir or self.data_dir / "images"
+
+    @property
+    def registry_auth_file(self) -> Path:
+        return self.registry_auth or self.data_dir / "registry-auth.json"
 
     @property
     def base_url(self) -> str:
@@ -156,8 +172,11 @@ class ServerSettings:
                 raise ValidationFailed(f"{name} must be positive")
         if self.retain_ended_h < 0:
             raise ValidationFailed("retain_ended_h must not be negative")
+        if self.disk_limits not in ("auto", "on", "off"):
+            raise ValidationFailed("disk_limits must be auto, on or off")
         _check_limits(self)
         _check_edge_limits(self)
+        _check_registries(self)
         return self
 
 
@@ -189,6 +208,21 @@ def _check_limits(settings: ServerSettings) -> None:
             raise ValidationFailed(f"{name} must not be negative")
 
 
+def _check_registries(settings: ServerSettings) -> None:
+    for name in ("registry_cas", "registry_mirrors"):
+        for item in getattr(settings, name):
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise ValidationFailed(f"{name}: {item!r} must be HOST=VALUE")
+    for item in settings.registry_mirrors:
+        if not item.partition("=")[2].startswith(("http://", "https://")):
+            raise ValidationFailed(f"registry_mirrors: {item!r}: the mirror must be a URL")
+    if settings.images_max_gib is not None and settings.images_max_gib <= 0:
+        raise ValidationFailed("images_max_gib must be positive")
+    if settings.image_max_gib <= 0:
+        raise ValidationFailed("image_max_gib must be positive")
+
+
 _EDGE_INTS = ("max_connections_per_address", "min_body_rate", "max_open_files")
 
 
@@ -209,7 +243,7 @@ def _check_edge_limits(settings: ServerSettings) -> None:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("data_dir", "images_dir", "init_binary", "seccomp_source"):
+    if name in ("data_dir", "images_dir", "init_binary", "seccomp_source", "registry_auth"):
         return Path(value)
     if name in _EDGE_INTS:
         try:
@@ -221,7 +255,7 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be a number") from None
-    if name == "trusted_proxies":
+    if name in ("trusted_proxies", "registry_cas", "insecure_registries", "registry_mirrors"):
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)
@@ -239,7 +273,8 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be an integer") from None
-    if name in ("header_timeout_s", "idle_timeout_s", "retain_ended_h"):
+    if name in ("header_timeout_s", "idle_timeout_s", "retain_ended_h", "images_max_gib",
+                "image_max_gib"):
         try:
             return float(value)
         except (TypeError, ValueError):

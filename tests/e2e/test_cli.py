@@ -55,7 +55,9 @@ def test_sandbox_commands(server: ServerProcess) -> None:
 def test_image_list(server: ServerProcess) -> None:
     listed = sandport("image", "list", server=server)
     assert listed.returncode == 0
-    assert any(line.split()[:2] == ["python", "yes"] for line in listed.stdout.splitlines())
+    python = next(line.split() for line in listed.stdout.splitlines()
+                  if line.split()[0] == "python")
+    assert python[1] == "builtin" and python[2] != "-"  # built: it has a size
 
 
 def test_errors_are_one_line_without_traceback(server: ServerProcess) -> None:

@@ -76,12 +76,16 @@ def test_invalid_create_fields(server: ServerProcess, body: dict, mentions: str)
 
 
 def test_unknown_image_names_the_images(server: ServerProcess) -> None:
+    # "nosuch" is no local image, so it is Docker Hub's library/nosuch: the test servers'
+    # docker.io goes to a loopback port that refuses (tests/_server.py).
     with server.client() as api:
-        error = _assert_error(api.post("/api/sandbox", json={"imageName": "nosuch"}), 404,
-                              "image_not_found")
-        assert "nosuch" in error["message"]
+        before = api.get("/api/sandboxes").json()["totalCount"]
+        error = _assert_error(api.post("/api/sandbox", json={"imageName": "nosuch"}), 502,
+                              "registry_error")
+        assert "docker.io" in error["message"] and "'nosuch'" in error["message"]
         for name in ("base", "python", "node"):
             assert name in error["message"]
+        assert api.get("/api/sandboxes").json()["totalCount"] == before
 
 
 def test_api_key_required(server: ServerProcess) -> None:

@@ -143,7 +143,8 @@ def test_slot_registry(tmp_path: Path) -> None:
 
 
 def test_image_build_command_uses_debian_packages() -> None:
-    cmd = mmdebstrap_command("node", Path("/t/rootfs"), "bookworm", ["/etc/apt/x.sources"])
+    cmd = mmdebstrap_command("node", "-", "bookworm", ["/etc/apt/x.sources"])
     assert cmd[0] == "mmdebstrap" and "--variant=minbase" in cmd
     assert "--include=procps,ca-certificates,nodejs,npm" in cmd
-    assert cmd[-3:] == ["bookworm", "/t/rootfs", "/etc/apt/x.sources"]
+    assert "--format=tar" in cmd  # one tar on stdout, unpacked into the layer store
+    assert cmd[-3:] == ["bookworm", "-", "/etc/apt/x.sources"]

@@ -54,6 +54,20 @@ def register(commands: Any) -> None:
     p.add_argument("--buffer-memory-mib", type=int, metavar="MIB",
                    help="process output the server keeps, all sandboxes together "
                         "(default MemTotal/8, at most 512)")
+    p.add_argument("--registry-auth", metavar="FILE",
+                   help="Docker-format auth file (default DATA_DIR/registry-auth.json)")
+    p.add_argument("--registry-ca", action="append", metavar="HOST=FILE",
+                   help="trust FILE's CA for registry HOST[:PORT] (repeatable)")
+    p.add_argument("--insecure-registry", action="append", metavar="HOST:PORT",
+                   help="speak plain HTTP to this registry (repeatable)")
+    p.add_argument("--registry-mirror", action="append", metavar="HOST=URL",
+                   help="reach registry HOST (e.g. docker.io) only through URL (repeatable)")
+    p.add_argument("--images-max-gib", type=float, metavar="N",
+                   help="reclaim least recently used images beyond N GiB")
+    p.add_argument("--disk-limits", choices=["auto", "on", "off"],
+                   help="give each sandbox a filesystem of its diskSizeMiB: auto (where the "
+                        "host can, else warn), on (refuse to start without), off "
+                        "(default auto)")
     p.add_argument("--config", help="TOML file with settings (flags and environment win)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
@@ -70,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
         "memory_reserve_mib": args.memory_reserve_mib,
         "buffer_memory_mib": args.buffer_memory_mib,
         "retain_ended_h": args.retain_ended_h,
+        "disk_limits": args.disk_limits,
+        "registry_auth": args.registry_auth,
+        "registry_cas": tuple(args.registry_ca) if args.registry_ca else None,
+        "insecure_registries": (tuple(args.insecure_registry) if args.insecure_registry
+                                else None),
+        "registry_mirrors": tuple(args.registry_mirror) if args.registry_mirror else None,
+        "images_max_gib": args.images_max_gib,
         "max_connections_per_address": args.max_connections_per_address,
         "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
         "min_body_rate": args.min_body_rate,

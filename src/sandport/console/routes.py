@@ -148,7 +148,7 @@ async def list_page(request: Request, signed: Signed) -> Response:
         listing = {"rows": [], "total": 0, "page": 1, "pages": 1, "status": ""}
         error = exc.message
     return render("list.html", 200 if error is None else 400, csrf=signed.csrf, error=error,
-                 statuses=SANDBOX_STATUSES, images=ctx.images.names(),
+                 statuses=SANDBOX_STATUSES, images=_image_names(ctx, signed.team),
                  default_image=ctx.settings.default_image,
                  default_timeout=ctx.settings.default_timeout_minutes, **listing)
 
@@ -173,7 +173,7 @@ async def create(request: Request, signed: Signed) -> Response:
         listing = await _listing(request, signed.team)
         return render("list.html", exc.status if exc.status < 500 else 500, csrf=signed.csrf,
                      error=f"The sandbox was not created: {exc.message}",
-                     statuses=SANDBOX_STATUSES, images=ctx.images.names(),
+                     statuses=SANDBOX_STATUSES, images=_image_names(ctx, signed.team),
                      default_image=ctx.settings.default_image,
                      default_timeout=ctx.settings.default_timeout_minutes, **listing)
     return see_other(f"/console/sandbox/{record.id}")
@@ -311,3 +311,7 @@ routes = [
     WebSocketRoute("/console/sandbox/{id}/terminal", terminal_ws),
     Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
 ]
+
+
+def _image_names(ctx: Any, team: str) -> list[str]:
+    return [image.name for image in ctx.images.listing(team)]

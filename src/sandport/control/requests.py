@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import Forbidden, ValidationFailed
 from ..models import SANDBOX_STATUSES
+from ..runtime.reference import parse_reference
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
@@ -135,6 +136,9 @@ def parse_env(value: Any, key: str = "env") -> dict[str, str]:
     return dict(value)
 
 
+_LOCAL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}(?::[\w][\w.-]{0,127})?")
+
+
 def parse_create(body: Any, limits: HostLimits, default_image: str,
                  default_timeout: int) -> CreateSandbox:
     body = _object(body, "the request body")
@@ -168,8 +172,14 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
     image = body.get("imageName", default_image)
     if image is None:
         image = default_image
-    if not isinstance(image, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", image):
-        raise ValidationFailed("imageName must be an image name such as 'python'")
+    if not isinstance(image, str):
+        raise ValidationFailed("imageName must be an image name such as 'python' or a "
+                               "reference such as 'node:22'")
+    if not _LOCAL_NAME.fullmatch(image):
+        try:
+            parse_reference(image)  # anything else must be a valid registry reference
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"imageName: {exc.message}") from None
     return CreateSandbox(
         image_name=image,
         timeout_minutes=_int(body, "timeoutMinutes", default_timeout, 1, MAX_TIMEOUT_MINUTES),

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import SandportError
 from ..models import SandboxPage
 from .http import caller_team, json_body, keyed
+from .image_routes import routes as image_routes
 from .openapi import OPENAPI
 from .requests import (
     parse_create,
@@ -109,40 +107,6 @@ async def unexpose_port(request: Request) -> Response:
     return JSONResponse({"port": port, "exposed": False})
 
 
-async def list_images(request: Request) -> Response:
-    ctx = request.app.state.ctx
-    await caller_team(request)
-    return JSONResponse({"images": [ctx.images.info(n).to_wire() for n in ctx.images.names()]})
-
-
-async def build_image(request: Request) -> Response:
-    """Streams NDJSON: ``{"progress": line}`` lines, then ``{"image": ...}`` or an error."""
-    ctx = request.app.state.ctx
-    await caller_team(request)
-    name = request.path_params["name"]
-    ctx.images.check_name(name)
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def run() -> str:
-        try:
-            image = await ctx.images.build(name, lines.put_nowait)
-            return json.dumps({"image": ctx.images.info(image.name).to_wire()})
-        except SandportError as exc:
-            return json.dumps(exc.to_wire())
-        finally:
-            lines.put_nowait(None)
-
-    # The build goes on if the client disconnects: a half-built image is never published.
-    task = asyncio.ensure_future(run())
-
-    async def stream() -> AsyncIterator[bytes]:
-        while (line := await lines.get()) is not None:
-            yield (json.dumps({"progress": line}) + "\n").encode()
-        yield (await task + "\n").encode()
-
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
-
-
 async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
@@ -152,6 +116,7 @@ async def health(request: Request) -> Response:
 
 
 routes = [
+    *image_routes,
     Route("/api/sandbox", keyed(create_sandbox), methods=["POST"]),
     Route("/api/sandbox/{id}", keyed(get_sandbox), methods=["GET"]),
     Route("/api/sandbox/{id}/stop", keyed(stop_sandbox), methods=["PUT"]),
@@ -166,8 +131,6 @@ routes = [
     Route("/api/sandbox/{id}/expose", keyed(expose_port), methods=["POST"]),
     Route("/api/sandbox/{id}/unexpose", keyed(unexpose_port), methods=["POST"]),
     Route("/api/sandboxes", keyed(list_sandboxes), methods=["GET"]),
-    Route("/api/images", keyed(list_images), methods=["GET"]),
-    Route("/api/images/{name}/build", keyed(build_image), methods=["POST"]),
     Route("/api/openapi.json", openapi, methods=["GET"]),
     Route("/api/health", health, methods=["GET"]),
 ]

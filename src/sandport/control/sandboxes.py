@@ -169,8 +169,9 @@ class SandboxService:
     # -- verbs ------------------------------------------------------------------------
     async def create(self, team_id: str, request: CreateSandbox) -> SandboxRecord:
         await self.admission.admit(Ask(request.mem_mib, request.disk_size_mib))  # or 503
-        self.images.check_name(request.image_name)
-        await self.images.ensure(request.image_name, lambda line: log.info("%s", line))
+        held = await self.images.ensure(team_id, request.image_name, _log_pull)
+        image = self.images.image(held)
+        self.images.used(held)
         now = self.clock()
         first = tokens.issue(now, self.settings.token_ttl_s)
         record = SandboxRecord(
@@ -187,9 +188,10 @@ class SandboxService:
         async with self.locks.hold(record.id):
             await self.store.insert_sandbox(record)
             crash_point("create.after_insert")
-            spec = SandboxSpec(record.id, record.image_name, record.vcpus, record.mem_mib,
+            spec = SandboxSpec(record.id, image, record.vcpus, record.mem_mib,
                                {**record.env, **self.identity_env(record.id)},
-                               egress_of(request.network), pids_limit=record.pids_limit)
+                               egress_of(request.network), pids_limit=record.pids_limit,
+                               disk_mib=record.disk_size_mib)
             try:
                 await self.runtime.create(spec)
             except BaseException as exc:
@@ -505,3 +507,11 @@ class SandboxService:
                              ).with_tokens(record.tokens.ended(now))
         await self.store.update_sandbox(done)
         return done
+
+
+def _log_pull(event: dict[str, Any]) -> None:
+    """A create's pull or build, in the server log: its steps, not every megabyte."""
+    if "progress" in event:
+        log.info("%s", event["progress"])
+    elif event.get("status") in ("resolving", "pulling"):
+        log.info("image %s: %s", event.get("ref"), event["status"])

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from ..models import ExecResult
 from .agent.channel import CommandChannel, CommandListener
+from .images import Image
 from .network import EgressPolicy
 
 # What a sandbox really is on the host, whatever the store says: its processes run, are
@@ -22,12 +23,13 @@ RealState = Literal["running", "frozen", "suspended", "gone"]
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     sandbox_id: str
-    image: str
+    image: Image  # resolved: its layers are in the store (the runtime leases them)
     vcpus: int
     mem_mib: int
     env: dict[str, str] = field(default_factory=dict)
     egress: EgressPolicy = field(default_factory=EgressPolicy)
     pids_limit: int = 1024  # its processes and threads (all sandboxes: the parent's cap)
+    disk_mib: int = 4096  # its files' room (runtime/disks.py), the API's default size
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,10 @@ class Runtime(Protocol):
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         """Run a shell command and wait for it, the old way (agent protocol 1)."""
+
+    def default_user(self, sandbox_id: str) -> str:
+        """The image's ``User`` ("" for root): who commands run as unless told."""
+        ...
 
     def agent_protocol(self, sandbox_id: str) -> int:
         """1: exec only (a sandbox made before processes existed); 2: everything."""

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ..crashpoints import crash_point
-from ..errors import Conflict, NotSupported, RuntimeFailure, SandboxNotRunning, SandportError
+from ..errors import (
+    Conflict,
+    ImageNotFound,
+    NotSupported,
+    RuntimeFailure,
+    SandboxNotRunning,
+    SandportError,
+)
 from ..models import ExecResult
 from ..settings import ServerSettings
 from . import CommandRequest, ExecRequest, RealState, SandboxSpec, criu, network, oci, seccomp
@@ -30,7 +37,8 @@ from .agent.build import ensure_agent
 from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
 from .agent.client import run_command
 from .cgroups import freezer_state, remove_cgroups, thaw
-from .images import ImageStore
+from .disks import SandboxDisks
+from .images import Image, ImageStore
 from .inflight import run_recorded, settle
 from .mounts import mount_overlay, unmount, unmount_below
 from .network import EgressPolicy, Lease, SlotRegistry, lease_for
@@ -52,6 +60,7 @@ class RuncRuntime:
         self.state_root = settings.data_dir / "runc"
         self.bundles = settings.data_dir / "sandboxes"
         self.retained = settings.data_dir / "retained"  # files of sandboxes that ended
+        self.disks = SandboxDisks(settings.data_dir / "disks", settings.disk_limits)
         self.slots = SlotRegistry(settings.subnet)
         self.host_rules = network.HostRules(settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -82,6 +91,7 @@ class RuncRuntime:
             raise RuntimeFailure("cannot become child subreaper")
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.bundles.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.disks.prepare()
         await self.host_rules.hold()
         # All sandboxes together get at most this many processes and threads: the kernel
         # enforces it on their parent cgroup, whatever their own limits add up to.
@@ -93,27 +103,31 @@ class RuncRuntime:
                                  f"parent cgroup: {exc.strerror}") from None
 
     async def release_host(self) -> None:
+        await self.disks.close()
         if await self.host_rules.release():
             log.info("no sandbox and no other server left: host rules removed")
 
     # -- create -----------------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> None:
-        image = self.images.resolve(spec.image)
+        image = spec.image
         bundle = self.bundles / spec.sandbox_id
         bundle.mkdir(mode=0o700)
         try:
+            self._hold_layers(spec.sandbox_id, image)
             slot = self.slots.claim(spec.sandbox_id)
             lease = lease_for(self.settings.subnet, slot, spec.sandbox_id)
             container = self._container_spec(spec, bundle, lease, image.env, image.workdir)
             write_json(bundle / "runtime.json", {
-                "slot": slot, "image": image.name, "imageVersion": image.version,
-                "workdir": image.workdir, "sandboxIp": lease.sandbox_ip,
+                "slot": slot, "image": image.name, "imageDigest": image.digest,
+                "layers": list(image.diff_ids), "workdir": image.workdir,
+                "user": image.user, "sandboxIp": lease.sandbox_ip,
                 "agentProtocol": AGENT_PROTOCOL,
                 "env": oci.process_env(container),
             })
             for sub in ("upper", "work", "rootfs"):
                 (bundle / sub).mkdir()
-            mount_overlay(image.rootfs, bundle / "upper", bundle / "work", bundle / "rootfs")
+            await self.disks.attach(spec.sandbox_id, bundle, spec.disk_mib)
+            mount_overlay(image.lowers, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
             self._write_bundle(container, lease)
             # The filter is in place before create returns, so before any command runs;
@@ -130,6 +144,16 @@ class RuncRuntime:
                 log.error("sandbox %s: create failed: %s", spec.sandbox_id, exc)
                 raise RuntimeFailure("the sandbox could not be created") from None
             raise
+
+    def _hold_layers(self, sandbox_id: str, image: Image) -> None:
+        """Lease the image's layers to the sandbox: it keeps them until it is destroyed,
+        whatever happens to its image meanwhile (a delete, a newer pull of its tag)."""
+        layers = self.images.layers
+        with layers.writing():
+            if not all(layers.has_layer(d) for d in image.diff_ids):
+                raise ImageNotFound(f"image {image.name!r} was removed while the sandbox was "
+                                    "being created; create it again")
+            layers.lease(sandbox_id, list(image.diff_ids), self.bundles / sandbox_id)
 
     def _container_spec(
         self, spec: SandboxSpec, bundle: Path, lease: Lease, image_env: tuple[str, ...],
@@ -313,6 +337,11 @@ class RuncRuntime:
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         return fd
 
+    def default_user(self, sandbox_id: str) -> str:
+        """The image's ``User``: who commands run as when the caller names nobody."""
+        user = read_json(self.bundles / sandbox_id / "runtime.json").get("user")
+        return user if isinstance(user, str) else ""
+
     def workdir(self, sandbox_id: str) -> str:
         workdir = read_json(self.bundles / sandbox_id / "runtime.json").get("workdir")
         return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
@@ -335,6 +364,7 @@ class RuncRuntime:
         for directory in (self.bundles, self.state_root):
             if directory.exists():
                 found.update(p.name for p in directory.iterdir() if p.is_dir())
+        found.update(self.disks.sandbox_ids())
         return found
 
     def cpu_seconds(self, sandbox_id: str) -> float | None:
@@ -498,13 +528,17 @@ class RuncRuntime:
         await remove_cgroups(sandbox_id)
         with contextlib.suppress(OSError):
             unmount(bundle / "rootfs")
-        if keep_files and (bundle / "upper").is_dir():
+        if keep_files and ((bundle / "upper").is_dir() or (bundle / "upper").is_symlink()):
             kept = self.retained / sandbox_id
             kept.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not (kept / "upper").exists():
-                (bundle / "upper").rename(kept / "upper")
+                await self.disks.move_upper(bundle, kept / "upper")  # off its own disk
             write_json(kept / "image.json", {"image": meta.get("image"),
-                                             "imageVersion": meta.get("imageVersion")})
+                                             "imageDigest": meta.get("imageDigest"),
+                                             "layers": meta.get("layers")})
+            layers = meta.get("layers")
+            if isinstance(layers, list) and layers:  # the kept files need them now
+                self.images.layers.lease(sandbox_id, [str(d) for d in layers], kept)
             crash_point("lost.files_moved")
         slot = meta.get("slot")
         lease = lease_for(self.settings.subnet, slot if isinstance(slot, int) else 0, sandbox_id)
@@ -514,11 +548,17 @@ class RuncRuntime:
         crash_point("stop.runtime_half_done")
         for directory in (bundle, self.state_root / sandbox_id):
             unmount_below(directory)  # after a CRIU that died half way (the rootfs is gone)
+        await self.disks.release(sandbox_id)
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+        if not (self.retained / sandbox_id / "upper").is_dir():
+            self.images.layers.release(sandbox_id)  # retained files keep their layers
+            await asyncio.to_thread(self.images.layers.collect)  # what a deleted image left
 
     def discard_files(self, sandbox_id: str) -> None:
         shutil.rmtree(self.retained / sandbox_id, ignore_errors=True)
+        self.images.layers.release(sandbox_id)
+        self.images.layers.collect()
 
     def retained_ids(self) -> set[str]:
         if not self.retained.exists():

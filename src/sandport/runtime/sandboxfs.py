@@ -421,6 +421,25 @@ class SandboxFS:
                 return User(row[0], uid, gid, tuple(sorted(groups)), row[5] or "/")
         raise BadRequest(f"user {name!r} does not exist in the sandbox")
 
+    def image_user(self, spec: str) -> User:
+        """An image config's ``User``: ``name``, ``uid``, ``name:group`` or ``uid:gid``.
+        A numeric uid need not be in /etc/passwd (images often run as 65534 or 1001)."""
+        who, _, group = spec.partition(":")
+        try:
+            user = self.user_named(who)
+        except BadRequest:
+            if not who.isdigit() or int(who) > MAX_ID:
+                raise
+            user = User(who, int(who), 0, (0,), "/")
+        if group:
+            gid = int(group) if group.isdigit() else next(
+                (int(g[2]) for g in self._table("/etc/group") if g[0] == group
+                 and g[2].isdigit()), None)
+            if gid is None or gid > MAX_ID:
+                raise BadRequest(f"group {group!r} does not exist in the sandbox")
+            user = User(user.name, user.uid, gid, (gid,), user.home)
+        return user
+
 
 def _type_of(mode: int) -> FileType:
     if stat.S_ISDIR(mode):

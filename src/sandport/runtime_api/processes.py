@@ -39,15 +39,20 @@ def registry(request: HTTPConnection) -> ProcessRegistry:
 
 
 async def user_of(request: HTTPConnection, sandbox_id: str, name: str | None) -> User:
-    """The sandbox's user ``name`` (its own /etc/passwd), root when not given."""
+    """The sandbox's user ``name`` (its own /etc/passwd); when not given, the image's
+    ``User`` (root if it names none)."""
+    runtime = request.app.state.ctx.runtime
+    from_image = name is None
+    if from_image:
+        name = runtime.default_user(sandbox_id)
     if name in (None, "", "root"):
         return ROOT
-    runtime = request.app.state.ctx.runtime
 
     def look_up() -> User:
         root = runtime.open_root(sandbox_id)
         try:
-            user = SandboxFS(root).user_named(str(name))
+            fs = SandboxFS(root)
+            user = fs.image_user(str(name)) if from_image else fs.user_named(str(name))
             try:  # a home that does not exist (nobody's /nonexistent) is no place to start
                 os.close(safepath.open_dir(root, user.home))
             except OSError:
@@ -75,7 +80,8 @@ async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
     cwd = start.cwd
     if user is not ROOT:
         env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, **env}
-        cwd = cwd or user.home
+        if start.run_as is not None:  # the image's own user starts where the image says
+            cwd = cwd or user.home
     session = ProcessSession(
         registry(request).new_id(prefix), sandbox_id, start.command, start.args,
         cwd or ctx.runtime.workdir(sandbox_id), buffer_bytes=start.buffer_bytes, pty=start.pty,

@@ -16,12 +16,14 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SandportError, ValidationFailed, error_from_wire
-from ..models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
+from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 
 T = TypeVar("T")
 
-CREATE_TIMEOUT_S = 900.0  # the first create of a never-built image builds it (~30-90 s)
+# The first create with an image the server lacks builds it (~30-90 s for a built-in) or
+# pulls it from its registry first (minutes for a large image on a slow link).
+CREATE_TIMEOUT_S = 900.0
 EXEC_GRACE_S = 15.0  # the HTTP wait beyond the command's own timeout
 TOKEN_RENEW_S = 60.0  # a runtime token with less life left is renewed before a call
 
@@ -197,23 +199,3 @@ def exposed_url(info: SandboxInfo, port: int) -> str:
     netloc = f"{port}-{info.runtime.host}" + (f":{base.port}" if base.port else "")
     return urlunsplit((base.scheme, netloc, "/", "", ""))
 
-
-def list_images_call(settings: ClientSettings) -> Call[list[ImageInfo]]:
-    return Call("GET", f"{settings.base_url}/api/images",
-                lambda body: [ImageInfo.from_wire(i) for i in body["images"]],
-                headers=_api_headers(settings))
-
-
-def build_image_request(settings: ClientSettings, name: str) -> tuple[str, dict[str, str]]:
-    """URL and headers of the streamed build (NDJSON lines, see parse_build_line)."""
-    return f"{settings.base_url}/api/images/{name}/build", _api_headers(settings)
-
-
-def parse_build_line(line: str) -> tuple[str | None, ImageInfo | None]:
-    """One NDJSON line of a build: (progress text, or the finished image); errors raise."""
-    data = json.loads(line)
-    if "error" in data:
-        raise error_from_wire(500, data)
-    if "image" in data:
-        return None, ImageInfo.from_wire(data["image"])
-    return str(data.get("progress", "")), None

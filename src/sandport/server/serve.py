@@ -33,6 +33,7 @@ from ..proxy.routes import RouteTable
 from ..proxy.server import ProxyServer
 from ..proxy.urls import PublicUrls
 from ..runtime.images import ImageStore
+from ..runtime.registry import RegistryConfig
 from ..runtime.runc import RuncRuntime
 from ..runtime_api.sessions import RuntimeSessions
 from ..settings import ServerSettings
@@ -73,14 +74,19 @@ async def _serve(settings: ServerSettings) -> None:
     store = SqliteStore(settings.data_dir / "sandport.db")
     store.open()
     try:
-        images = ImageStore(settings.image_root)
+        images = ImageStore(
+            settings.image_root, RegistryConfig.from_settings(settings),
+            max_image_bytes=int(settings.image_max_gib * 2**30),
+            max_total_bytes=(int(settings.images_max_gib * 2**30)
+                             if settings.images_max_gib else None))
+        images.prepare()
         runtime = RuncRuntime(settings, images)
         await runtime.prepare_host()
         await _ensure_api_key(settings, store)
         for name in settings.build_images:
             if not images.is_built(name):
                 say(f"building image {name!r} (first start only; cached afterwards)")
-            await images.ensure(name, say)
+                await images.build(name, say, only_if_missing=True)
         urls = PublicUrls.parse(settings.url_template)
         routes = RouteTable()
         secret = await store.secret("browser-session")
@@ -131,6 +137,7 @@ async def _serve(settings: ServerSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
             socket_path.unlink(missing_ok=True)
+            await images.close()
             await runtime.release_host()
     finally:
         store.close()

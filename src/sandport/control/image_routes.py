@@ -1,0 +1,184 @@
+"""Control API routes for images (/api/images): list, pull, import, push, delete, build.
+
+Pulls, pushes and builds stream NDJSON: one event a line (per layer: bytes done of total),
+the last line ``{"image": {...}}`` or an error object. A pull that fails before its first
+layer (an unknown reference, a registry that refuses or cannot be reached) answers with
+the error's own status instead, so a client sees a 404 for a tag that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import ImageNotFound, PayloadTooLarge, SandportError, ValidationFailed
+from ..runtime.images import BUILTIN_PACKAGES
+from ..runtime.pull import Event, Listener
+from ..runtime.reference import check_local_name, parse_reference
+from .http import caller_team, json_body, keyed
+
+NDJSON = "application/x-ndjson"
+_READY = frozenset({"pulling", "building", "pushing"})  # the first event past resolving
+
+
+async def list_images(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    return JSONResponse({"images": [i.to_wire() for i in ctx.images.listing(team)]})
+
+
+async def get_image(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    name = request.path_params["name"]
+    record = ctx.images.lookup(team, name)
+    if record is None:
+        raise ImageNotFound(f"image {name!r} does not exist")
+    return JSONResponse(ctx.images.info(record).to_wire())
+
+
+async def _ndjson(run: Callable[[Listener], Awaitable[dict[str, Any]]]) -> Response:
+    """Run ``run`` (it goes on if the client leaves); stream its events, then its result."""
+    events: asyncio.Queue[Event | None] = asyncio.Queue()
+    ready = asyncio.Event()
+
+    def listen(event: Event) -> None:
+        events.put_nowait(event)
+        if event.get("status") in _READY or "layer" in event:
+            ready.set()
+
+    async def work() -> dict[str, Any]:
+        try:
+            return await run(listen)
+        finally:
+            ready.set()
+            events.put_nowait(None)
+
+    task = asyncio.ensure_future(work())
+    await ready.wait()
+    if task.done() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (event := await events.get()) is not None:
+            yield (json.dumps(event) + "\n").encode()
+        try:
+            last: dict[str, Any] = await task
+        except SandportError as exc:
+            last = exc.to_wire()
+        yield (json.dumps(last) + "\n").encode()
+
+    return StreamingResponse(stream(), media_type=NDJSON)
+
+
+def _ref_text(body: dict[str, Any]) -> str:
+    ref = body.get("ref")
+    if not isinstance(ref, str):
+        raise ValidationFailed('"ref" must be an image reference such as "node:22"')
+    return ref
+
+
+async def pull_image(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"ref"}:
+        raise ValidationFailed('send {"ref": "node:22"}')
+    parse_reference(_ref_text(body))  # a 400 before anything starts
+
+    async def run(listen: Listener) -> dict[str, Any]:
+        record = await ctx.images.pull(team, body["ref"], listen)
+        return {"image": ctx.images.info(record).to_wire()}
+
+    return await _ndjson(run)
+
+
+async def push_image(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    name = request.path_params["name"]
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"ref"}:
+        raise ValidationFailed('send {"ref": "registry.example.com:5000/team/app:1"}')
+    ref = parse_reference(_ref_text(body))
+    record = ctx.images.lookup(team, name)
+    if record is None:
+        raise ImageNotFound(f"image {name!r} does not exist")
+
+    async def run(listen: Listener) -> dict[str, Any]:
+        digest = await ctx.images.push(record, ref, listen)
+        return {"pushed": {"ref": str(ref), "digest": digest},
+                "image": ctx.images.info(record).to_wire()}
+
+    return await _ndjson(run)
+
+
+async def import_image(request: Request) -> Response:
+    """The body is a ``docker save`` or OCI-layout tar archive, streamed to disk first
+    (its index may come last), then read member by member."""
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    name = check_local_name(request.path_params["name"])
+    cap = ctx.images.max_image_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"the archive is larger than this server's cap of {cap} bytes")
+    staged = ctx.images.layers.tmp / f"import-{os.getpid()}-{os.urandom(4).hex()}.tar"
+    try:
+        size = 0
+        with staged.open("wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise PayloadTooLarge(
+                        f"the archive is larger than this server's cap of {cap} bytes")
+                fh.write(chunk)
+        if size == 0:
+            raise ValidationFailed("send the archive (docker save or an OCI layout tar) "
+                                   "as the request body")
+        record = await ctx.images.import_archive(team, name, staged)
+    finally:
+        staged.unlink(missing_ok=True)
+    return JSONResponse({"image": ctx.images.info(record).to_wire()})
+
+
+async def delete_image(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    record = await asyncio.to_thread(ctx.images.delete, team, request.path_params["name"])
+    return JSONResponse({"deleted": record.name})
+
+
+async def build_image(request: Request) -> Response:
+    """A built-in image, built again from Debian packages (NDJSON ``{"progress": line}``)."""
+    ctx = request.app.state.ctx
+    await caller_team(request)
+    name = request.path_params["name"]
+
+    async def run(listen: Listener) -> dict[str, Any]:
+        listen({"status": "building"})
+        record = await ctx.images.build(name, lambda line: listen({"progress": line}))
+        return {"image": ctx.images.info(record).to_wire()}
+
+    if name not in BUILTIN_PACKAGES:
+        raise ImageNotFound(f"image {name!r} cannot be built here; built-in images: "
+                            + ", ".join(sorted(BUILTIN_PACKAGES)))
+    return await _ndjson(run)
+
+
+routes = [
+    Route("/api/images", keyed(list_images), methods=["GET"]),
+    Route("/api/images/pull", keyed(pull_image), methods=["POST"]),
+    Route("/api/images/{name}/build", keyed(build_image), methods=["POST"]),
+    Route("/api/images/{name:path}/import", keyed(import_image), methods=["POST"]),
+    Route("/api/images/{name:path}/push", keyed(push_image), methods=["POST"]),
+    Route("/api/images/{name:path}", keyed(get_image), methods=["GET"]),
+    Route("/api/images/{name:path}", keyed(delete_image), methods=["DELETE"]),
+]
