@@ -6,15 +6,19 @@ so the python image is built once per machine, as a user's first start builds it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+from sandport import Sandbox
 
 IMAGES_DIR = Path(os.environ.get("SANDPORT_TEST_IMAGES_DIR", "/var/tmp/sandport-test-images"))
 API_KEY = "spk_test_" + os.urandom(8).hex()
@@ -87,6 +91,25 @@ class ServerProcess:
             except FileNotFoundError:
                 pass
         return count
+
+    @contextlib.contextmanager
+    def sandboxes(self) -> Iterator[Callable[..., Sandbox]]:
+        """A factory of sandboxes on this server (``make(image=..., ...)``); all are
+        stopped when the block ends."""
+        made: list[Sandbox] = []
+
+        def make(**kwargs: object) -> Sandbox:
+            sb = Sandbox.create(api_key=self.api_key, base_url=self.base_url,
+                                **kwargs)  # type: ignore[arg-type]
+            made.append(sb)
+            return sb
+
+        try:
+            yield make
+        finally:
+            for sb in made:
+                sb.stop()
+                sb.close()
 
     def stop_all_sandboxes(self) -> None:
         """What a careful user does before shutting down: sandboxes outlive the server."""

@@ -42,18 +42,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]
 @pytest.fixture
 def make_sandbox(server: ServerProcess) -> Iterator[Callable[..., Sandbox]]:
     """Factory: create sandboxes on the session server; all are stopped at teardown."""
-    made: list[Sandbox] = []
-
-    def make(**kwargs: object) -> Sandbox:
-        sb = Sandbox.create(api_key=server.api_key, base_url=server.base_url,
-                            **kwargs)  # type: ignore[arg-type]
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.stop()
-        sb.close()
+    with server.sandboxes() as make:
+        yield make
 
 
 @pytest.fixture

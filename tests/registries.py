@@ -10,13 +10,14 @@ on loopback, one process per kind, each with its own config, storage and log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
 import secrets
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,7 @@ import bcrypt
 import httpx
 
 from ._ca import TestCA
-from ._server import free_port
+from ._server import ServerProcess, free_port
 from .token_server import ISSUER, SERVICE, TokenServer
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -226,3 +227,21 @@ def server_env(registries: Registries, auth_file: Path | None = None) -> dict[st
     if auth_file is not None:
         env["SANDPORT_REGISTRY_AUTH"] = str(auth_file)
     return env
+
+
+@contextlib.contextmanager
+def registry_server(registries: Registries, root: Path, *, own_images: bool = False,
+                    auth_file: Path | None = None) -> Iterator[ServerProcess]:
+    """A ``sandport serve`` that reaches the session's registries; with ``own_images`` an
+    image store of its own (a first pull downloads) and no built-in image built at start.
+    Its sandboxes are stopped and its log checked when the block ends."""
+    env = server_env(registries, auth_file)
+    if own_images:
+        env |= {"SANDPORT_IMAGES_DIR": str(root / "images"), "SANDPORT_BUILD_IMAGES": ","}
+    srv = ServerProcess(root / "data", env=env).start()
+    try:
+        yield srv
+    finally:
+        srv.stop_all_sandboxes()
+        srv.stop()
+    srv.assert_clean_log()

@@ -18,7 +18,7 @@ import pytest
 
 from .._server import ServerProcess
 from ..oci_images import Layer, big_image, busybox_image, docker_save_archive, sha256
-from ..registries import Registries, server_env
+from ..registries import Registries, registry_server
 from ..registry_client import RegistryClient, push_image
 
 ANSI = re.compile(r"\x1b\[")
@@ -29,14 +29,9 @@ LAYER_LINE = re.compile(r"^([0-9a-f]{12}): (downloading|unpacking|done|exists) \
 def image_server(registries: Registries,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that reaches the test registries, with an image store of its own."""
-    root = tmp_path_factory.mktemp("cli-images")
-    env = {**server_env(registries), "SANDPORT_IMAGES_DIR": str(root / "images"),
-           "SANDPORT_BUILD_IMAGES": ","}
-    srv = ServerProcess(root / "data", env=env).start()
-    yield srv
-    srv.stop_all_sandboxes()
-    srv.stop()
-    srv.assert_clean_log()
+    with registry_server(registries, tmp_path_factory.mktemp("cli-images"),
+                         own_images=True) as srv:
+        yield srv
 
 
 def user_env(server: ServerProcess) -> dict[str, str]:

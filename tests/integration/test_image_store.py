@@ -26,18 +26,15 @@ from ..oci_images import (
     oci_layout_archive,
     sha256,
 )
-from ..registries import Registries, server_env
+from ..registries import Registries, registry_server, server_env
 from ..registry_client import RegistryClient, push_image
 
 
 @pytest.fixture(scope="module")
 def store_server(registries: Registries, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("store-server")
-    srv = ServerProcess(data / "data", env=server_env(registries)).start()
-    yield srv
-    srv.stop_all_sandboxes()
-    srv.stop()
+    with registry_server(registries, tmp_path_factory.mktemp("store-server")) as srv:
+        yield srv
 
 
 def _api(srv: ServerProcess) -> httpx.Client:

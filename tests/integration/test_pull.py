@@ -16,7 +16,7 @@ from sandport import Sandbox
 
 from .._server import IMAGES_DIR, ServerProcess
 from ..oci_images import Layer, Symlink, Whiteout, busybox_image, busybox_layer
-from ..registries import Registries, server_env, write_auth_file
+from ..registries import Registries, registry_server, server_env, write_auth_file
 from ..registry_client import push_image, push_index
 
 
@@ -25,28 +25,16 @@ def reg_server(registries: Registries, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[ServerProcess]:
     """A server that reaches the session's registries (docker.io mirrored to the plain
     one) with credentials for the basic and token ones."""
-    data = tmp_path_factory.mktemp("pull-server")
-    auth = write_auth_file(data.parent / "pull-auth.json", registries.credentials())
-    srv = ServerProcess(data / "data", env=server_env(registries, auth)).start()
-    yield srv
-    srv.stop_all_sandboxes()
-    srv.stop()
+    root = tmp_path_factory.mktemp("pull-server")
+    auth = write_auth_file(root / "pull-auth.json", registries.credentials())
+    with registry_server(registries, root, auth_file=auth) as srv:
+        yield srv
 
 
 @pytest.fixture
 def sandbox_on(reg_server: ServerProcess) -> Iterator[Callable[..., Sandbox]]:
-    made: list[Sandbox] = []
-
-    def make(image: str, **kwargs: object) -> Sandbox:
-        sb = Sandbox.create(image, api_key=reg_server.api_key, base_url=reg_server.base_url,
-                            **kwargs)  # type: ignore[arg-type]
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.stop()
-        sb.close()
+    with reg_server.sandboxes() as make:
+        yield lambda image, **kwargs: make(image=image, **kwargs)
 
 
 def _api(srv: ServerProcess) -> httpx.Client:

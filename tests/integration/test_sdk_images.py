@@ -35,23 +35,17 @@ from ..oci_images import (
     oci_layout_archive,
     sha256,
 )
-from ..registries import Registries, server_env
+from ..registries import Registries, registry_server
 from ..registry_client import RegistryClient, push_image
 
 
 @pytest.fixture(scope="module")
 def image_server(registries: Registries,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server that reaches the test registries, with an image store of its own (so a
-    first pull here downloads) and no built-in image built at start."""
-    root = tmp_path_factory.mktemp("sdk-images")
-    env = {**server_env(registries), "SANDPORT_IMAGES_DIR": str(root / "images"),
-           "SANDPORT_BUILD_IMAGES": ","}
-    srv = ServerProcess(root / "data", env=env).start()
-    yield srv
-    srv.stop_all_sandboxes()
-    srv.stop()
-    srv.assert_clean_log()
+    """A server that reaches the test registries, with an image store of its own."""
+    with registry_server(registries, tmp_path_factory.mktemp("sdk-images"),
+                         own_images=True) as srv:
+        yield srv
 
 
 @pytest.fixture

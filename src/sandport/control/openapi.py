@@ -13,6 +13,10 @@ _RUNTIME_SERVER = {"url": "{runtimeBaseUrl}", "variables": {"runtimeBaseUrl": {
     "description": "the sandbox's runtime.baseUrl"}}}
 
 
+_REF = {"type": "object", "required": ["ref"], "properties": {"ref": {
+    "type": "string", "description": "an image reference, e.g. node:22 or host:5000/team/app:1"}}}
+
+
 def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
@@ -154,7 +158,26 @@ OPENAPI: dict[str, Any] = {
             params=[_query("status", {"type": "string", "enum": ["active", "closed", "error"]}),
                     _query("page", {"type": "integer", "minimum": 1}),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100})])},
-        "/api/images": {"get": _op("List images", {"type": "object"})},
+        "/api/images": {"get": _op("List the images the caller's team can use",
+                                   {"type": "object"})},
+        "/api/images/pull": {"post": _op(
+            "Pull an image (NDJSON progress, last line {image} or an error)",
+            {"type": "object"}, body=_REF)},
+        "/api/images/{name}": {
+            "get": _op("One image", {"type": "object"}, params=[_path_param("name")]),
+            "delete": _op("Forget an image (sandboxes made from it keep running)",
+                          {"type": "object"}, params=[_path_param("name")])},
+        "/api/images/{name}/import": {"post": {
+            **_op("Import a docker save or OCI-layout tar (the body)", {"type": "object"},
+                  params=[_path_param("name")]),
+            "requestBody": {"required": True, "content": {
+                "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}}},
+        "/api/images/{name}/push": {"post": _op(
+            "Push an image to a registry (NDJSON progress, last line {pushed, image})",
+            {"type": "object"}, body=_REF, params=[_path_param("name")])},
+        "/api/images/{name}/build": {"post": _op(
+            "Rebuild a built-in image (NDJSON progress)", {"type": "object"},
+            params=[_path_param("name")])},
         "/sandbox/exec": {"servers": [_RUNTIME_SERVER], "post": {
             **_op("Run a shell command in the sandbox (runtime token as Bearer; served on "
                   "the sandbox's runtime host, not under /api)",
