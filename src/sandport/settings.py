@@ -57,6 +57,9 @@ class ServerSettings:
     registry_cas: tuple[str, ...] = ()  # "HOST[:PORT]=FILE": a CA trusted for that registry
     insecure_registries: tuple[str, ...] = ()  # "HOST:PORT" spoken to over plain HTTP
     registry_mirrors: tuple[str, ...] = ()  # "docker.io=URL": reached only through URL
+    # "HOST[:PORT]" or "*.example.com": when given, the only registries pulls and pushes
+    # may name (a caller could otherwise make the server connect to any host and port).
+    registries_allowed: tuple[str, ...] = ()
     images_max_gib: float | None = None  # unused images beyond this are reclaimed, LRU first
     image_max_gib: float = 32.0  # one image's unpacked size, at most
     subnet: str = "10.77.0.0/16"  # sandboxes' private addresses, one /30 each
@@ -255,7 +258,8 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be a number") from None
-    if name in ("trusted_proxies", "registry_cas", "insecure_registries", "registry_mirrors"):
+    if name in ("trusted_proxies", "registry_cas", "insecure_registries", "registry_mirrors",
+                "registries_allowed"):
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)

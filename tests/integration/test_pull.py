@@ -247,3 +247,21 @@ def test_a_blob_that_is_not_what_its_digest_says_is_refused(
     with _api(reg_server) as api:
         names = [i["name"] for i in api.get("/api/images").json()["images"]]
     assert f"{registries.plain.host}/damaged/{damage}:1" not in names
+
+
+def test_an_operator_allow_list_of_registries(registries: Registries,
+                                              fresh_server: Callable[..., ServerProcess]) -> None:
+    push_image(registries.plain, "library/allowed", "1", busybox_image())
+    push_image(registries.plain, "listed/not", "1", busybox_image())
+    srv = fresh_server(env={**server_env(registries), "SANDPORT_REGISTRIES_ALLOWED": "docker.io"})
+    status, body = _pull(srv, "allowed:1")  # docker.io, through its (loopback) mirror
+    assert status == 200 and "image" in body[-1], body
+    refused = f"{registries.plain.host}/listed/not:1"
+    status, body = _pull(srv, refused)
+    assert (status, body[0]["error"]) == (403, "forbidden"), body
+    assert registries.plain.host in str(body[0]["message"])
+    with _api(srv) as api:
+        created = api.post("/api/sandbox", json={"imageName": refused})
+        assert created.status_code == 403
+        pushed = api.post("/api/images/python/push", json={"ref": refused})
+        assert pushed.status_code == 403, pushed.text

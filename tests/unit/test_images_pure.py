@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandport.errors import ImageRejected, ValidationFailed
+from sandport.errors import Forbidden, ImageRejected, ValidationFailed
 from sandport.runtime.layerstore import hex_of, record_key
 from sandport.runtime.pull import choose_platform, parse_config, parse_image_manifest
 from sandport.runtime.reference import Reference, check_local_name, parse_reference
@@ -150,3 +150,15 @@ def test_config_must_name_as_many_layers_as_the_manifest() -> None:
         parse_config(body, REF, 2)
     with pytest.raises(ImageRejected):
         parse_config(b"not json", REF, 1)
+
+
+def test_an_allow_list_limits_the_registries(tmp_path: Path) -> None:
+    config = RegistryConfig(frozenset(), {}, {}, tmp_path / "a.json",
+                            frozenset({"docker.io", "reg.local:5000", "*.corp.example"}))
+    for ok in ("docker.io", "reg.local:5000", "a.corp.example", "b.a.corp.example:443"):
+        config.check_allowed(ok)
+    for refused in ("reg.local:5001", "127.0.0.1:5000", "corp.example", "evilcorp.example",
+                    "ghcr.io"):
+        with pytest.raises(Forbidden, match=refused):
+            config.check_allowed(refused)
+    RegistryConfig(frozenset(), {}, {}, tmp_path / "a.json").check_allowed("10.0.0.1:6379")

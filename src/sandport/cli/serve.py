@@ -62,6 +62,9 @@ def register(commands: Any) -> None:
                    help="speak plain HTTP to this registry (repeatable)")
     p.add_argument("--registry-mirror", action="append", metavar="HOST=URL",
                    help="reach registry HOST (e.g. docker.io) only through URL (repeatable)")
+    p.add_argument("--registry-allow", action="append", metavar="HOST",
+                   help="only these registries (HOST[:PORT] or *.domain) may be named "
+                        "(repeatable; default: any)")
     p.add_argument("--images-max-gib", type=float, metavar="N",
                    help="reclaim least recently used images beyond N GiB")
     p.add_argument("--disk-limits", choices=["auto", "on", "off"],
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                 else None),
         "registry_mirrors": tuple(args.registry_mirror) if args.registry_mirror else None,
         "images_max_gib": args.images_max_gib,
+        "registries_allowed": tuple(args.registry_allow) if args.registry_allow else None,
         "max_connections_per_address": args.max_connections_per_address,
         "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
         "min_body_rate": args.min_body_rate,

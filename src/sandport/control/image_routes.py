@@ -91,7 +91,8 @@ async def pull_image(request: Request) -> Response:
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - {"ref"}:
         raise ValidationFailed('send {"ref": "node:22"}')
-    parse_reference(_ref_text(body))  # a 400 before anything starts
+    ref = parse_reference(_ref_text(body))  # a 400 (or a 403) before anything starts
+    ctx.images.client.config.check_allowed(ref.domain)
 
     async def run(listen: Listener) -> dict[str, Any]:
         record = await ctx.images.pull(team, body["ref"], listen)
@@ -108,6 +109,7 @@ async def push_image(request: Request) -> Response:
     if not isinstance(body, dict) or set(body) - {"ref"}:
         raise ValidationFailed('send {"ref": "registry.example.com:5000/team/app:1"}')
     ref = parse_reference(_ref_text(body))
+    ctx.images.client.config.check_allowed(ref.domain)
     record = ctx.images.lookup(team, name)
     if record is None:
         raise ImageNotFound(f"image {name!r} does not exist")

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import ImageNotFound, RegistryAuthFailed, RegistryFailure
+from ..errors import Forbidden, ImageNotFound, RegistryAuthFailed, RegistryFailure
 from .reference import DOCKER_HUB, Reference
 
 log = logging.getLogger("sandport.registry")
@@ -60,6 +60,7 @@ class RegistryConfig:
     cas: Mapping[str, Path]
     mirrors: Mapping[str, str]  # registry domain → the base URL that serves it
     auth_file: Path
+    allowed: frozenset[str] = frozenset()  # empty: any registry
 
     @classmethod
     def from_settings(cls, settings: Any) -> RegistryConfig:
@@ -72,7 +73,17 @@ class RegistryConfig:
             mirrors={host: url.rstrip("/") for host, url in
                      pairs(settings.registry_mirrors).items()},
             auth_file=settings.registry_auth_file,
+            allowed=frozenset(h.lower() for h in settings.registries_allowed),
         )
+
+    def check_allowed(self, domain: str) -> None:
+        """Forbidden unless registry ``domain`` may be named here (``registries_allowed``)."""
+        host = domain.lower()
+        if not self.allowed or host in self.allowed or any(
+                a.startswith("*.") and host.split(":")[0].endswith(a[1:]) for a in self.allowed):
+            return
+        raise Forbidden(f"registry {domain} is not one this server may use "
+                        "(its operator lists them with --registry-allow)")
 
     def endpoint(self, domain: str) -> str:
         """The base URL that serves registry ``domain``."""
@@ -181,6 +192,7 @@ class RegistryClient:
                       ) -> AsyncIterator[httpx.Response]:
         """A streamed request to ``/v2/<repo>/<path>`` of ``ref``'s registry, with
         credentials as the registry asks for them. The caller reads the response."""
+        self.config.check_allowed(ref.domain)
         base = self.config.endpoint(ref.domain)
         url = absolute_url or f"{base}/v2/{ref.path}/{path}"
         scope = f"repository:{ref.path}:{'pull,push' if push else 'pull'}"
