@@ -31,7 +31,7 @@ from isal import isal_zlib
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sandport.runtime import unpack  # noqa: E402
-from sandport.runtime._tar import TarReader  # noqa: E402
+from sandport.runtime.images._tar import TarReader  # noqa: E402
 
 PYTHON_ROOTFS = Path("/var/tmp/sandport-test-images/python/current/rootfs")
 

@@ -24,6 +24,7 @@ POINTS = frozenset({
     "restore.after_intent", "restore.runc_started", "restore.after_restore",
     "create.runc_started",
     "lost.files_moved",
+    "pull.layer_published",
 })
 
 _armed: str | None = None

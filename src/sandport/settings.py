@@ -51,7 +51,7 @@ class ServerSettings:
     api_key: str | None = None  # the first API key, instead of a generated one
     build_images: tuple[str, ...] = ("python",)  # built at start when missing
     default_image: str = "python"
-    # Registries (runtime/registry.py). Credentials: a Docker-format auth file (default
+    # Registries (runtime/images/registry.py). Credentials: a Docker-format auth file (default
     # <data_dir>/registry-auth.json; Docker Hub's under "https://index.docker.io/v1/").
     registry_auth: Path | None = None
     registry_cas: tuple[str, ...] = ()  # "HOST[:PORT]=FILE": a CA trusted for that registry

@@ -265,3 +265,28 @@ def test_an_operator_allow_list_of_registries(registries: Registries,
         assert created.status_code == 403
         pushed = api.post("/api/images/python/push", json={"ref": refused})
         assert pushed.status_code == 403, pushed.text
+
+
+def test_a_server_killed_mid_pull_leaves_nothing_half_stored(
+        registries: Registries, fresh_server: Callable[..., ServerProcess],
+        tmp_path: Path) -> None:
+    layers = [Layer.from_files({f"opt/part{n}": bytes([n]) * (1 << 20)}) for n in range(3)]
+    push_image(registries.plain, "crash/mid-pull", "1", busybox_image(*layers))
+    ref = f"{registries.plain.host}/crash/mid-pull:1"
+    images = tmp_path / "images"
+    env = {**server_env(registries), "SANDPORT_IMAGES_DIR": str(images),
+           "SANDPORT_BUILD_IMAGES": ","}
+    doomed = fresh_server(env={**env, "SANDPORT_TEST_CRASH_AT": "pull.layer_published"})
+    with pytest.raises(httpx.HTTPError):
+        _pull(doomed, ref)  # the server dies after its first layer is in place
+    assert doomed.proc is not None and doomed.proc.wait(timeout=30) == 137
+    again = fresh_server(data_dir=doomed.data_dir, env=env)
+    with _api(again) as api:
+        assert ref not in [i["name"] for i in api.get("/api/images").json()["images"]]
+    for layer in (images / "layers").iterdir():  # what is in place is whole
+        assert (layer / "fs").is_dir() and (layer / "layer.json").is_file(), layer
+    status, lines = _pull(again, ref)
+    assert status == 200 and "image" in lines[-1], lines
+    with again.sandboxes() as make:
+        sb = make(image=ref)
+        assert sb.exec("wc -c < /opt/part2").stdout.strip() == str(1 << 20)

@@ -29,7 +29,7 @@ import pytest
 import zstandard
 
 from sandport.errors import ImageRejected
-from sandport.runtime.unpack import Unpacked, UnpackLimits, unpack_layer
+from sandport.runtime.images.unpack import Unpacked, UnpackLimits, unpack_layer
 
 MTIME = 1_600_000_000
 # security.capability, VFS_CAP_REVISION_2 with the effective bit: cap_net_bind_service

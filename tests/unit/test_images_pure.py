@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from sandport.errors import Forbidden, ImageRejected, ValidationFailed
-from sandport.runtime.layerstore import hex_of, record_key
-from sandport.runtime.pull import choose_platform, parse_config, parse_image_manifest
-from sandport.runtime.reference import Reference, check_local_name, parse_reference
-from sandport.runtime.registry import Manifest, RegistryConfig, parse_challenge
+from sandport.runtime.images.layerstore import hex_of, record_key
+from sandport.runtime.images.pull import choose_platform, parse_config, parse_image_manifest
+from sandport.runtime.images.reference import Reference, check_local_name, parse_reference
+from sandport.runtime.images.registry import Manifest, RegistryConfig, parse_challenge
 
 D = "sha256:" + "ab" * 32
 

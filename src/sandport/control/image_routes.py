@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from ..errors import ImageNotFound, PayloadTooLarge, SandportError, ValidationFailed
 from ..runtime.images import BUILTIN_PACKAGES
-from ..runtime.pull import Event, Listener
-from ..runtime.reference import check_local_name, parse_reference
+from ..runtime.images.pull import Event, Listener
+from ..runtime.images.reference import check_local_name, parse_reference
 from .http import caller_team, json_body, keyed
 
 NDJSON = "application/x-ndjson"
@@ -122,12 +122,29 @@ async def push_image(request: Request) -> Response:
     return await _ndjson(run)
 
 
+DISCARD_BYTES = 16 * 2**20
+
+
+async def _discard(request: Request, limit: int) -> None:
+    """Read (and drop) up to ``limit`` bytes of a body about to be refused, so a client
+    still sending an archive of ordinary size gets the answer instead of a reset."""
+    read = 0
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > limit:
+            break
+
+
 async def import_image(request: Request) -> Response:
     """The body is a ``docker save`` or OCI-layout tar archive, streamed to disk first
     (its index may come last), then read member by member."""
     ctx = request.app.state.ctx
     team = await caller_team(request)
-    name = check_local_name(request.path_params["name"])
+    try:
+        name = check_local_name(request.path_params["name"])
+    except ValidationFailed:
+        await _discard(request, DISCARD_BYTES)
+        raise
     cap = ctx.images.max_image_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import Forbidden, ValidationFailed
 from ..models import SANDBOX_STATUSES
-from ..runtime.reference import parse_reference
+from ..runtime.images.reference import parse_reference
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60

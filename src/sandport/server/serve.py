@@ -33,7 +33,7 @@ from ..proxy.routes import RouteTable
 from ..proxy.server import ProxyServer
 from ..proxy.urls import PublicUrls
 from ..runtime.images import ImageStore
-from ..runtime.registry import RegistryConfig
+from ..runtime.images.registry import RegistryConfig
 from ..runtime.runc import RuncRuntime
 from ..runtime_api.sessions import RuntimeSessions
 from ..settings import ServerSettings

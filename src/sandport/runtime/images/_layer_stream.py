@@ -19,7 +19,7 @@ from typing import IO, Protocol, TypeVar, cast
 import zstandard
 from isal import isal_zlib
 
-from ..errors import ImageRejected
+from ...errors import ImageRejected
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import Forbidden, ImageNotFound, RegistryAuthFailed, RegistryFailure
+from ...errors import Forbidden, ImageNotFound, RegistryAuthFailed, RegistryFailure
 from .reference import DOCKER_HUB, Reference
 
 log = logging.getLogger("sandport.registry")
@@ -346,7 +347,6 @@ class RegistryClient:
 
 
 def sha256_digest(data: bytes) -> str:
-    import hashlib
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._files import read_json
+from .._files import read_json
 
 DIGEST_CHARS = frozenset("0123456789abcdef")
 
@@ -155,6 +155,13 @@ class LayerStore:
 
     def publish_blob(self, staged: Path, digest: str) -> None:
         os.replace(staged, self.blob_path(digest))
+
+    def keep_blob(self, body: bytes, digest: str) -> None:
+        """Store a small blob (a manifest, a config) the caller has verified or made."""
+        if not self.has_blob(digest):
+            staged = self.tmp / f"blob-{os.getpid()}-{os.urandom(4).hex()}"
+            staged.write_bytes(body)
+            self.publish_blob(staged, digest)
 
     def publish_layer(self, staged: Path, diff_id: str, size: int) -> None:
         """Move an unpacked layer (``staged/fs``) into place; if another pull got there

@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ImageRejected, SandportError
+from ...errors import ImageRejected, SandportError
 from .layerstore import ImageRecord, LayerBlob, LayerStore, hex_of
 from .pull import Listener, choose_platform, host_platform
 from .reference import Reference

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import ImageRejected
+from ...errors import ImageRejected
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageRejected, RegistryFailure, SandportError
+from ...crashpoints import crash_point
+from ...errors import ImageRejected, RegistryFailure, SandportError
 from .layerstore import LayerBlob, LayerStore
 from .reference import Reference
 from .registry import INDEX_TYPES, Manifest, RegistryClient
@@ -202,19 +203,13 @@ class Puller:
         job.emit({"status": "pulling", "ref": str(ref), "digest": manifest.digest,
                   "layers": len(layers), "totalBytes": compressed})
         with self.store.writing():
-            self._keep_blob(manifest.body, manifest.digest)
-            self._keep_blob(config_body, config_blob.digest)
+            self.store.keep_blob(manifest.body, manifest.digest)
+            self.store.keep_blob(config_body, config_blob.digest)
             size = await self._layers(pinned, layers, diff_ids, job)
         log.info("pulled %s (%s, %d layers, %d bytes) in %.1fs", ref, manifest.digest,
                  len(layers), size, time.monotonic() - started)
         return PulledImage(pinned, manifest.digest, config, config_blob.digest, diff_ids,
                            layers, size)
-
-    def _keep_blob(self, body: bytes, digest: str) -> None:
-        if not self.store.has_blob(digest):
-            staged = self.store.tmp / f"blob-{os.getpid()}-{os.urandom(4).hex()}"
-            staged.write_bytes(body)
-            self.store.publish_blob(staged, digest)
 
     async def _layers(self, ref: Reference, layers: list[LayerBlob], diff_ids: list[str],
                       job: _Job) -> int:
@@ -267,6 +262,7 @@ class Puller:
                     await asyncio.get_running_loop().run_in_executor(
                         self._unpackers, self._unpack, ref, layer, diff_id, lowers,
                         self.max_image_bytes)
+                    crash_point("pull.layer_published")
                 job.emit({"layer": layer.digest, "status": "done", "done": layer.size,
                           "total": layer.size})
         except BaseException:

@@ -28,7 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from ..errors import ImageRejected, InsufficientCapacity
+from ...errors import ImageRejected, InsufficientCapacity
+from ..safepath import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from ._layer_stream import LayerStream, Readable, ReadAhead
 from ._tar import (
     BLOCKDEV,
@@ -42,7 +43,6 @@ from ._tar import (
     TarReader,
     quoted,
 )
-from .safepath import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 
 __all__ = ["UnpackLimits", "Unpacked", "unpack_layer"]
 

@@ -24,17 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from ..errors import (
+from ...errors import (
     ImageNotFound,
     RegistryFailure,
     RuntimeFailure,
-    SandportError,
     ValidationFailed,
 )
-from ..models import ImageInfo, iso
+from ...models import ImageInfo, iso
 from . import transfer
 from .layerstore import ImageRecord, LayerBlob, LayerStore
-from .pull import Event, Listener, PulledImage, Puller, host_platform
+from .pull import Listener, PulledImage, Puller, host_platform
 from .reference import Reference, parse_reference
 from .registry import OCI_CONFIG, OCI_MANIFEST, RegistryClient, RegistryConfig, sha256_digest
 from .unpack import UnpackLimits, unpack_layer
@@ -354,11 +353,8 @@ class ImageStore:
                        for b in blobs],
         }, separators=(",", ":")).encode()
         manifest_digest = sha256_digest(manifest)
-        for body, digest in ((config_body, config_digest), (manifest, manifest_digest)):
-            if not self.layers.has_blob(digest):
-                staged = self.layers.tmp / f"blob-{os.getpid()}-{os.urandom(4).hex()}"
-                staged.write_bytes(body)
-                self.layers.publish_blob(staged, digest)
+        self.layers.keep_blob(config_body, config_digest)
+        self.layers.keep_blob(manifest, manifest_digest)
         return ImageRecord(
             team=team, name=name, source=source, ref=None, digest=manifest_digest,
             config=config, diff_ids=diff_ids, blobs=blobs, created_at=self.clock(),
@@ -471,8 +467,4 @@ class _HashingWriter:
         self._out.flush()
 
 
-def event_line(event: Event) -> bytes:
-    return (json.dumps(event) + "\n").encode()
-
-
-__all__ = ["BUILTIN_PACKAGES", "Image", "ImageStore", "SandportError", "event_line"]
+__all__ = ["BUILTIN_PACKAGES", "Image", "ImageStore", "mmdebstrap_command"]
