@@ -318,6 +318,8 @@ def main() -> None:
     parser.add_argument("--total-mb", type=int, default=220)
     parser.add_argument("--tmp", default="/var/tmp",
                         help="where the temporary directory goes (the pulls' images dirs)")
+    parser.add_argument("--only", choices=["pull"], default=None,
+                        help="only the pull figures (e.g. with --tmp on another filesystem)")
     parser.add_argument("--timeline", action="store_true",
                         help="print the median pull's per-layer download and unpack times")
     args = parser.parse_args()
@@ -348,6 +350,9 @@ def main() -> None:
                   f"({fs_type}), {args.runs} runs each", flush=True)
             pull = bench_pull(tmp / "pull", registry, refs["big"], big, args.runs,
                               args.timeline)
+            if args.only == "pull":
+                report_pull(compressed, unpacked, pull)
+                return
 
             server = pull_server(tmp / "create", registry, None).start()
             print("create → first exec, round robin", flush=True)
@@ -379,9 +384,7 @@ def main() -> None:
             unmount_below(tmp)  # what an error inside a mounted() left
 
 
-def report(compressed: int, unpacked: int, pull: dict[str, list[float]],
-           first: dict[str, list[float]], overlay: dict[int, dict[str, float]], flat: float,
-           record: dict[str, object]) -> None:
+def report_pull(compressed: int, unpacked: int, pull: dict[str, list[float]]) -> None:
     med = {key: statistics.median(values) for key, values in pull.items()}
     print(f"\npull of {compressed / MB:.0f} MB compressed / {unpacked / MB:.0f} MB unpacked "
           f"(median of {len(pull['skopeo'])})")
@@ -398,6 +401,14 @@ def report(compressed: int, unpacked: int, pull: dict[str, list[float]],
     print(f"  sandport's median run: last byte at {med['last_byte_s']:.2f} s, unpacking "
           f"{med['unpack_s']:.2f} s in all (overlapping the downloads), "
           f"{med['tail_s']:.2f} s after the last byte{server_s}")
+
+
+
+def report(compressed: int, unpacked: int, pull: dict[str, list[float]],
+           first: dict[str, list[float]], overlay: dict[int, dict[str, float]], flat: float,
+           record: dict[str, object]) -> None:
+    report_pull(compressed, unpacked, pull)
+    med = {key: statistics.median(values) for key, values in pull.items()}
 
     print(f"\ncreate → first exec (true), n={len(first['python'])} each, round robin")
     p50s = {}

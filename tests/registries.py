@@ -210,17 +210,22 @@ def write_auth_file(path: Path, credentials: Mapping[str, Credentials]) -> Path:
     return path
 
 
+DOWN_REGISTRY = "127.0.0.1:9"
+
+
 def server_env(registries: Registries, auth_file: Path | None = None) -> dict[str, str]:
     """What a test ``sandport serve`` needs to pull from the session's registries.
 
     The token registry's realm is on a host of its own (the token server), so the CA is
-    listed for that host too. Docker Hub names (docker.io/...) go to the plain registry."""
+    listed for that host too. Docker Hub names (docker.io/...) go to the plain registry.
+    127.0.0.1:9 (nothing listens there) stands for a registry the operator named that is
+    down; any other loopback registry is one the server refuses to reach."""
     plain, basic, token = registries.plain, registries.basic, registries.token
     assert token.token_server is not None
     ca = str(registries.ca_file)
     cas = [f"{host}={ca}" for host in (basic.host, token.host, token.token_server.host)]
     env = {
-        "SANDPORT_INSECURE_REGISTRIES": plain.host,
+        "SANDPORT_INSECURE_REGISTRIES": f"{plain.host},{DOWN_REGISTRY}",
         "SANDPORT_REGISTRY_CAS": ",".join(cas),
         "SANDPORT_REGISTRY_MIRRORS": f"docker.io={plain.url}",
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import httpx
 import pytest
 
 from sandport import Sandbox
+from sandport.runtime.images import ImageStore
+from sandport.runtime.mounts import mount_overlay, unmount
 
 from .._server import IMAGES_DIR, ServerProcess
 from ..oci_images import (
@@ -245,3 +248,51 @@ def test_hostile_layers_from_a_registry_touch_nothing_outside(
     else:  # confined: the entry stayed inside the layer
         layer = _layer_dir(hostile.diff_id) / "fs"
         assert layer.is_dir()
+
+
+def test_a_start_removes_the_image_trees_of_an_older_server(tmp_path: Path) -> None:
+    """Servers before the layer store kept a tree per built-in image and version. A start
+    removes them, except a version an overlay still mounts (a sandbox of the older server
+    that is still running) or a sandbox's runtime.json still names."""
+    images = tmp_path / "images"
+    for name, version in [("base", "20260101T000000"), ("base", "20260102T000000"),
+                          ("python", "20260101T000000"), ("node", "20260101T000000")]:
+        rootfs = images / name / version / "rootfs"
+        (rootfs / "etc").mkdir(parents=True)
+        (rootfs / "etc" / "os-release").write_text(f"{name} {version}\n")
+    (images / "base" / "current").symlink_to("20260102T000000")
+    mounted = images / "python" / "20260101T000000" / "rootfs"
+    bundle = tmp_path / "bundle"
+    for sub in ("upper", "work", "rootfs"):
+        (bundle / sub).mkdir(parents=True)
+    mount_overlay([mounted], bundle / "upper", bundle / "work", bundle / "rootfs")
+    try:
+        store = ImageStore(images)
+        store.prepare()
+        moved = store.forget_old_trees({("node", "20260101T000000")})
+        assert sorted(p.name for p in moved) == ["old-base-20260101T000000",
+                                                 "old-base-20260102T000000"]
+        assert not (images / "base").exists()
+        assert (bundle / "rootfs" / "etc" / "os-release").read_text() == \
+            "python 20260101T000000\n"  # the running sandbox's files are all there
+        assert (images / "node" / "20260101T000000" / "rootfs").is_dir()
+        deadline = time.monotonic() + 30
+        while any(p.exists() for p in moved) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(p.exists() for p in moved)
+    finally:
+        unmount(bundle / "rootfs")
+    ImageStore(images).forget_old_trees(set())  # nothing holds them now
+    assert not (images / "python").exists() and not (images / "node").exists()
+
+
+def test_the_server_start_forgets_old_trees(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "base" / "20260101T000000" / "rootfs").mkdir(parents=True)
+    srv = ServerProcess(tmp_path / "data", env={"SANDPORT_IMAGES_DIR": str(images),
+                                                "SANDPORT_BUILD_IMAGES": " "}).start()
+    try:
+        assert not (images / "base").exists()
+        assert (images / "layers").is_dir()
+    finally:
+        srv.stop()

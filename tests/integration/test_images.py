@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 
 import httpx
 
 from sandport import Sandbox
+from sandport.runtime.images.layerstore import LayerStore, hex_of
 
 from .._server import IMAGES_DIR, ServerProcess
 
@@ -20,11 +22,20 @@ def test_image_list(server: ServerProcess) -> None:
     assert images["python"]["sizeBytes"] > 50 * 2**20
 
 
-def test_image_store_layout_is_oci_shaped(server: ServerProcess) -> None:
-    current = (IMAGES_DIR / "python" / "current").resolve()
-    config = json.loads((current / "config.json").read_text())
+def test_built_in_images_live_in_the_layer_store(server: ServerProcess) -> None:
+    """A built-in image is an OCI image in the one layer store: its manifest and config
+    are blobs named by their digests, its layer a directory keyed by its diff_id."""
+    record = LayerStore(IMAGES_DIR).get("", "python")
+    assert record is not None and record.source == "builtin"
+    manifest = (IMAGES_DIR / "blobs" / "sha256" / hex_of(record.digest)).read_bytes()
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == record.digest
+    config_digest = json.loads(manifest)["config"]["digest"]
+    config = json.loads((IMAGES_DIR / "blobs" / "sha256" / hex_of(config_digest)).read_text())
     assert config["os"] == "linux" and "Env" in config["config"]
-    assert (current / "rootfs" / "usr" / "bin" / "python3").exists()
+    assert config["rootfs"]["diff_ids"] == record.diff_ids
+    (layer,) = record.diff_ids
+    assert (LayerStore(IMAGES_DIR).layer_path(layer) / "usr" / "bin" / "python3").exists()
+    assert not (IMAGES_DIR / "python").exists()  # no tree of an older server is left
 
 
 def test_node_image_builds_on_first_use(make_sandbox: Callable[..., Sandbox]) -> None:

@@ -5,6 +5,7 @@ the sandbox, shared pulls, and the errors a user meets."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -201,6 +202,29 @@ def test_pull_errors_name_the_cause(registries: Registries, reg_server: ServerPr
     assert created.status_code == status and created.json()["error"] == code
 
 
+@pytest.mark.parametrize("named", [
+    "localhost:{plain_port}",  # the plain registry itself, under a name the operator did not give
+    "127.0.0.2:5000", "10.1.2.3:5000", "192.168.0.1", "169.254.169.254", "[::1]:5000",
+    "[::ffff:7f00:1]:{plain_port}", "[fd00::1]:5000", "100.64.0.1:5000",
+])
+def test_registries_the_operator_did_not_name_are_reached_only_on_the_internet(
+        registries: Registries, reg_server: ServerProcess, named: str) -> None:
+    """A caller naming a registry must not make the server connect to the host's own
+    services, the sandboxes' network or a metadata address: 403, and nothing is sent."""
+    named = named.replace("{plain_port}", registries.plain.host.rsplit(":", 1)[1])
+    ref = f"{named}/team/app:1"
+    push_image(registries.plain, "team/app", "1", busybox_image())
+    before = registries.plain.log_path.read_text(errors="replace").count("/v2/team/app/")
+    got, body = _pull(reg_server, ref)
+    assert (got, body[0]["error"]) == (403, "forbidden"), body
+    assert "loopback, private or link-local" in str(body[0]["message"])
+    with _api(reg_server) as api:
+        created = api.post("/api/sandbox", json={"imageName": ref})
+    assert (created.status_code, created.json()["error"]) == (403, "forbidden")
+    after = registries.plain.log_path.read_text(errors="replace").count("/v2/team/app/")
+    assert after == before  # never reached
+
+
 def test_credentials_refused(registries: Registries, fresh_server: Callable[..., ServerProcess],
                              tmp_path: Path) -> None:
     push_image(registries.basic, "private/refused", "1", busybox_image())
@@ -216,6 +240,34 @@ def test_credentials_refused(registries: Registries, fresh_server: Callable[...,
     nobody = fresh_server(env=server_env(registries))  # no auth file at all
     status, body = _pull(nobody, f"{registries.basic.host}/private/refused:1")
     assert (status, body[0]["error"]) == (502, "registry_auth_failed"), body
+
+
+def test_credentials_from_a_docker_credential_helper(
+        registries: Registries, fresh_server: Callable[..., ServerProcess],
+        tmp_path: Path) -> None:
+    """An auth file that names a credential helper (as Docker Desktop, gcloud and ecr
+    write them): the server runs ``docker-credential-NAME get`` for the registry."""
+    basic = registries.basic
+    assert basic.credentials is not None
+    push_image(basic, "private/helper", "1", busybox_image())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-sandportci"
+    user, password = basic.credentials
+    helper.write_text(f"""#!/bin/sh
+read -r server
+echo "$server" > {tmp_path}/asked
+[ "$server" = "{basic.host}" ] || {{ echo "credentials not found"; exit 1; }}
+echo '{{"Username": "{user}", "Secret": "{password}"}}'
+""")
+    helper.chmod(0o755)
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"credHelpers": {basic.host: "sandportci"}}))
+    srv = fresh_server(env=server_env(registries, auth)
+                       | {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    status, body = _pull(srv, f"{basic.host}/private/helper:1")
+    assert status == 200 and "image" in body[-1], body
+    assert (tmp_path / "asked").read_text().strip() == basic.host
 
 
 def _registry_blob(storage: Path, digest: str) -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from sandport.errors import Forbidden, ImageRejected, ValidationFailed
+from sandport.errors import Forbidden, ImageRejected, RegistryAuthFailed, ValidationFailed
+from sandport.runtime.images import registry
 from sandport.runtime.images.layerstore import hex_of, record_key
 from sandport.runtime.images.pull import choose_platform, parse_config, parse_image_manifest
 from sandport.runtime.images.reference import Reference, check_local_name, parse_reference
@@ -104,6 +106,57 @@ def test_credentials_from_a_docker_auth_file(tmp_path: Path) -> None:
     assert config.endpoint("ghcr.io") == "https://ghcr.io"
     missing = RegistryConfig(frozenset(), {}, {}, tmp_path / "none.json")
     assert missing.credentials("ghcr.io", "https://ghcr.io") is None
+
+
+HELPER = """#!/bin/sh
+# docker's credential helper protocol: "get", the server on stdin, JSON on stdout
+[ "$1" = get ] || exit 2
+read -r server
+echo "$server" >> "$(dirname "$0")/asked"
+case "$server" in
+  ghcr.io) echo '{"ServerURL": "ghcr.io", "Username": "from-helper", "Secret": "s1"}' ;;
+  https://index.docker.io/v1/) echo '{"Username": "hub-helper", "Secret": "s2"}' ;;
+  slow.example) sleep 30 ;;
+  odd.example) echo 'not json' ;;
+  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+"""
+
+
+def test_credentials_from_docker_credential_helpers(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """credHelpers for its registry, else credsStore, else auths, as docker reads them;
+    the helpers are real programs speaking docker's protocol."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sandporttest", "sandportstore"):
+        helper = bin_dir / f"docker-credential-{name}"
+        helper.write_text(HELPER)
+        helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(registry, "HELPER_TIMEOUT_S", 1)
+    auth = tmp_path / "config.json"
+    encode = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    auth.write_text(json.dumps({
+        "credHelpers": {"ghcr.io": "sandporttest", "gone.example": "nosuchhelper",
+                        "slow.example": "sandporttest", "odd.example": "sandporttest",
+                        "bad.example": "../../bin/sh"},
+        "credsStore": "sandportstore",
+        "auths": {"quay.io": {"auth": encode("from:auths")}, "ghcr.io": {"auth": encode("x:y")}},
+    }))
+    config = RegistryConfig(frozenset(), {}, {}, auth)
+    assert config.credentials("ghcr.io", "https://ghcr.io") == ("from-helper", "s1")
+    assert config.credentials("docker.io", "https://registry-1.docker.io") == (
+        "hub-helper", "s2")  # through credsStore, asked for Docker Hub's key
+    assert config.credentials("quay.io", "https://quay.io") == ("from", "auths")  # none there
+    assert config.credentials("other.example", "https://other.example") is None
+    assert (bin_dir / "asked").read_text().split() == [
+        "ghcr.io", "https://index.docker.io/v1/", "quay.io", "other.example"]
+    for host, says in [("gone.example", "not on this server's PATH"),
+                       ("slow.example", "gave no answer"), ("odd.example", "protocol"),
+                       ("bad.example", "not a helper name")]:
+        with pytest.raises(RegistryAuthFailed, match=says):
+            config.credentials(host, f"https://{host}")
 
 
 INDEX = {"manifests": [

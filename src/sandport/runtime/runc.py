@@ -91,6 +91,10 @@ class RuncRuntime:
             raise RuntimeFailure("cannot become child subreaper")
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.bundles.mkdir(parents=True, exist_ok=True, mode=0o700)
+        named = {(str(m["image"]), str(m["imageVersion"])) for m in
+                 (read_json(p) for p in self.bundles.glob("*/runtime.json"))
+                 if m.get("imageVersion") and m.get("image")}  # made by an older server
+        await asyncio.to_thread(self.images.forget_old_trees, named)
         await self.disks.prepare()
         await self.host_rules.hold()
         # All sandboxes together get at most this many processes and threads: the kernel

@@ -9,6 +9,7 @@ layer directories to stack and the config to honour) and leases those layers per
     layerstore.py     blobs, layers keyed by diff_id, image records, leases, collection
     reference.py      image references as docker reads them (pure)
     registry.py       the Distribution API v2 client: auth, TLS, mirrors, manifests, blobs
+    netguard.py       a registry the operator did not name: internet addresses only
     pull.py           manifest → platform → config → layers, shared between waiters
     transfer.py       docker save / OCI-layout imports, pushes
     unpack.py         a layer tar into a directory, untrusted (+ _tar.py, _layer_stream.py)

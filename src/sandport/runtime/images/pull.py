@@ -1,12 +1,14 @@
 """Pulling an image into the layer store: manifest → this host's platform → config → layers.
 
-Layers download and unpack side by side, three at a time (each blob streamed through its
-sha256 into ``tmp/`` and checked against the manifest's digest and size, then unpacked on a
-thread of its own). A layer waits for the ones below it only if one of its entries needs
-them (a hard link into a lower layer becomes a copy; a parent directory with no entry takes
-the lower one's metadata). Every unpacked layer is checked against the config's
-``diff_ids`` before it is published. A layer already in the store is neither downloaded
-nor unpacked again.
+Layers download three at a time, each blob streamed through its sha256 into ``tmp/`` and
+checked against the manifest's digest and size; each one is unpacked on a thread of its own
+*while* it downloads, reading the staged file as it grows (``_Arriving``), so a pull takes
+about as long as its download. The unpacker sees the blob's end only once the download has
+been verified, so nothing unverified is ever published. A layer waits for the ones below it
+only if one of its entries needs them (a hard link into a lower layer becomes a copy; a
+parent directory with no entry takes the lower one's metadata). Every unpacked layer is
+checked against the config's ``diff_ids`` before it is published. A layer already in the
+store is neither downloaded nor unpacked again.
 
 Creates and pulls of the same reference share one pull (``Puller.pull``); it goes on if
 the request that started it goes away, and every waiter sees its progress.
@@ -47,7 +49,7 @@ LAYER_TYPES = frozenset({
     "application/vnd.docker.image.rootfs.diff.tar.zstd",
 })
 MAX_CONFIG_BYTES = 8 * 2**20
-PARALLEL_LAYERS = 3  # layers downloading or unpacking at once
+PARALLEL_DOWNLOADS = 3  # as docker and containerd do by default
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
@@ -162,7 +164,7 @@ class Puller:
         self._jobs: dict[str, _Job] = {}
         # Unpacking threads of their own: one waiting for the layers below it must not
         # hold a worker the rest of the server needs.
-        self._unpackers = ThreadPoolExecutor(PARALLEL_LAYERS * 2, "unpack")
+        self._unpackers = ThreadPoolExecutor(PARALLEL_DOWNLOADS * 2, "unpack")
 
     async def pull(self, ref: Reference, listener: Listener | None = None) -> PulledImage:
         key = str(ref)
@@ -215,7 +217,7 @@ class Puller:
                       job: _Job) -> int:
         """Fetch and unpack the layers side by side; each one's thread waits for the
         layers below it only if an entry needs them (see unpack_layer's ``lowers``)."""
-        gate = asyncio.Semaphore(PARALLEL_LAYERS)  # FIFO: a lower layer is never starved
+        gate = asyncio.Semaphore(PARALLEL_DOWNLOADS)  # FIFO: lower layers start first
         done = [threading.Event() for _ in layers]
         failed = threading.Event()
         tasks = []
@@ -254,31 +256,52 @@ class Puller:
                 raise ImageRejected(f"image {ref}: a layer below {layer.digest} failed")
             return [self.store.layer_path(d) for d in reversed(diff_ids[:index])]
 
+        loop = asyncio.get_running_loop()
+        unpacking: asyncio.Future[None] | None = None
         try:
-            async with gate:
-                await self._download(ref, layer, job)
-                if not self.store.has_layer(diff_id):
-                    job.emit({"layer": layer.digest, "status": "unpacking"})
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._unpackers, self._unpack, ref, layer, diff_id, lowers,
-                        self.max_image_bytes)
-                    crash_point("pull.layer_published")
-                job.emit({"layer": layer.digest, "status": "done", "done": layer.size,
-                          "total": layer.size})
+            async with gate:  # held while downloading; the unpack's tail runs outside it
+                wanted = not self.store.has_layer(diff_id)
+                if self.store.has_blob(layer.digest):
+                    if wanted:
+                        unpacking = loop.run_in_executor(
+                            self._unpackers, self._unpack, ref, layer, diff_id, lowers,
+                            self.store.blob_path(layer.digest), self.max_image_bytes)
+                else:
+                    staged = self.store.tmp / f"blob-{os.getpid()}-{os.urandom(4).hex()}"
+                    sink = staged.open("xb", buffering=0)
+                    arriving = _Arriving(staged) if wanted else None
+                    if arriving is not None:
+                        unpacking = loop.run_in_executor(
+                            self._unpackers, self._unpack, ref, layer, diff_id, lowers,
+                            arriving, self.max_image_bytes)
+                    try:
+                        await self._download(ref, layer, job, staged, sink, arriving)
+                    except BaseException as exc:
+                        if arriving is not None:
+                            arriving.fail(f"its download failed ({exc})")
+                        raise
+            if unpacking is not None:
+                job.emit({"layer": layer.digest, "status": "unpacking"})
+                await asyncio.shield(unpacking)
+                crash_point("pull.layer_published")
+            job.emit({"layer": layer.digest, "status": "done", "done": layer.size,
+                      "total": layer.size})
         except BaseException:
             failed.set()
+            if unpacking is not None:  # its staging directory is gone only once it ends
+                await asyncio.gather(unpacking, return_exceptions=True)
             raise
         finally:
             done[index].set()
 
-    async def _download(self, ref: Reference, layer: LayerBlob, job: _Job) -> None:
-        if self.store.has_blob(layer.digest):
-            return
-        staged = self.store.tmp / f"blob-{os.getpid()}-{os.urandom(4).hex()}"
+    async def _download(self, ref: Reference, layer: LayerBlob, job: _Job, staged: Path,
+                        sink: Any, arriving: _Arriving | None) -> None:
+        """Stream the blob into ``staged`` (``sink`` is it, opened unbuffered), telling
+        ``arriving`` of each chunk; publish it once its size and digest are right."""
         digest = hashlib.sha256()
         done = reported = 0
         try:
-            with staged.open("wb") as fh:
+            with sink:
                 async with self.client.blob(ref, layer.digest) as response:
                     async for chunk in response.aiter_raw(1 << 20):
                         done += len(chunk)
@@ -287,7 +310,11 @@ class Puller:
                                 f"layer {layer.digest} of {ref} is longer than the "
                                 f"{layer.size} bytes its manifest says")
                         digest.update(chunk)
-                        fh.write(chunk)
+                        view = memoryview(chunk)
+                        while view:  # an unbuffered write may take less than it is given
+                            view = view[sink.write(view):]
+                        if arriving is not None:
+                            arriving.grew(len(chunk))
                         if done - reported >= 1 << 20 or done == layer.size:
                             reported = done
                             job.emit({"layer": layer.digest, "status": "downloading",
@@ -299,18 +326,22 @@ class Puller:
                 raise RegistryFailure(f"layer {layer.digest} of {ref} does not match its "
                                       "digest (the registry sent other bytes)")
             self.store.publish_blob(staged, layer.digest)
+            if arriving is not None:
+                arriving.verified()
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
 
     def _unpack(self, ref: Reference, layer: LayerBlob, diff_id: str, lowers: Lowers,
-                room: int) -> None:
+                source: Path | _Arriving, room: int) -> None:
         staging = self.store.staging("layer")
         try:
             (staging / "fs").mkdir(mode=0o755)
-            with self.store.blob_path(layer.digest).open("rb") as fh:
+            with source.open("rb") if isinstance(source, Path) else source as fh:
                 result = unpack_layer(fh, staging / "fs", lowers,
                                       UnpackLimits(max_bytes=max(room, 0)))
+                if isinstance(fh, _Arriving):
+                    fh.wait_verified()
             if result.diff_id != diff_id:
                 raise ImageRejected(f"layer {layer.digest} of {ref} unpacks to {result.diff_id}, "
                                     f"not the {diff_id} its config says")
@@ -325,3 +356,57 @@ class Puller:
                 shutil.rmtree(staging, ignore_errors=True)
 
 
+class _Arriving:
+    """A blob while it downloads, as the unpacking thread reads it: ``read`` gives what has
+    been written so far and waits for more; it gives b"" (the end) only once the download
+    is complete and verified, and raises once it has failed."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb", buffering=0)
+        self._changed = threading.Condition()
+        self._written = 0
+        self._taken = 0
+        self._ok = False
+        self._failure: str | None = None
+
+    def __enter__(self) -> _Arriving:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
+
+    def grew(self, size: int) -> None:
+        with self._changed:
+            self._written += size
+            self._changed.notify_all()
+
+    def verified(self) -> None:
+        with self._changed:
+            self._ok = True
+            self._changed.notify_all()
+
+    def fail(self, reason: str) -> None:
+        with self._changed:
+            self._failure = reason
+            self._changed.notify_all()
+
+    def wait_verified(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._ok or self._failure is not None)
+            self._check()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise ImageRejected(f"the layer was not unpacked: {self._failure}")
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._changed:
+            self._changed.wait_for(lambda: self._taken < self._written or self._ok
+                                   or self._failure is not None)
+            self._check()
+            room = self._written - self._taken
+        if room == 0:
+            return b""  # complete and verified
+        data = self._file.read(room if size < 0 else min(size, room))
+        self._taken += len(data)
+        return data

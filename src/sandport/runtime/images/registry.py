@@ -2,7 +2,7 @@
 
 Spoken with httpx rather than by driving ``skopeo``: a pull here streams each blob through
 its digest check into the layer store and reports bytes per layer as they arrive, shares
-one download between concurrent creates, and unpacks layer N while N+1 downloads; skopeo
+one download between concurrent creates, and unpacks each layer as it arrives; skopeo
 would first copy the whole image to a directory (every byte written twice) and report
 progress only as text. The README's dependency notes say the same; bench/images.py measures
 it against ``skopeo copy``.
@@ -13,7 +13,8 @@ it has any; anonymous otherwise), ``Basic`` by those credentials; tokens are cac
 registry and scope until they expire. TLS: the system CA store plus a CA per registry
 (``registry_cas``); plain HTTP only for ``insecure_registries``. A mirrored registry
 (``registry_mirrors``) is reached only through its mirror, so an air-gapped host never
-tries the internet.
+tries the internet. A registry the operator did not name is reached only at internet
+addresses (netguard).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import signal
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ...errors import Forbidden, ImageNotFound, RegistryAuthFailed, RegistryFailure
+from .netguard import internet_only
 from .reference import DOCKER_HUB, Reference
 
 log = logging.getLogger("sandport.registry")
@@ -52,6 +57,8 @@ ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 HUB_ENDPOINT = "https://registry-1.docker.io"
 HUB_AUTH_KEY = "https://index.docker.io/v1/"
 MAX_MANIFEST_BYTES = 4 * 2**20
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+HELPER_TIMEOUT_S = 10
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 
@@ -77,14 +84,24 @@ class RegistryConfig:
             allowed=frozenset(h.lower() for h in settings.registries_allowed),
         )
 
+    def _listed(self, domain: str) -> bool:
+        host = domain.lower()
+        return host in self.allowed or any(
+            a.startswith("*.") and host.split(":")[0].endswith(a[1:]) for a in self.allowed)
+
     def check_allowed(self, domain: str) -> None:
         """Forbidden unless registry ``domain`` may be named here (``registries_allowed``)."""
-        host = domain.lower()
-        if not self.allowed or host in self.allowed or any(
-                a.startswith("*.") and host.split(":")[0].endswith(a[1:]) for a in self.allowed):
+        if not self.allowed or self._listed(domain):
             return
         raise Forbidden(f"registry {domain} is not one this server may use "
                         "(its operator lists them with --registry-allow)")
+
+    def trusted(self, domain: str) -> bool:
+        """Whether the operator named registry ``domain`` (so it, its token service and
+        its redirects may be on any address; see netguard)."""
+        host = domain.lower()
+        return (host in self.mirrors or host in self.insecure or host in self.cas
+                or host.rsplit(":", 1)[0] in self.cas or self._listed(host))
 
     def endpoint(self, domain: str) -> str:
         """The base URL that serves registry ``domain``."""
@@ -95,20 +112,73 @@ class RegistryConfig:
         return ("http://" if domain in self.insecure else "https://") + domain
 
     def credentials(self, domain: str, endpoint: str) -> tuple[str, str] | None:
-        """(user, password) for the registry, from the auth file, or None."""
+        """(user, password) for the registry, or None: as docker finds them in its
+        config file, from the registry's ``credHelpers`` entry, else ``credsStore``, else
+        ``auths`` (a helper with nothing for the registry falls through to ``auths``)."""
         try:
-            auths = json.loads(self.auth_file.read_text()).get("auths") or {}
-        except (OSError, ValueError, AttributeError):
+            config = json.loads(self.auth_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(config, dict):
             return None
         wanted = {_auth_key(endpoint), _auth_key(domain)}
         if domain == DOCKER_HUB:
             wanted |= {_auth_key(HUB_AUTH_KEY), "docker.io", "registry-1.docker.io"}
-        for key, entry in auths.items():
+        helpers = config.get("credHelpers")
+        helper = next((name for key, name in helpers.items() if _auth_key(str(key)) in wanted),
+                      None) if isinstance(helpers, dict) else None
+        helper = helper or config.get("credsStore")
+        if isinstance(helper, str) and helper:
+            found = credential_helper(helper, HUB_AUTH_KEY if domain == DOCKER_HUB else domain)
+            if found:
+                return found
+        auths = config.get("auths")
+        for key, entry in (auths.items() if isinstance(auths, dict) else ()):
             if _auth_key(str(key)) in wanted and isinstance(entry, dict):
                 found = _decode_auth(entry)
                 if found:
                     return found
         return None
+
+
+def credential_helper(name: str, server: str) -> tuple[str, str] | None:
+    """Ask ``docker-credential-NAME get`` for ``server``'s credentials (docker's credential
+    helper protocol: the server on stdin, ``{"Username", "Secret"}`` on stdout); None when
+    it has none. A helper that is missing, fails otherwise or hangs is a clear error."""
+    if not _HELPER_NAME.fullmatch(name):
+        raise RegistryAuthFailed(f"the auth file names a credential helper {name!r}, "
+                                 "which is not a helper name")
+    program = f"docker-credential-{name}"
+    try:  # a session of its own, so a hung helper goes with everything it started
+        helper = subprocess.Popen([program, "get"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+    except FileNotFoundError:
+        raise RegistryAuthFailed(f"the auth file names the credential helper {program}, "
+                                 "which is not on this server's PATH") from None
+    try:
+        out, err = helper.communicate(server.encode(), timeout=HELPER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(helper.pid, signal.SIGKILL)
+        helper.communicate()
+        raise RegistryAuthFailed(f"the credential helper {program} gave no answer for "
+                                 f"{server} in {HELPER_TIMEOUT_S} s") from None
+    said = out.decode(errors="replace").strip()
+    if helper.returncode != 0:
+        if "credentials not found" in said.lower():
+            return None
+        raise RegistryAuthFailed(f"the credential helper {program} failed for {server}: "
+                                 f"{(said or err.decode(errors='replace'))[:200]}")
+    try:
+        answer = json.loads(said)
+        user, secret = answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryAuthFailed(f"the credential helper {program} gave no credentials "
+                                 f"for {server} that docker's protocol describes") from None
+    if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+        return None
+    return user, secret
 
 
 def _auth_key(text: str) -> str:
@@ -156,7 +226,8 @@ class RegistryClient:
 
     def __init__(self, config: RegistryConfig) -> None:
         self.config = config
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        # per (host, guarded): a trusted registry's token service may be another's too
+        self._clients: dict[tuple[str, bool], httpx.AsyncClient] = {}
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
 
     async def close(self) -> None:
@@ -164,9 +235,9 @@ class RegistryClient:
             await client.aclose()
         self._clients.clear()
 
-    def _client(self, url: str) -> httpx.AsyncClient:
+    def _client(self, url: str, guarded: bool) -> httpx.AsyncClient:
         host = urlsplit(url).netloc
-        client = self._clients.get(host)
+        client = self._clients.get((host, guarded))
         if client is None:
             context = ssl.create_default_context()
             ca = self.config.cas.get(host) or self.config.cas.get(host.rsplit(":", 1)[0])
@@ -176,13 +247,16 @@ class RegistryClient:
                 except (OSError, ssl.SSLError) as exc:
                     raise RegistryFailure(f"the CA file for registry {host} cannot be "
                                           f"read: {exc}") from None
+            limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+            transport = httpx.AsyncHTTPTransport(verify=context, limits=limits,
+                                                 trust_env=False)
+            if guarded:
+                transport = internet_only(transport, context, limits)
             client = httpx.AsyncClient(
-                verify=context, follow_redirects=True, trust_env=False,
-                timeout=httpx.Timeout(30.0, connect=10.0),
-                limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-                headers={"user-agent": "sandport"},
+                transport=transport, follow_redirects=True, trust_env=False,
+                timeout=httpx.Timeout(30.0, connect=10.0), headers={"user-agent": "sandport"},
             )
-            self._clients[host] = client
+            self._clients[(host, guarded)] = client
         return client
 
     # -- requests with the auth dance -------------------------------------------------
@@ -197,7 +271,8 @@ class RegistryClient:
         base = self.config.endpoint(ref.domain)
         url = absolute_url or f"{base}/v2/{ref.path}/{path}"
         scope = f"repository:{ref.path}:{'pull,push' if push else 'pull'}"
-        client = self._client(url)
+        guarded = not self.config.trusted(ref.domain)
+        client = self._client(url, guarded)
         for attempt in range(2):
             auth = self._cached_auth(base, scope)
             sent = {**(headers or {}), **({"authorization": auth} if auth else {})}
@@ -211,7 +286,7 @@ class RegistryClient:
                 if response.status_code == 401 and attempt == 0:
                     challenge = response.headers.get("www-authenticate", "")
                     await response.aread()
-                    await self._answer(ref, base, scope, challenge)
+                    await self._answer(ref, base, scope, challenge, guarded)
                     continue
                 yield response
                 return
@@ -224,9 +299,10 @@ class RegistryClient:
             return token[0]
         return None
 
-    async def _answer(self, ref: Reference, base: str, scope: str, challenge: str) -> None:
+    async def _answer(self, ref: Reference, base: str, scope: str, challenge: str,
+                      guarded: bool) -> None:
         scheme, params = parse_challenge(challenge)
-        creds = self.config.credentials(ref.domain, base)
+        creds = await asyncio.to_thread(self.config.credentials, ref.domain, base)
         if scheme == "basic":
             if creds is None:
                 raise RegistryAuthFailed(f"registry {ref.domain} needs credentials and the "
@@ -246,7 +322,7 @@ class RegistryClient:
                                      "not a URL")
         auth = httpx.BasicAuth(*creds) if creds else None
         try:
-            answer = await self._client(realm).get(realm, params=query, auth=auth)
+            answer = await self._client(realm, guarded).get(realm, params=query, auth=auth)
         except httpx.HTTPError as exc:
             raise RegistryFailure(f"the token service of registry {ref.domain} cannot be "
                                   f"reached: {_reason(exc)}") from None

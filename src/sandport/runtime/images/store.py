@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -124,6 +125,38 @@ class ImageStore:
 
     def prepare(self) -> None:
         self.layers.prepare()
+
+    def forget_old_trees(self, in_use: set[tuple[str, str]]) -> list[Path]:
+        """Remove what servers before the layer store kept: a tree per built-in image and
+        version (``<root>/<name>/<version>/rootfs``, and a ``current`` link). A version a
+        sandbox still names (``in_use``: (image, imageVersion) from its runtime.json) or an
+        overlay still mounts stays. Moved into ``tmp/`` at once (a crash leaves it to the
+        next start's sweep) and deleted on a thread of its own, off the start's path."""
+        mounts = Path("/proc/self/mountinfo").read_text(errors="replace")
+        moved: list[Path] = []
+        for name in BUILTIN_PACKAGES:
+            tree = self.root / name
+            if tree.is_symlink() or not tree.is_dir():
+                continue
+            for version in sorted(tree.iterdir()):
+                if version.is_symlink():
+                    version.unlink()
+                elif (name, version.name) not in in_use and f"{version}/" not in mounts:
+                    target = self.layers.tmp / f"old-{name}-{version.name}"
+                    version.rename(target)
+                    moved.append(target)
+            with contextlib.suppress(OSError):
+                tree.rmdir()  # unless a version is still in use
+        if moved:
+            log.info("removing %d image trees of an older server: %s", len(moved),
+                     ", ".join(p.name for p in moved))
+
+            def remove() -> None:
+                for path in moved:
+                    shutil.rmtree(path, ignore_errors=True)
+
+            threading.Thread(target=remove, name="old-trees", daemon=True).start()
+        return moved
 
     async def close(self) -> None:
         await self.client.close()
@@ -302,7 +335,6 @@ class ImageStore:
                         tail[:] = (tail + [line])[-20:]
                         say(f"[image {name}] {time.monotonic() - started:5.1f}s {line}")
 
-            import threading
             relay_thread = threading.Thread(target=relay, args=(proc.stderr,), daemon=True)
             relay_thread.start()
             blob = staging / "blob"
