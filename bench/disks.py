@@ -2,7 +2,10 @@
 with each sandbox on a filesystem of its own (runtime/disks.py) against the same server
 code with ``--disk-limits off`` (the upper directory on the host's disk), in one run.
 
-    .venv/bin/python bench/disks.py [--samples 30] [--held 20]
+    .venv/bin/python bench/disks.py [--samples 30] [--held 20] [--held-mem-mib 64]
+
+``--held 500`` is the density figure of DESIGN.md §7 (idle sandboxes held at once); the
+held sandboxes ask for ``--held-mem-mib`` each, so memory admission lets that many in.
 
 Two servers run side by side and their samples alternate, so both meet the same noise of
 this shared machine; each figure is printed with its peer and their ratio.
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--held", type=int, default=20)
     parser.add_argument("--size-mib", type=int, default=4096)
+    parser.add_argument("--held-mem-mib", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sandport-bench-disks-") as tmp:
         servers = {mode: ServerProcess(Path(tmp) / f"data-{mode}",
@@ -57,6 +61,7 @@ def main() -> None:
         stops: dict[str, list[float]] = {m: [] for m in MODES}
         writes: dict[str, list[float]] = {m: [] for m in MODES}
         held_mib: dict[str, float] = {}
+        held_s: dict[str, float] = {}
         try:
             for mode in MODES:  # warm: image resolved, the first disk of the size made
                 Sandbox.create(disk_size_mib=args.size_mib, **kw[mode]).stop()
@@ -80,10 +85,15 @@ def main() -> None:
             for mode in MODES:
                 time.sleep(2)
                 before = mem_available_kib()
-                held = [Sandbox.create(disk_size_mib=args.size_mib, **kw[mode])
-                        for _ in range(args.held)]
+                start = time.perf_counter()
+                held = [Sandbox.create(disk_size_mib=args.size_mib, mem_mib=args.held_mem_mib,
+                                       **kw[mode]) for _ in range(args.held)]
+                held_s[mode] = time.perf_counter() - start
                 time.sleep(5)  # let page cache and slab settle
                 held_mib[mode] = (before - mem_available_kib()) / 1024 / args.held
+                answered = sum(sb.exec("true").exit_code == 0 for sb in held)
+                if answered != args.held:
+                    raise RuntimeError(f"{args.held - answered} held sandboxes did not answer")
                 for sb in held:
                     sb.stop()
         finally:
@@ -96,6 +106,9 @@ def main() -> None:
         print(line("write 200 MiB + fsync:", writes["auto"], writes["off"]))
         print(f"{'host memory per idle sandbox:':<28} limits {held_mib['auto']:7.2f} MiB  "
               f"off {held_mib['off']:7.2f} MiB   ({args.held} held; MemAvailable delta)")
+        print(f"{'creating the held ones:':<28} limits {held_s['auto']:7.1f} s    "
+              f"off {held_s['off']:7.1f} s     ratio {held_s['auto'] / held_s['off']:.2f}   "
+              "(each of them answered an exec)")
 
 
 if __name__ == "__main__":
