@@ -49,7 +49,7 @@ LAYER_TYPES = frozenset({
     "application/vnd.docker.image.rootfs.diff.tar.zstd",
 })
 MAX_CONFIG_BYTES = 8 * 2**20
-PARALLEL_DOWNLOADS = 3  # as docker and containerd do by default
+PARALLEL_DOWNLOADS = 6  # as skopeo (containers/image) does; docker and containerd use 3
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
