@@ -1,6 +1,6 @@
 """Pulling an image into the layer store: manifest → this host's platform → config → layers.
 
-Layers download six at a time (PARALLEL_DOWNLOADS), each blob streamed through its sha256 into ``tmp/`` and
+Layers download six at a time, each blob streamed through its sha256 into ``tmp/`` and
 checked against the manifest's digest and size; each one is unpacked on a thread of its own
 *while* it downloads, reading the staged file as it grows (``_Arriving``), so a pull takes
 about as long as its download. The unpacker sees the blob's end only once the download has
