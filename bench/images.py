@@ -232,6 +232,25 @@ def bench_first_exec(server: ServerProcess, images: dict[str, str],
     return got
 
 
+def bench_snapshot(server: ServerProcess, mb: int, runs: int) -> dict[str, list[float]]:
+    """Snapshots of a python sandbox with ``mb`` MB written (ten files of random bytes):
+    the API call's time and how long the sandbox stood frozen (the server's log)."""
+    got: dict[str, list[float]] = {"snapshot_s": [], "frozen_ms": []}
+    with Sandbox.create("python", api_key=server.api_key, base_url=server.base_url) as sb:
+        done = sb.exec(f"mkdir /data && for i in 0 1 2 3 4 5 6 7 8 9; do head -c "
+                       f"{mb * 100_000} /dev/urandom > /data/f$i; done && sync")
+        if done.exit_code != 0:
+            raise RuntimeError(done.stderr)
+        for run in range(runs):
+            start = time.perf_counter()
+            sb.snapshot(f"bench-snap:{run}")
+            got["snapshot_s"].append(time.perf_counter() - start)
+            frozen = re.findall(r"snapshot bench-snap:\d+ \(\S+\), frozen (\d+) ms",
+                                server.log_path.read_text())
+            got["frozen_ms"].append(float(frozen[-1]))
+    return got
+
+
 # --- 3. stacked overlays ---------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -318,6 +337,7 @@ def main() -> None:
     parser.add_argument("--total-mb", type=int, default=220)
     parser.add_argument("--tmp", default="/var/tmp",
                         help="where the temporary directory goes (the pulls' images dirs)")
+    parser.add_argument("--snapshot-mb", type=int, default=100)
     parser.add_argument("--only", choices=["pull"], default=None,
                         help="only the pull figures (e.g. with --tmp on another filesystem)")
     parser.add_argument("--timeline", action="store_true",
@@ -362,7 +382,10 @@ def main() -> None:
                         r.raise_for_status()
                         r.read()
                 record = client.get(f"/api/images/{refs['big']}").json()
-            first = bench_first_exec(server, {"python": "python", **refs}, args.samples)
+            print(f"snapshots of a sandbox with {args.snapshot_mb} MB written", flush=True)
+            snap = bench_snapshot(server, args.snapshot_mb, args.runs)
+            first = bench_first_exec(server, {"python": "python", **refs,
+                                              "snapshot": "bench-snap:0"}, args.samples)
 
             print("overlay mounts", flush=True)
             overlay = bench_overlay(tmp / "overlay", [1, 5, 20, 60], args.mounts)
@@ -371,13 +394,19 @@ def main() -> None:
             flat = flatten_s(layer_dirs, tmp / "flat")
             shutil.rmtree(tmp / "flat")
             report(compressed, unpacked, pull, first, overlay, flat, record)
+            p50_snap = {k: statistics.median(v) for k, v in snap.items()}
+            print(f"  snapshot, {args.snapshot_mb} MB written:  {p50_snap['snapshot_s']:.2f} s "
+                  f"(frozen {p50_snap['frozen_ms']:.0f} ms), median of {args.runs}; "
+                  "create→exec from it vs python: "
+                  f"{p50_p90(first['snapshot'])[0] / p50_p90(first['python'])[0]:.2f}")
         finally:
             if server is not None:
                 server.stop_all_sandboxes()
                 with api(server) as client, contextlib.suppress(httpx.HTTPError):
                     for image in client.get("/api/images").json()["images"]:
                         # the shared images directory keeps no image of this bench's registry
-                        if image["name"].startswith(f"{registries.plain.host}/"):
+                        if image["name"].startswith((f"{registries.plain.host}/",
+                                                     "bench-snap:")):
                             client.delete(f"/api/images/{image['name']}")
                 server.stop()
             registries.stop()

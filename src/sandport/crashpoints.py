@@ -25,6 +25,7 @@ POINTS = frozenset({
     "create.runc_started",
     "lost.files_moved",
     "pull.layer_published",
+    "snapshot.copied",
 })
 
 _armed: str | None = None

@@ -190,6 +190,22 @@ def test_frozen_behind_the_records_back_is_thawed(fresh_server: Start) -> None:
     assert_invariants(srv.data_dir)
 
 
+def test_crash_while_a_snapshot_holds_the_sandbox_frozen(fresh_server: Start) -> None:
+    """The server dies with the sandbox frozen for a snapshot's copy: the record says
+    active and the next boot thaws it; the half-made snapshot is no image."""
+    srv = _armed(fresh_server, "snapshot.copied")
+    detail = _new_sandbox(srv)
+    before = _counter(detail)
+    _crash_during(srv, "POST", f"/api/sandbox/{detail['id']}/snapshot", json={"name": "half"})
+    srv = _restart(fresh_server, srv)
+    with srv.client() as api:
+        assert api.get(f"/api/sandbox/{detail['id']}").json()["status"] == "active"
+        assert "half" not in {i["name"] for i in api.get("/api/images").json()["images"]}
+    assert _stdout(detail, "cat /root/keep") == "mine\n"
+    time.sleep(1.5)
+    assert _counter(detail) > before  # thawed: its processes run again
+
+
 @pytest.mark.parametrize("point", ["create.after_insert", "create.runc_started",
                                    "create.after_start"])
 def test_crash_mid_create(fresh_server: Start, point: str) -> None:

@@ -1,4 +1,4 @@
-"""``sandport sandbox create|list|get|exec|expose|unexpose|stop``."""
+"""``sandport sandbox create|list|get|exec|expose|unexpose|snapshot|stop``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def register(commands: Any) -> None:
     p.add_argument("id")
     p.add_argument("port", type=int)
     p.set_defaults(run=unexpose)
+
+    p = verbs.add_parser("snapshot", help="make an image of a sandbox's files as they are now")
+    p.add_argument("id")
+    p.add_argument("name", help="the image to make, e.g. myapp or myapp:v2")
+    p.set_defaults(run=snapshot)
 
     p = verbs.add_parser("stop", help="stop a sandbox (stopping twice is fine)")
     p.add_argument("id")
@@ -125,6 +130,17 @@ def exec_(args: argparse.Namespace) -> int:
     if result.timed_out:
         print(f"error: timed out after {args.timeout:g}s", file=sys.stderr)
     return result.exit_code
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    s = client_settings(args)
+    sb = Sandbox.get(args.id, api_key=s.api_key, base_url=s.base_url)
+    try:
+        image = sb.snapshot(args.name)
+    finally:
+        sb.close()
+    print(json.dumps(image.to_wire(), indent=2))
+    return 0
 
 
 def expose(args: argparse.Namespace) -> int:

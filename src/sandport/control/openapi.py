@@ -133,6 +133,13 @@ OPENAPI: dict[str, Any] = {
         "/api/sandbox/{id}/suspend": {"post": _op(
             "Suspend to disk (checkpoint/restore); 501 with the reason where the host "
             "cannot", _SANDBOX, params=[_path_param("id")])},
+        "/api/sandbox/{id}/snapshot": {"post": _op(
+            "An image of the sandbox's files as they are now (its changes a layer over its "
+            "image); it goes on running, frozen only for the copy",
+            {"type": "object", "properties": {"image": {"type": "object"}}},
+            body={"type": "object", "required": ["name"],
+                  "properties": {"name": {"type": "string"}}},
+            params=[_path_param("id")])},
         "/api/sandbox/{id}/refresh": {"post": _op(
             "A new runtime token; earlier ones work until their own expiry", _SANDBOX,
             params=[_path_param("id")])},

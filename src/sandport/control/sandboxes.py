@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from .. import ids, tokens
 from ..activity import Activity
 from ..crashpoints import crash_point
 from ..errors import (
+    Conflict,
     NotSupported,
     RuntimeFailure,
     SandboxNotFound,
@@ -26,6 +28,8 @@ from ..proxy.routes import RouteTable, SandboxRoute
 from ..proxy.urls import PublicUrls
 from ..runtime import EgressPolicy, Runtime, SandboxSpec
 from ..runtime.images import ImageStore
+from ..runtime.images.layerstore import ImageRecord
+from ..runtime.images.reference import check_local_name
 from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
 from ..tokens import TokenSet
@@ -401,6 +405,33 @@ class SandboxService:
             await self.store.update_sandbox(record)
             self.publish(record)
         return record
+
+    async def snapshot(self, team_id: str, sandbox_id: str, name: str) -> ImageRecord:
+        """An image ``name`` of the caller's team from the sandbox's files as they are now
+        (its changes become a layer over its image). It goes on running: frozen only for
+        the copy of its changes, its status stays what it was."""
+        name = check_local_name(name)
+        async with self.locks.hold(_known_id(sandbox_id)):
+            record = await self.get(team_id, sandbox_id)
+            if record.status not in ("active", "paused") or record.suspended:
+                raise Conflict(f"sandbox {record.id} is "
+                               f"{'suspended' if record.suspended else record.status}: only "
+                               "a running or paused sandbox can be snapshot")
+            staging = self.images.layers.staging("snapshot-copy")
+            try:
+                source = await self.runtime.copy_changes(record.id, staging / "upper")
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+                raise
+        try:
+            image = await asyncio.to_thread(self.images.snapshot, record.team_id, name,
+                                            source.image_digest, list(source.diff_ids),
+                                            staging / "upper")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        log.info("sandbox %s: snapshot %s (%s), frozen %.0f ms", record.id, name,
+                 image.digest, source.frozen_s * 1000)
+        return image
 
     async def _freeze(self, team_id: str, sandbox_id: str,
                       target: RecordStatus) -> SandboxRecord:

@@ -8,6 +8,7 @@ modules behind the same Protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from ..models import ExecResult
@@ -53,6 +54,16 @@ class CommandRequest:
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """What a snapshot is made of: the image the sandbox was made from (its manifest's
+    digest and its layers, bottom first) and how long its processes stood frozen."""
+
+    image_digest: str
+    diff_ids: tuple[str, ...]
+    frozen_s: float
 
 
 class Runtime(Protocol):
@@ -102,6 +113,11 @@ class Runtime(Protocol):
 
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays."""
+
+    async def copy_changes(self, sandbox_id: str, dest: Path) -> SnapshotSource:
+        """Copy the files the sandbox changed (its overlay's upper directory) to ``dest``,
+        frozen only for the copy (commands started meanwhile wait for it)."""
+        ...
 
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox; its processes go on where they were."""

@@ -25,6 +25,9 @@ _MOVE_MOUNT_F_EMPTY_PATH = 4
 _AT_FDCWD = -100
 
 
+_FIXED = "xino=on,redirect_dir=off,metacopy=off"
+
+
 def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
     """Mount an overlay of ``lowers`` (top first) with ``upper``/``work`` at ``target``."""
     if not lowers:
@@ -35,7 +38,10 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path)
     lower = ":".join(str(p) for p in lowers)
     # xino: one st_dev for every file even when the upper is on another filesystem than
     # the layers (a sandbox's own disk, runtime/disks.py), as when all share one.
-    options = f"lowerdir={lower},upperdir={upper},workdir={work},xino=on".encode()
+    # redirect_dir and metacopy off (whatever the host's module defaults): an upper
+    # directory then holds whole files and directories, so it is a layer of its own
+    # (snapshots, images/layerwrite.py) and not a set of pointers into the ones below.
+    options = (f"lowerdir={lower},upperdir={upper},workdir={work},{_FIXED}").encode()
     if len(options) > _OPTIONS_MAX:
         _mount_overlay_fsconfig(lowers, upper, work, target)
         return
@@ -56,8 +62,11 @@ def _mount_overlay_fsconfig(lowers: Sequence[Path], upper: Path, work: Path,
     syscall = _libc.syscall
     fs = _check(syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "fsopen")
     try:
-        for key, value in [*(("lowerdir+", p) for p in lowers), ("upperdir", upper),
-                           ("workdir", work), ("xino", "on")]:
+        fixed = [tuple(o.split("=", 1)) for o in _FIXED.split(",")]
+        settings: list[tuple[str, str | Path]] = [
+            *(("lowerdir+", p) for p in lowers), ("upperdir", upper), ("workdir", work),
+            *((k, v) for k, v in fixed)]
+        for key, value in settings:
             _check(syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key.encode(),
                            str(value).encode(), 0), f"{key} {value}")
         _check(syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0), "create")

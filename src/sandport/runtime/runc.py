@@ -17,6 +17,7 @@ import logging
 import os
 import resource
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,17 @@ from ..errors import (
 )
 from ..models import ExecResult
 from ..settings import ServerSettings
-from . import CommandRequest, ExecRequest, RealState, SandboxSpec, criu, network, oci, seccomp
+from . import (
+    CommandRequest,
+    ExecRequest,
+    RealState,
+    SandboxSpec,
+    SnapshotSource,
+    criu,
+    network,
+    oci,
+    seccomp,
+)
 from ._files import read_json, write_json
 from .agent.build import ensure_agent
 from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
@@ -62,6 +73,7 @@ class RuncRuntime:
         self.retained = settings.data_dir / "retained"  # files of sandboxes that ended
         self.disks = SandboxDisks(settings.data_dir / "disks", settings.disk_limits)
         self.slots = SlotRegistry(settings.subnet)
+        self._copying: dict[str, asyncio.Event] = {}  # snapshots' copies under way (frozen)
         self.host_rules = network.HostRules(settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
@@ -214,7 +226,7 @@ class RuncRuntime:
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         """Run ``/bin/sh -c command`` through the sandbox's agent, protocol v1: the exec of
         sandboxes made by a sandport before v2 (see runtime_api/exec)."""
-        self._ensure_thawed(sandbox_id)
+        await self._ensure_thawed(sandbox_id)
         meta = read_json(self.bundles / sandbox_id / "runtime.json")
         return await run_command(
             meta["sandboxIp"], request.cwd or meta.get("workdir") or "/",
@@ -224,7 +236,7 @@ class RuncRuntime:
 
     async def start_command(self, sandbox_id: str, request: CommandRequest,
                             listener: CommandListener) -> CommandChannel:
-        self._ensure_thawed(sandbox_id)
+        await self._ensure_thawed(sandbox_id)
         meta = read_json(self.bundles / sandbox_id / "runtime.json")
         if meta.get("agentProtocol", 1) < AGENT_PROTOCOL:
             raise Conflict(f"sandbox {sandbox_id} was created by an older sandport: it can "
@@ -236,9 +248,13 @@ class RuncRuntime:
         )
         return await start_command(meta["sandboxIp"], spec, listener)
 
-    def _ensure_thawed(self, sandbox_id: str) -> None:
+    async def _ensure_thawed(self, sandbox_id: str) -> None:
         """The agent of a frozen sandbox cannot answer: say so at once instead of hanging
-        (the store may not know yet, e.g. while a pause is being finished after a crash)."""
+        (the store may not know yet, e.g. while a pause is being finished after a crash).
+        Frozen for a snapshot's copy, it is thawed in a moment: wait for that."""
+        copying = self._copying.get(sandbox_id)
+        if copying is not None:
+            await copying.wait()
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         if self._frozen(sandbox_id):
@@ -502,6 +518,44 @@ class RuncRuntime:
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         if self._frozen(sandbox_id):
             await self._freezer_verb("resume", sandbox_id, want="thawed")
+
+    # -- snapshot -----------------------------------------------------------------------
+    async def copy_changes(self, sandbox_id: str, dest: Path) -> SnapshotSource:
+        """Freeze (unless it is paused already), ``cp -a`` the upper directory to ``dest``
+        (it keeps whiteouts, trusted.overlay.* attributes, owners, hard links), thaw. A
+        command started meanwhile waits for the thaw (``_ensure_thawed``); a crash in
+        between leaves it frozen with its record active, which the next boot thaws."""
+        if not self.is_running(sandbox_id):
+            raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
+        meta = read_json(self.bundles / sandbox_id / "runtime.json")
+        layers, digest = meta.get("layers"), meta.get("imageDigest")
+        if not isinstance(layers, list) or not isinstance(digest, str):
+            raise Conflict(f"sandbox {sandbox_id} was created by an older sandport, before "
+                           "the layer store: it cannot be snapshot")
+        upper = (self.bundles / sandbox_id / "upper").resolve()
+        thawed = asyncio.Event()
+        self._copying[sandbox_id] = thawed
+        was_frozen = self._frozen(sandbox_id)
+        started = time.monotonic()
+        try:
+            if not was_frozen:
+                await self._freezer_verb("pause", sandbox_id, want="frozen")
+            try:
+                code, detail = await network.run_tool("cp", "-a", "--", str(upper), str(dest),
+                                                      check=False)
+                if code != 0:
+                    log.error("sandbox %s: snapshot copy failed: %s", sandbox_id, detail)
+                    raise RuntimeFailure("the sandbox's files could not be copied: "
+                                         + detail[-200:])
+                crash_point("snapshot.copied")  # frozen, record active: boot thaws it
+            finally:
+                if not was_frozen:
+                    await self._freezer_verb("resume", sandbox_id, want="thawed")
+            frozen_s = time.monotonic() - started
+        finally:
+            del self._copying[sandbox_id]
+            thawed.set()
+        return SnapshotSource(digest, tuple(str(d) for d in layers), frozen_s)
 
     async def _freezer_verb(self, verb: str, sandbox_id: str, want: str) -> None:
         code, detail = await self._runc_logged(self.bundles / sandbox_id, verb, verb,

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SandportError, ValidationFailed, error_from_wire
-from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
+from ..models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 
 T = TypeVar("T")
@@ -106,6 +106,12 @@ def verb_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[Sand
     paused, and a new runtime token)."""
     return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/{verb}",
                 SandboxInfo.from_wire, headers=_api_headers(settings))
+
+
+def snapshot_call(settings: ClientSettings, sandbox_id: str, name: str) -> Call[ImageInfo]:
+    return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/snapshot",
+                lambda body: ImageInfo.from_wire(body["image"]), {"name": name},
+                headers=_api_headers(settings), timeout_s=900.0)  # a copy of all it changed
 
 
 def revoke_call(settings: ClientSettings, sandbox_id: str,

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ..errors import TransportError, Unauthorized
-from ..models import ExecResult, ExposedPort, SandboxInfo, SandboxPage
+from ..models import ExecResult, ExposedPort, ImageInfo, SandboxInfo, SandboxPage
 from ..settings import ClientSettings
 from . import _base
 from ._sync_runtime import Files, Processes, Terminal
@@ -194,6 +194,12 @@ class Sandbox:
         """Thaw it: same URLs, processes continue where they were."""
         self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "resume"))
         return self.info
+
+    def snapshot(self, name: str) -> ImageInfo:
+        """Make image ``name`` (``myapp`` or ``myapp:v2``, the team's own) of this
+        sandbox's files as they are now; it goes on running (frozen only while its changes
+        are copied). ``Sandbox.create(name)`` then starts from it."""
+        return _send(self._http(), _base.snapshot_call(self._settings, self.id, name))
 
     def suspend(self) -> SandboxInfo:
         """Suspend to disk: its memory goes to disk and its processes end until

@@ -26,14 +26,17 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from ...errors import (
+    Conflict,
     ImageNotFound,
     RegistryFailure,
     RuntimeFailure,
+    SandportError,
     ValidationFailed,
 )
 from ...models import ImageInfo, iso
 from . import transfer
 from .layerstore import ImageRecord, LayerBlob, LayerStore
+from .layerwrite import write_layer_tar
 from .pull import Listener, PulledImage, Puller, host_platform
 from .reference import Reference, parse_reference
 from .registry import OCI_CONFIG, OCI_MANIFEST, RegistryClient, RegistryConfig, sha256_digest
@@ -370,6 +373,84 @@ class ImageStore:
             shutil.rmtree(staging, ignore_errors=True)
         say(f"[image {name}] ready in {time.monotonic() - started:.1f}s")
         return record
+
+    # -- snapshots --------------------------------------------------------------------
+    def snapshot(self, team: str, name: str, base_digest: str, diff_ids: list[str],
+                 changes: Path) -> ImageRecord:
+        """An image ``name`` of ``team`` from a sandbox: the layers of the image it was
+        made from (``base_digest``, ``diff_ids``) and its changes (``changes``: a copy of
+        its upper directory, in overlayfs's form) as one more layer, unpacked from the
+        layer tar written from them (so it is what a pull of the pushed image would give)
+        and kept zstd-compressed, like a built-in image's, for pushes."""
+        base = next((r for r in self.layers.all_records() if r.team in ("", team)
+                     and r.digest == base_digest and r.diff_ids == diff_ids), None)
+        if base is None:
+            raise Conflict("the image this sandbox was made from has been deleted since; "
+                           "a snapshot needs its layers' blobs (pull or import it again)")
+        staging = self.layers.staging("snapshot")
+        try:
+            (staging / "fs").mkdir(mode=0o755)
+            unpacked, blob = self._layer_of(changes, staging, diff_ids)
+            layer = LayerBlob(blob[0], ZSTD_LAYER, blob[1])
+            config = json.loads(json.dumps(base.config))
+            config["rootfs"] = {"type": "layers", "diff_ids": [*diff_ids, unpacked.diff_id]}
+            config["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            config["history"] = [*(config.get("history") or []),
+                                 {"created": config["created"],
+                                  "created_by": "sandport snapshot"}]
+            with self.layers.writing():
+                self.layers.publish_blob(staging / "blob", layer.digest)
+                if not self.layers.has_layer(unpacked.diff_id):
+                    self.layers.publish_layer(staging, unpacked.diff_id, unpacked.size)
+                size = sum(self.layers.layer_size(d) for d in config["rootfs"]["diff_ids"])
+                record = self._local_record(team, name, "snapshot", config,
+                                            [*base.blobs, layer],
+                                            [*diff_ids, unpacked.diff_id], size)
+                record.extra["from"] = base.name
+                self.layers.put(record)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return record
+
+    def _layer_of(self, changes: Path, staging: Path, below: list[str]
+                  ) -> tuple[Any, tuple[str, int]]:
+        """Write the layer tar of ``changes`` through a pipe into zstd (staging/blob) and
+        the unpacker (staging/fs) at once; (the unpacked layer, (blob digest, size))."""
+        read_fd, write_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                with os.fdopen(write_fd, "wb") as out:
+                    write_layer_tar(changes, out)
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+                failure.append(exc)
+
+        writer = threading.Thread(target=write, name="snapshot-tar", daemon=True)
+        writer.start()
+        try:
+            # the read end closes before the join: a writer blocked on a full pipe whose
+            # reader gave up gets EPIPE and ends
+            with os.fdopen(read_fd, "rb") as source, (staging / "blob").open("wb") as out:
+                tee = _CompressingTee(source, out)
+                try:
+                    unpacked = unpack_layer(
+                        cast(BinaryIO, tee), staging / "fs",
+                        [self.layers.layer_path(d) for d in reversed(below)],
+                        UnpackLimits(max_bytes=self.max_image_bytes))
+                    tee.drain()
+                finally:
+                    tee.close()
+        except SandportError:
+            writer.join()
+            if failure and not isinstance(failure[0], BrokenPipeError):
+                raise RuntimeFailure("the sandbox's files could not be read: "
+                                     f"{failure[0]}") from None
+            raise
+        writer.join()
+        if failure:
+            raise RuntimeFailure(f"the sandbox's files could not be read: {failure[0]}")
+        return unpacked, (tee.digest(), (staging / "blob").stat().st_size)
 
     def _local_record(self, team: str, name: str, source: str, config: dict[str, Any],
                       blobs: list[LayerBlob], diff_ids: list[str], size: int) -> ImageRecord:

@@ -1,0 +1,87 @@
+"""The layer tar of an overlay-form directory (runtime/images/layerwrite.py), read back
+with Python's tarfile and with the layer store's own unpacker (needs root: whiteouts are
+device nodes and opaque directories trusted.* attributes)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+from sandport.runtime.images.layerwrite import _Exactly, write_layer_tar
+from sandport.runtime.images.unpack import OPAQUE_XATTR, unpack_layer
+
+
+def _upper(root: Path) -> Path:
+    """What a sandbox's upper directory holds after it deleted, replaced and wrote."""
+    up = root / "upper"
+    (up / "etc" / "apt").mkdir(parents=True)
+    os.setxattr(up / "etc" / "apt", OPAQUE_XATTR, b"y")
+    (up / "etc" / "apt" / "new").write_text("only\n")
+    os.mknod(up / "etc" / "issue", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # a whiteout
+    (up / "srv").mkdir()
+    (up / "srv" / "a").write_bytes(b"x" * 70000)
+    os.link(up / "srv" / "a", up / "srv" / "b")
+    (up / "srv" / "escape").symlink_to("/etc/shadow")
+    os.setxattr(up / "srv" / "a", "user.note", b"\xff\x00binary")
+    os.setxattr(up / "srv" / "a", "trusted.overlay.origin", b"not the image's")
+    os.chown(up / "srv" / "a", 1234, 2345)
+    (up / "etc" / "hosts").write_text("sandport's own\n")
+    (up / "dev").mkdir()
+    (up / "dev" / "null-stub").write_text("mount point\n")
+    os.mkfifo(up / "srv" / "pipe")
+    return up
+
+
+def _tar(up: Path) -> bytes:
+    out = io.BytesIO()
+    write_layer_tar(up, out)
+    return out.getvalue()
+
+
+def test_overlay_markers_become_oci_entries(tmp_path: Path) -> None:
+    data = _tar(_upper(tmp_path))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    names = list(members)
+    for index, name in enumerate(names):  # a directory before what it holds
+        parent = name.rpartition("/")[0]
+        assert not parent or parent in names[:index], name
+    assert "etc/.wh.issue" in members and members["etc/.wh.issue"].size == 0
+    assert "etc/apt/.wh..wh..opq" in members
+    assert "etc/hosts" not in members and "dev/null-stub" not in members and "dev" in members
+    assert members["srv/b"].islnk() and members["srv/b"].linkname == "srv/a"
+    assert members["srv/escape"].issym() and members["srv/escape"].linkname == "/etc/shadow"
+    assert members["srv/pipe"].isfifo()
+    a = members["srv/a"]
+    assert (a.uid, a.gid, a.size) == (1234, 2345, 70000)
+    assert "SCHILY.xattr.user.note" in a.pax_headers
+    assert not any("trusted" in key for m in members.values() for key in m.pax_headers)
+    assert _tar(tmp_path / "upper") == data  # the same tree gives the same bytes
+
+
+def test_the_tar_unpacks_to_the_same_tree(tmp_path: Path) -> None:
+    up = _upper(tmp_path)
+    target = tmp_path / "layer"
+    target.mkdir()
+    unpacked = unpack_layer(io.BytesIO(_tar(up)), target)
+    assert unpacked.entries > 5
+    st = os.lstat(target / "etc" / "issue")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0  # a whiteout again
+    assert os.getxattr(target / "etc" / "apt", OPAQUE_XATTR) == b"y"
+    assert os.getxattr(target / "srv" / "a", "user.note") == b"\xff\x00binary"
+    assert os.stat(target / "srv" / "a").st_ino == os.stat(target / "srv" / "b").st_ino
+    assert os.readlink(target / "srv" / "escape") == "/etc/shadow"
+    assert (target / "srv" / "a").read_bytes() == b"x" * 70000
+    assert not (target / "etc" / "hosts").exists()
+
+
+def test_a_file_that_changed_size_since_its_header_still_gives_its_header_s_bytes() -> None:
+    """A file shorter or longer than its lstat said (it changed under the writer): the
+    entry gets exactly the size its header promised, so the tar stays readable."""
+    shorter = _Exactly(io.BytesIO(b"y" * 10), 100)
+    assert b"".join(iter(lambda: shorter.read(7), b"")) == b"y" * 10 + bytes(90)
+    longer = _Exactly(io.BytesIO(b"z" * 500), 100)
+    assert longer.read(-1) == b"z" * 100 and longer.read(10) == b""
