@@ -153,3 +153,42 @@ def test_network_policy_and_runtime_session(hb_sandbox: object, server: ServerPr
     assert fresh != first
     assert sb.exec("echo still").stdout == "still\n"  # type: ignore[attr-defined]
     assert sb.create_runtime_session().token == fresh  # type: ignore[attr-defined]
+
+
+def test_snapshots_through_the_sdk(server: ServerProcess) -> None:
+    """create_memory_snapshot, list/get/delete_snapshot and start_from_snapshot: a sandbox
+    started from a snapshot has the files of the one it was taken of (files, not memory:
+    README "Snapshots")."""
+    client = Hyperbrowser(api_key=server.api_key, base_url=server.base_url)
+    first = client.sandboxes.create({"image_name": "python"})
+    started = None
+    try:
+        assert first.exec("echo prepared > /root/state").exit_code == 0
+        made = first.create_memory_snapshot({"snapshot_name": "hb-ready"})
+        assert (made.snapshot_name, made.status, made.image_name) == (
+            "hb-ready", "created", "python")
+        assert made.snapshot_id.startswith("snap_")
+        unnamed = first.create_memory_snapshot()
+        assert unnamed.snapshot_name.startswith("snap-") and unnamed.snapshot_name != "hb-ready"
+
+        listed = client.sandboxes.list_snapshots({"image_name": "python"})
+        names = {s.snapshot_name for s in listed.snapshots}
+        assert {"hb-ready", unnamed.snapshot_name} <= names
+        assert client.sandboxes.get_snapshot(made.snapshot_id).snapshot_name == "hb-ready"
+
+        started = client.sandboxes.start_from_snapshot(
+            {"snapshot_name": "hb-ready", "snapshot_id": made.snapshot_id})
+        assert started.exec("cat /root/state").stdout == "prepared\n"
+        with pytest.raises(HyperbrowserError):
+            client.sandboxes.start_from_snapshot(
+                {"snapshot_name": "hb-ready", "snapshot_id": "snap_000000000000000000000000"})
+
+        assert client.sandboxes.delete_snapshot(unnamed.snapshot_id).deleted
+        assert client.sandboxes.delete_snapshot("hb-ready").deleted
+        with pytest.raises(HyperbrowserError):
+            client.sandboxes.get_snapshot("hb-ready")
+    finally:
+        for sandbox in (first, started):
+            if sandbox is not None:
+                sandbox.stop()
+        client.close()

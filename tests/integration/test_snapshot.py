@@ -148,7 +148,8 @@ def test_snapshot_refusals(server: ServerProcess, made: Callable[..., Sandbox]) 
         with pytest.raises(ValidationFailed):
             sb.snapshot(name)
     with _api(server) as api:
-        for body in ({}, {"name": 1}, {"name": "ok", "more": 1}, []):
+        for body in ({"name": 1}, {"name": "ok", "more": 1}, [],
+                     {"name": "a", "snapshotName": "b"}):
             got = api.post(f"/api/sandbox/{sb.id}/snapshot", json=body)
             assert (got.status_code, got.json()["error"]) == (400, "invalid_request")
         missing = api.post("/api/sandbox/no-such-sandbox/snapshot", json={"name": "x"})

@@ -136,10 +136,20 @@ OPENAPI: dict[str, Any] = {
         "/api/sandbox/{id}/snapshot": {"post": _op(
             "An image of the sandbox's files as they are now (its changes a layer over its "
             "image); it goes on running, frozen only for the copy",
-            {"type": "object", "properties": {"image": {"type": "object"}}},
-            body={"type": "object", "required": ["name"],
-                  "properties": {"name": {"type": "string"}}},
+            {"type": "object", "properties": {"snapshotName": {"type": "string"},
+                                              "snapshotId": {"type": "string"},
+                                              "image": {"type": "object"}}},
+            body={"type": "object", "properties": {"name": {"type": "string"},
+                                                   "snapshotName": {"type": "string"}}},
             params=[_path_param("id")])},
+        "/api/snapshots": {"get": _op(
+            "The team's snapshots, newest first (?imageName=&search=&page=&limit=)",
+            {"type": "object", "properties": {"snapshots": {"type": "array"}}})},
+        "/api/snapshots/{key}": {
+            "get": _op("One snapshot, by name or id", {"type": "object"},
+                       params=[_path_param("key")]),
+            "delete": _op("Delete a snapshot (its image)", {"type": "object"},
+                          params=[_path_param("key")])},
         "/api/sandbox/{id}/refresh": {"post": _op(
             "A new runtime token; earlier ones work until their own expiry", _SANDBOX,
             params=[_path_param("id")])},

@@ -91,6 +91,7 @@ class CreateSandbox:
     idle_timeout_s: int | None = None
     on_idle: str = "pause"
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    snapshot: tuple[str, str | None] | None = None  # (snapshotName, snapshotId): from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +152,15 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         raise ValidationFailed(
             f"unknown field(s): {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
         )
-    for key in ("snapshotName", "snapshotId"):
-        if body.get(key):
-            raise ValidationFailed(f"{key} is not supported by this server yet")
+    snapshot, snapshot_id = body.get("snapshotName"), body.get("snapshotId")
+    if snapshot is not None and (not isinstance(snapshot, str) or not _LOCAL_NAME.fullmatch(
+            snapshot)):
+        raise ValidationFailed("snapshotName must name a snapshot of this team, such as "
+                               "'myapp-ready'")
+    if snapshot_id is not None and (not isinstance(snapshot_id, str) or snapshot is None):
+        raise ValidationFailed("snapshotId goes with snapshotName and is a string")
+    if snapshot is not None and body.get("imageName") is not None:
+        raise ValidationFailed("give imageName or snapshotName, not both")
     if body.get("region") is not None and not isinstance(body["region"], str):
         raise ValidationFailed("region must be a string")
     # Hyperbrowser sends the egress fields at the top level; they may also be in network.
@@ -169,9 +176,9 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         raise ValidationFailed("exposedPorts lists a port twice")
     for item in ports:
         check_ingress(network, item.port)
-    image = body.get("imageName", default_image)
+    image = body.get("imageName")
     if image is None:
-        image = default_image
+        image = snapshot or default_image
     if not isinstance(image, str):
         raise ValidationFailed("imageName must be an image name such as 'python' or a "
                                "reference such as 'node:22'")
@@ -196,6 +203,7 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         on_idle=parse_on_timeout(body.get("onIdle"), "onIdle", "pause"),
         pids_limit=_int(body, "pidsLimit", min(DEFAULT_PIDS_LIMIT, limits.pids),
                         MIN_PIDS_LIMIT, limits.pids),
+        snapshot=(snapshot, snapshot_id) if snapshot is not None else None,
     )
 
 

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import ValidationFailed
 from ..models import SandboxPage
 from .http import caller_team, json_body, keyed
 from .image_routes import routes as image_routes
@@ -21,6 +20,7 @@ from .requests import (
     parse_set_timeout,
     parse_unexpose,
 )
+from .snapshot_routes import routes as snapshot_routes
 
 
 async def create_sandbox(request: Request) -> Response:
@@ -58,17 +58,6 @@ def _verb(name: str) -> Callable[[Request], Awaitable[Response]]:
         return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
     return apply
-
-
-async def snapshot(request: Request) -> Response:
-    """``{"name": "myapp:v2"}`` → ``{"image": ...}``: an image of the sandbox as it is now."""
-    ctx = request.app.state.ctx
-    body = await json_body(request)
-    if not isinstance(body, dict) or set(body) != {"name"} or not isinstance(body["name"], str):
-        raise ValidationFailed('send {"name": "myapp:v2"}, the image to make')
-    image = await ctx.sandboxes.snapshot(await caller_team(request), request.path_params["id"],
-                                         body["name"])
-    return JSONResponse({"image": ctx.images.info(image).to_wire()})
 
 
 async def revoke_token(request: Request) -> Response:
@@ -129,6 +118,7 @@ async def health(request: Request) -> Response:
 
 routes = [
     *image_routes,
+    *snapshot_routes,
     Route("/api/sandbox", keyed(create_sandbox), methods=["POST"]),
     Route("/api/sandbox/{id}", keyed(get_sandbox), methods=["GET"]),
     Route("/api/sandbox/{id}/stop", keyed(stop_sandbox), methods=["PUT"]),
@@ -137,7 +127,6 @@ routes = [
     Route("/api/sandbox/{id}/resume", keyed(_verb("resume")), methods=["POST"]),
     Route("/api/sandbox/{id}/network", keyed(update_network), methods=["PUT", "POST"]),
     Route("/api/sandbox/{id}/suspend", keyed(_verb("suspend")), methods=["POST"]),
-    Route("/api/sandbox/{id}/snapshot", keyed(snapshot), methods=["POST"]),
     Route("/api/sandbox/{id}/refresh", keyed(_verb("refresh")), methods=["POST"]),
     Route("/api/sandbox/{id}/connect", keyed(_verb("connect")), methods=["POST"]),
     Route("/api/sandbox/{id}/revoke", keyed(revoke_token), methods=["POST"]),

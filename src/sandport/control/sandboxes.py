@@ -15,6 +15,7 @@ from ..activity import Activity
 from ..crashpoints import crash_point
 from ..errors import (
     Conflict,
+    ImageNotFound,
     NotSupported,
     RuntimeFailure,
     SandboxNotFound,
@@ -28,7 +29,7 @@ from ..proxy.routes import RouteTable, SandboxRoute
 from ..proxy.urls import PublicUrls
 from ..runtime import EgressPolicy, Runtime, SandboxSpec
 from ..runtime.images import ImageStore
-from ..runtime.images.layerstore import ImageRecord
+from ..runtime.images.layerstore import ImageRecord, snapshot_id
 from ..runtime.images.reference import check_local_name
 from ..settings import ServerSettings
 from ..store import RecordStatus, SandboxRecord, Store
@@ -170,9 +171,18 @@ class SandboxService:
             pids_limit=record.pids_limit,
         )
 
+    def _check_snapshot(self, team_id: str, name: str, wanted_id: str | None) -> None:
+        found = self.images.layers.get(team_id, name)
+        if found is None or found.source != "snapshot" or (
+                wanted_id is not None and snapshot_id(found) != wanted_id):
+            raise ImageNotFound(f"snapshot {name!r}" + (f" with id {wanted_id!r}" if wanted_id
+                                                        else "") + " does not exist")
+
     # -- verbs ------------------------------------------------------------------------
     async def create(self, team_id: str, request: CreateSandbox) -> SandboxRecord:
         await self.admission.admit(Ask(request.mem_mib, request.disk_size_mib))  # or 503
+        if request.snapshot is not None:
+            self._check_snapshot(team_id, *request.snapshot)
         held = await self.images.ensure(team_id, request.image_name, _log_pull)
         image = self.images.image(held)
         self.images.used(held)

@@ -38,6 +38,13 @@ from .._files import read_json
 DIGEST_CHARS = frozenset("0123456789abcdef")
 
 
+def snapshot_id(record: ImageRecord) -> str:
+    """A snapshot's id (Hyperbrowser's ``snapshotId``): its name and its manifest's digest
+    (two snapshots of unchanged files an instant apart have one digest)."""
+    key = f"{record.team}\n{record.name}\n{record.digest}".encode()
+    return "snap_" + hashlib.sha256(key).hexdigest()[:24]
+
+
 def hex_of(digest: str) -> str:
     """The hex part of a sha256 digest, checked (it names files)."""
     algorithm, _, value = digest.partition(":")

@@ -406,7 +406,8 @@ class ImageStore:
                 record = self._local_record(team, name, "snapshot", config,
                                             [*base.blobs, layer],
                                             [*diff_ids, unpacked.diff_id], size)
-                record.extra["from"] = base.name
+                record.extra |= {"from": base.name, "fromDigest": base.digest,
+                                 "fromTeam": base.team}
                 self.layers.put(record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
