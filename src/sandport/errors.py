@@ -13,6 +13,7 @@
     ├── RequestTimeout                 408 timeout
     ├── PayloadTooLarge                413 payload_too_large
     ├── ImageRejected                  422 image_rejected
+    ├── StartFailed                    422 start_failed
     ├── RuntimeFailure                 500 runtime_error
     ├── RegistryFailure                502 registry_error
     │   └── RegistryAuthFailed         502 registry_auth_failed
@@ -44,6 +45,7 @@ __all__ = [
     "SandboxNotFound",
     "SandboxNotRunning",
     "SandportError",
+    "StartFailed",
     "TransportError",
     "Unauthorized",
     "Unavailable",
@@ -116,6 +118,13 @@ class ImageRejected(SandportError):
     size cap, no manifest for this host's platform. The message says which and why."""
 
     status, code = 422, "image_rejected"
+
+
+class StartFailed(SandportError):
+    """A create's start command ended, or its ready check did not pass in time; the
+    sandbox was stopped. The message carries the command's last output."""
+
+    status, code = 422, "start_failed"
 
 
 class RuntimeFailure(SandportError):

@@ -60,6 +60,10 @@ OPENAPI: dict[str, Any] = {
                 "diskSizeMiB": {"type": "integer", "minimum": 256},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},
                 "exposedPorts": {"type": "array", "items": _EXPOSE},
+                "snapshotName": {"type": "string"}, "snapshotId": {"type": "string"},
+                "startCmd": {"oneOf": [{"type": "boolean"}, {"type": "string"}]},
+                "readyCmd": {"type": "string"},
+                "readyTimeoutMs": {"type": "integer", "minimum": 1, "maximum": 600000},
                 "network": {"type": "object", "additionalProperties": False, "properties": {
                     "ingress": {"type": "object", "properties": {"allowPorts": {
                         "type": "array", "items": {"type": "integer"}}}},

@@ -145,7 +145,7 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
     body = _object(body, "the request body")
     known = {"imageName", "timeoutMinutes", "vcpus", "memMiB", "diskSizeMiB", "env",
              "exposedPorts", "network", "onTimeout", "autoResume", "idleTimeoutSeconds",
-             "onIdle", "pidsLimit", *EGRESS_FIELDS,
+             "onIdle", "pidsLimit", "startCmd", "readyCmd", "readyTimeoutMs", *EGRESS_FIELDS,
              *_IGNORED_WHEN_NULL}
     unknown = sorted(set(body) - known)
     if unknown:

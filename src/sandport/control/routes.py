@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -9,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..models import SandboxPage
+from ..runtime_api import startup
 from .http import caller_team, json_body, keyed
 from .image_routes import routes as image_routes
 from .openapi import OPENAPI
@@ -26,9 +28,30 @@ from .snapshot_routes import routes as snapshot_routes
 async def create_sandbox(request: Request) -> Response:
     ctx = request.app.state.ctx
     team = await caller_team(request)
-    body = parse_create(await json_body(request), ctx.limits, ctx.settings.default_image,
+    raw = await json_body(request)
+    body = parse_create(raw, ctx.limits, ctx.settings.default_image,
                         ctx.settings.default_timeout_minutes)
+    wants_start = isinstance(raw, dict) and raw.get("startCmd") not in (None, False)
+    if not wants_start and isinstance(raw, dict):
+        startup.plan_start(raw, {}, {})  # readyCmd without startCmd is a 400
+
+    def plan() -> startup.StartPlan | None:
+        held = ctx.images.lookup(team, body.image_name)
+        return startup.plan_start(raw, held.config if held else {}, held.extra if held else {})
+
+    # checked before the create where it can be: the image is held, or the line is given
+    early = plan() if wants_start and (isinstance(raw.get("startCmd"), str) or
+                                       ctx.images.lookup(team, body.image_name)) else None
     record = await ctx.sandboxes.create(team, body)
+    if wants_start:
+        try:  # an image pulled by this create: its config is known only now
+            chosen = early or plan()
+            assert chosen is not None  # startCmd is set: there is a plan or an error
+            await startup.start(request, record.id, chosen)
+        except BaseException:
+            await asyncio.shield(ctx.sandboxes.stop(team, record.id,
+                                                    "its start command did not get ready"))
+            raise
     return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 

@@ -416,7 +416,8 @@ class SandboxService:
             self.publish(record)
         return record
 
-    async def snapshot(self, team_id: str, sandbox_id: str, name: str) -> ImageRecord:
+    async def snapshot(self, team_id: str, sandbox_id: str, name: str,
+                       commands: dict[str, str] | None = None) -> ImageRecord:
         """An image ``name`` of the caller's team from the sandbox's files as they are now
         (its changes become a layer over its image). It goes on running: frozen only for
         the copy of its changes, its status stays what it was."""
@@ -436,7 +437,7 @@ class SandboxService:
         try:
             image = await asyncio.to_thread(self.images.snapshot, record.team_id, name,
                                             source.image_digest, list(source.diff_ids),
-                                            staging / "upper")
+                                            staging / "upper", commands or {})
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         log.info("sandbox %s: snapshot %s (%s), frozen %.0f ms", record.id, name,

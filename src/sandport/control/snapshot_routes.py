@@ -31,6 +31,8 @@ from ..runtime.images.layerstore import ImageRecord, snapshot_id
 from .http import caller_team, json_body, keyed
 
 MAX_PAGE = 100
+NAME_KEYS = frozenset({"name", "snapshotName"})
+COMMAND_KEYS = ("startCommand", "readyCommand")
 
 
 def summary(record: ImageRecord, team: str) -> dict[str, Any]:
@@ -58,19 +60,24 @@ def find(images: ImageStore, team: str, key: str) -> ImageRecord:
 
 
 async def create_snapshot(request: Request) -> Response:
+    """``{"name"|"snapshotName"?, "startCommand"?, "readyCommand"?}``: the start command
+    and ready check a create with ``startCmd: true`` runs (runtime_api/startup.py)."""
     ctx = request.app.state.ctx
     body = await json_body(request, optional=True)
     if body is None:
         body = {}
-    if not isinstance(body, dict) or set(body) - {"name", "snapshotName"} or len(body) > 1 \
-            or not all(isinstance(v, str) for v in body.values()):
+    if not isinstance(body, dict) or set(body) - {*NAME_KEYS, *COMMAND_KEYS} or \
+            len(set(body) & NAME_KEYS) > 1 or not all(isinstance(v, str) for v in body.values()):
         raise ValidationFailed('send {"name": "myapp:v2"} (or Hyperbrowser\'s '
-                               '{"snapshotName": ...}; without one a name is made up)')
+                               '{"snapshotName": ...}; without one a name is made up), and '
+                               'optionally "startCommand" and "readyCommand" (shell lines)')
     sandbox_id = request.path_params["id"]
-    name = next(iter(body.values())) if body else \
+    given = [body[k] for k in NAME_KEYS if k in body]
+    name = given[0] if given else \
         f"snap-{sandbox_id[:12].lower()}-{time.strftime('%Y%m%d%H%M%S')}"
+    commands = {k: body[k] for k in COMMAND_KEYS if body.get(k, "").strip()}
     team = await caller_team(request)
-    record = await ctx.sandboxes.snapshot(team, sandbox_id, name)
+    record = await ctx.sandboxes.snapshot(team, sandbox_id, name, commands)
     return JSONResponse({**summary(record, team), "image": ctx.images.info(record).to_wire()})
 
 

@@ -72,7 +72,8 @@ def create_call(
     exposed_ports: dict[int, bool] | None = None, network: dict[str, Any] | None = None,
     on_timeout: str | None = None, auto_resume: bool | None = None,
     idle_timeout_s: int | None = None, on_idle: str | None = None,
-    pids_limit: int | None = None,
+    pids_limit: int | None = None, start_cmd: bool | str | None = None,
+    ready_cmd: str | None = None, ready_timeout_s: float | None = None,
 ) -> Call[SandboxInfo]:
     body: dict[str, Any] = {"imageName": image}
     ports = None if exposed_ports is None else [
@@ -82,7 +83,10 @@ def create_call(
                        ("exposedPorts", ports), ("network", network),
                        ("onTimeout", on_timeout), ("autoResume", auto_resume),
                        ("idleTimeoutSeconds", idle_timeout_s), ("onIdle", on_idle),
-                       ("pidsLimit", pids_limit)):
+                       ("pidsLimit", pids_limit), ("startCmd", start_cmd),
+                       ("readyCmd", ready_cmd),
+                       ("readyTimeoutMs", None if ready_timeout_s is None
+                        else int(ready_timeout_s * 1000))):
         if value is not None:
             body[key] = value
     return Call("POST", f"{settings.base_url}/api/sandbox", SandboxInfo.from_wire, body,
@@ -108,9 +112,13 @@ def verb_call(settings: ClientSettings, sandbox_id: str, verb: str) -> Call[Sand
                 SandboxInfo.from_wire, headers=_api_headers(settings))
 
 
-def snapshot_call(settings: ClientSettings, sandbox_id: str, name: str) -> Call[ImageInfo]:
+def snapshot_call(settings: ClientSettings, sandbox_id: str, name: str,
+                  start_command: str | None = None,
+                  ready_command: str | None = None) -> Call[ImageInfo]:
+    body = {"name": name, **({"startCommand": start_command} if start_command else {}),
+            **({"readyCommand": ready_command} if ready_command else {})}
     return Call("POST", f"{settings.base_url}/api/sandbox/{sandbox_id}/snapshot",
-                lambda body: ImageInfo.from_wire(body["image"]), {"name": name},
+                lambda body: ImageInfo.from_wire(body["image"]), body,
                 headers=_api_headers(settings), timeout_s=900.0)  # a copy of all it changed
 
 

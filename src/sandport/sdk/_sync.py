@@ -81,7 +81,9 @@ class Sandbox:
         env: dict[str, str] | None = None, exposed_ports: dict[int, bool] | None = None,
         network: dict[str, Any] | None = None, on_timeout: str | None = None,
         auto_resume: bool | None = None, idle_timeout_s: int | None = None,
-        on_idle: str | None = None, pids_limit: int | None = None, api_key: str | None = None,
+        on_idle: str | None = None, pids_limit: int | None = None,
+        start_cmd: bool | str | None = None, ready_cmd: str | None = None,
+        ready_timeout: float | None = None, api_key: str | None = None,
         base_url: str | None = None,
     ) -> Sandbox:
         """A new sandbox. ``exposed_ports`` maps port → auth (see ``expose``);
@@ -91,7 +93,11 @@ class Sandbox:
         ``auto_resume=True`` lets a request to a paused sandbox's URL resume it;
         ``idle_timeout_s`` pauses it (or stops it: ``on_idle="stop"``) after that many
         seconds without traffic, API calls, running API processes or CPU use;
-        ``pids_limit`` caps its processes and threads (default 1024)."""
+        ``pids_limit`` caps its processes and threads (default 1024);
+        ``start_cmd=True`` runs the image's start command (or ``start_cmd="npm run dev"``
+        that line) as a listed process, and with ``ready_cmd`` (or the image's ready
+        command) returns only once that shell line succeeds, within ``ready_timeout``
+        seconds (default 60; else StartFailed, the sandbox stopped)."""
         settings = ClientSettings.load(base_url, api_key)
         client = _new_client()  # kept by the sandbox: its exec calls reuse the connection
         try:
@@ -99,7 +105,8 @@ class Sandbox:
                 settings, image, timeout_minutes=timeout_minutes, vcpus=vcpus, mem_mib=mem_mib,
                 disk_size_mib=disk_size_mib, env=env, exposed_ports=exposed_ports,
                 network=network, on_timeout=on_timeout, auto_resume=auto_resume,
-                idle_timeout_s=idle_timeout_s, on_idle=on_idle, pids_limit=pids_limit))
+                idle_timeout_s=idle_timeout_s, on_idle=on_idle, pids_limit=pids_limit,
+                start_cmd=start_cmd, ready_cmd=ready_cmd, ready_timeout_s=ready_timeout))
         except BaseException:
             client.close()
             raise
@@ -195,11 +202,14 @@ class Sandbox:
         self.info = _send(self._http(), _base.verb_call(self._settings, self.id, "resume"))
         return self.info
 
-    def snapshot(self, name: str) -> ImageInfo:
+    def snapshot(self, name: str, *, start_command: str | None = None,
+                 ready_command: str | None = None) -> ImageInfo:
         """Make image ``name`` (``myapp`` or ``myapp:v2``, the team's own) of this
         sandbox's files as they are now; it goes on running (frozen only while its changes
-        are copied). ``Sandbox.create(name)`` then starts from it."""
-        return _send(self._http(), _base.snapshot_call(self._settings, self.id, name))
+        are copied). ``Sandbox.create(name)`` then starts from it; with ``start_command``
+        (and ``ready_command``) recorded, ``create(name, start_cmd=True)`` starts it."""
+        return _send(self._http(), _base.snapshot_call(self._settings, self.id, name,
+                                                       start_command, ready_command))
 
     def suspend(self) -> SandboxInfo:
         """Suspend to disk: its memory goes to disk and its processes end until

@@ -12,6 +12,9 @@ layer directories to stack and the config to honour) and leases those layers per
     netguard.py       a registry the operator did not name: internet addresses only
     pull.py           manifest → platform → config → layers, shared between waiters
     transfer.py       docker save / OCI-layout imports, pushes
+    layerwrite.py     the OCI layer tar of an overlay-form directory (snapshots)
+    dockerfile.py     Dockerfiles parsed, expanded and checked (pure; + _dockerfile_words.py)
+    dockerignore.py   .dockerignore matching as docker does it (pure)
     unpack.py         a layer tar into a directory, untrusted (+ _tar.py, _layer_stream.py)
 """
 

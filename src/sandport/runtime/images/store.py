@@ -376,7 +376,7 @@ class ImageStore:
 
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self, team: str, name: str, base_digest: str, diff_ids: list[str],
-                 changes: Path) -> ImageRecord:
+                 changes: Path, commands: dict[str, str] | None = None) -> ImageRecord:
         """An image ``name`` of ``team`` from a sandbox: the layers of the image it was
         made from (``base_digest``, ``diff_ids``) and its changes (``changes``: a copy of
         its upper directory, in overlayfs's form) as one more layer, unpacked from the
@@ -407,7 +407,7 @@ class ImageStore:
                                             [*base.blobs, layer],
                                             [*diff_ids, unpacked.diff_id], size)
                 record.extra |= {"from": base.name, "fromDigest": base.digest,
-                                 "fromTeam": base.team}
+                                 "fromTeam": base.team, **(commands or {})}
                 self.layers.put(record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
