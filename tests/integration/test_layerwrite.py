@@ -10,6 +10,8 @@ import stat
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from sandport.runtime.images.layerwrite import _Exactly, write_layer_tar
 from sandport.runtime.images.unpack import OPAQUE_XATTR, unpack_layer
 
@@ -85,3 +87,31 @@ def test_a_file_that_changed_size_since_its_header_still_gives_its_header_s_byte
     assert b"".join(iter(lambda: shorter.read(7), b"")) == b"y" * 10 + bytes(90)
     longer = _Exactly(io.BytesIO(b"z" * 500), 100)
     assert longer.read(-1) == b"z" * 100 and longer.read(10) == b""
+
+
+def test_deep_trees_and_overlay_pointers(tmp_path: Path) -> None:
+    """A sandbox may nest directories deeper than Python recursion goes: written all the
+    same. A metacopy file or a redirect (overlay pointers into the layers below, which
+    redirect_dir=off,metacopy=off never make) is refused rather than written as a copy
+    of nothing."""
+    up = tmp_path / "upper"
+    up.mkdir()
+    fd = os.open(up, os.O_RDONLY)
+    for _ in range(1500):  # past Python's recursion limit, within PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    with os.fdopen(os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as fh:
+        fh.write("deep\n")
+    os.close(fd)
+    with tarfile.open(fileobj=io.BytesIO(_tar(up))) as tar:
+        assert tar.getmember("/".join(["d"] * 1500) + "/bottom").size == 5
+    (up / "meta").write_text("")
+    os.setxattr(up / "meta", "trusted.overlay.metacopy", b"")
+    with pytest.raises(OSError, match="metacopy"):
+        _tar(up)
+    os.removexattr(up / "meta", "trusted.overlay.metacopy")
+    os.setxattr(up / "d", "trusted.overlay.redirect", b"/elsewhere")
+    with pytest.raises(OSError, match="redirect"):
+        _tar(up)

@@ -217,7 +217,7 @@ def test_registries_the_operator_did_not_name_are_reached_only_on_the_internet(
     before = registries.plain.log_path.read_text(errors="replace").count("/v2/team/app/")
     got, body = _pull(reg_server, ref)
     assert (got, body[0]["error"]) == (403, "forbidden"), body
-    assert "loopback, private or link-local" in str(body[0]["message"])
+    assert "loopback, private, link-local" in str(body[0]["message"])
     with _api(reg_server) as api:
         created = api.post("/api/sandbox", json={"imageName": ref})
     assert (created.status_code, created.json()["error"]) == (403, "forbidden")

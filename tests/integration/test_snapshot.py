@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sandport import Sandbox
-from sandport.errors import Conflict, ValidationFailed
+from sandport.errors import Conflict, ImageRejected, ValidationFailed
 
 from .._server import ServerProcess
 from ..registries import Registries, registry_server
@@ -200,3 +200,18 @@ def test_a_snapshot_goes_to_a_registry_and_back(
         checked = copy.exec(CHECK)
         assert checked.exit_code == 0, checked.stderr
         assert checked.stdout.splitlines()[:len(EXPECTED)] == EXPECTED
+
+
+def test_changes_over_the_image_cap_are_refused_before_any_freeze(
+        fresh_server: Callable[..., ServerProcess]) -> None:
+    """A sandbox that wrote more than one image may hold: 422 before anything is frozen
+    or copied, and it goes on as it was."""
+    srv = fresh_server(env={"SANDPORT_IMAGE_MAX_GIB": "0.01"})  # 10.7 MB
+    with srv.sandboxes() as make:
+        sb = make(image="base")
+        assert sb.exec("head -c 20000000 /dev/urandom > /big").exit_code == 0
+        with pytest.raises(ImageRejected, match="over this server's cap"):
+            sb.snapshot("too-big")
+        assert sb.refresh().status == "active" and sb.exec("true").exit_code == 0
+        with _api(srv) as api:
+            assert "too-big" not in {i["name"] for i in api.get("/api/images").json()["images"]}

@@ -16,7 +16,8 @@ from sandport.runtime.images.netguard import RegistryAddressRefused, internet_ad
 
 INTERNET = ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8",
             "64:ff9b::808:808"]
-NOT_INTERNET = ["127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1",
+NOT_INTERNET = ["::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b:1::a00:1", "fec0::1",
+                "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1",
                 "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255",
                 "::1", "::", "fe80::1", "fe80::1%eth0", "fd00::1", "ff02::1",
                 "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1"]
@@ -82,7 +83,7 @@ def loopback() -> Iterator[_Listener]:
 
 def test_a_guarded_client_never_connects_to_loopback(loopback: _Listener) -> None:
     for url in (loopback.url, loopback.url.replace("127.0.0.1", "localhost")):
-        with pytest.raises(RegistryAddressRefused, match="loopback, private or link-local"):
+        with pytest.raises(RegistryAddressRefused, match="loopback, private, link-local"):
             _guarded_get(url)
     assert loopback.accepted == [0]
 
@@ -92,7 +93,7 @@ def test_a_redirect_to_a_refused_address_is_refused(monkeypatch: pytest.MonkeyPa
     127.0.0.2: that connection is never made."""
     inner = _Listener("127.0.0.2")
     outer = _Listener("127.0.0.1", redirect=inner.url + "blob")
-    monkeypatch.setattr(netguard, "internet_address", lambda address: address == "127.0.0.1")
+    _loopback_as_internet(monkeypatch)
     try:
         with pytest.raises(RegistryAddressRefused, match="127.0.0.2"):
             _guarded_get(outer.url)
@@ -100,6 +101,13 @@ def test_a_redirect_to_a_refused_address_is_refused(monkeypatch: pytest.MonkeyPa
     finally:
         inner.close()
         outer.close()
+
+
+def _loopback_as_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """127.0.0.1 counts as an internet address that is not this host's, other loopback
+    addresses still do not: the second hop of a test can be refused."""
+    monkeypatch.setattr(netguard, "internet_address", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr(netguard, "own_address", lambda address: False)
 
 
 def _resolver(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
@@ -119,9 +127,9 @@ def test_a_name_with_any_refused_address_is_refused(monkeypatch: pytest.MonkeyPa
                                                     loopback: _Listener) -> None:
     """One good address does not make a name good: it is refused as a whole rather than
     tried address by address."""
-    monkeypatch.setattr(netguard, "internet_address", lambda address: address == "127.0.0.1")
+    _loopback_as_internet(monkeypatch)
     _resolver(monkeypatch, {"two.example": ["127.0.0.1", "127.0.0.3"]})
-    with pytest.raises(RegistryAddressRefused, match=r"two\.example \(at 127\.0\.0\.3\)"):
+    with pytest.raises(RegistryAddressRefused, match=r"registry host two\.example is"):
         _guarded_get(loopback.url.replace("127.0.0.1", "two.example"))
     assert loopback.accepted == [0]
 
@@ -130,7 +138,18 @@ def test_the_connection_goes_to_the_address_that_was_checked(
         monkeypatch: pytest.MonkeyPatch, loopback: _Listener) -> None:
     """Resolved once, connected to what was checked: a name that would answer otherwise on
     a second lookup (DNS rebinding) is never looked up again."""
-    monkeypatch.setattr(netguard, "internet_address", lambda address: address == "127.0.0.1")
+    _loopback_as_internet(monkeypatch)
     asked = _resolver(monkeypatch, {"rebind.example": ["127.0.0.1"]})
     got = _guarded_get(loopback.url.replace("127.0.0.1", "rebind.example"))
     assert (got.status_code, asked, loopback.accepted) == (200, ["rebind.example"], [1])
+
+
+def test_this_host_s_own_addresses_are_refused(monkeypatch: pytest.MonkeyPatch,
+                                               loopback: _Listener) -> None:
+    """An address of this host is refused even where it counts as the internet (its
+    public address: a connection to it arrives over loopback, past firewalls trusting lo)."""
+    monkeypatch.setattr(netguard, "internet_address", lambda address: True)
+    assert netguard.own_address("127.0.0.1") and not netguard.own_address("192.0.2.1")
+    with pytest.raises(RegistryAddressRefused, match="this host's own"):
+        _guarded_get(loopback.url)
+    assert loopback.accepted == [0]

@@ -63,8 +63,8 @@ def register(commands: Any) -> None:
     p.add_argument("--registry-mirror", action="append", metavar="HOST=URL",
                    help="reach registry HOST (e.g. docker.io) only through URL (repeatable)")
     p.add_argument("--registry-allow", action="append", metavar="HOST",
-                   help="only these registries (HOST[:PORT] or *.domain) may be named, "
-                        "on any address (repeatable; default: any on an internet address)")
+                   help="only these registries (HOST[:PORT] or *.domain) may be named "
+                        "(repeatable; default: any on an internet address)")
     p.add_argument("--images-max-gib", type=float, metavar="N",
                    help="reclaim least recently used images beyond N GiB")
     p.add_argument("--disk-limits", choices=["auto", "on", "off"],

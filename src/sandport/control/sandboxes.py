@@ -430,7 +430,8 @@ class SandboxService:
                                "a running or paused sandbox can be snapshot")
             staging = self.images.layers.staging("snapshot-copy")
             try:
-                source = await self.runtime.copy_changes(record.id, staging / "upper")
+                source = await self.runtime.copy_changes(record.id, staging / "upper",
+                                                         self.images.max_image_bytes)
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
                 raise

@@ -114,9 +114,11 @@ class Runtime(Protocol):
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays."""
 
-    async def copy_changes(self, sandbox_id: str, dest: Path) -> SnapshotSource:
+    async def copy_changes(self, sandbox_id: str, dest: Path,
+                           max_bytes: int) -> SnapshotSource:
         """Copy the files the sandbox changed (its overlay's upper directory) to ``dest``,
-        frozen only for the copy (commands started meanwhile wait for it)."""
+        frozen only for the copy (commands started meanwhile wait for it); changes over
+        ``max_bytes`` are refused before anything is frozen."""
         ...
 
     async def resume(self, sandbox_id: str) -> None:

@@ -25,6 +25,8 @@ from ..crashpoints import crash_point
 from ..errors import (
     Conflict,
     ImageNotFound,
+    ImageRejected,
+    InsufficientCapacity,
     NotSupported,
     RuntimeFailure,
     SandboxNotRunning,
@@ -60,6 +62,40 @@ log = logging.getLogger("sandport.runtime")
 AGENT_PROTOCOL = 2  # what this server speaks to the agents of the sandboxes it creates
 OUTPUT_CAP = 16 * 1024 * 1024  # per stream; the rest is read and dropped
 PR_SET_CHILD_SUBREAPER = 36
+
+
+SNAPSHOT_COPY_TIMEOUT_S = 600.0  # a snapshot's copy: the sandbox is frozen meanwhile
+
+
+async def _du_bytes(path: Path) -> int:
+    """Bytes the tree holds on disk (du: one pass of stats, no reads)."""
+    proc = await asyncio.create_subprocess_exec(
+        "du", "-s", "-x", "-B1", "--", str(path), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    try:
+        return int(out.split()[0])
+    except (IndexError, ValueError):
+        raise RuntimeFailure("the sandbox's changes could not be measured") from None
+
+
+async def _copy_tree(source: Path, dest: Path, timeout_s: float) -> None:
+    """``cp -a`` (it keeps whiteouts, trusted.overlay.* attributes, owners, hard links),
+    killed past ``timeout_s``; errors say nothing of host paths."""
+    proc = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--", str(source), str(dest), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise RuntimeFailure(f"copying the sandbox's changes took over {timeout_s:g} s"
+                             ) from None
+    if proc.returncode != 0:
+        log.error("snapshot copy of %s failed: %s", source, err.decode(errors="replace"))
+        raise RuntimeFailure("the sandbox's changes could not be copied")
 
 
 class RuncRuntime:
@@ -520,7 +556,8 @@ class RuncRuntime:
             await self._freezer_verb("resume", sandbox_id, want="thawed")
 
     # -- snapshot -----------------------------------------------------------------------
-    async def copy_changes(self, sandbox_id: str, dest: Path) -> SnapshotSource:
+    async def copy_changes(self, sandbox_id: str, dest: Path,
+                           max_bytes: int) -> SnapshotSource:
         """Freeze (unless it is paused already), ``cp -a`` the upper directory to ``dest``
         (it keeps whiteouts, trusted.overlay.* attributes, owners, hard links), thaw. A
         command started meanwhile waits for the thaw (``_ensure_thawed``); a crash in
@@ -533,24 +570,32 @@ class RuncRuntime:
             raise Conflict(f"sandbox {sandbox_id} was created by an older sandport, before "
                            "the layer store: it cannot be snapshot")
         upper = (self.bundles / sandbox_id / "upper").resolve()
+        changed = await _du_bytes(upper)  # before the freeze: a big tree is refused at once
+        if changed > max_bytes:
+            raise ImageRejected(f"the sandbox's changes are {changed} bytes, over this "
+                                f"server's cap of {max_bytes} bytes per image")
+        free = shutil.disk_usage(dest.parent).free
+        if changed + (256 << 20) > free:
+            raise InsufficientCapacity(f"no room for a copy of the sandbox's changes "
+                                       f"({changed} bytes; {free} free)")
         thawed = asyncio.Event()
         self._copying[sandbox_id] = thawed
         was_frozen = self._frozen(sandbox_id)
         started = time.monotonic()
         try:
-            if not was_frozen:
-                await self._freezer_verb("pause", sandbox_id, want="frozen")
             try:
-                code, detail = await network.run_tool("cp", "-a", "--", str(upper), str(dest),
-                                                      check=False)
-                if code != 0:
-                    log.error("sandbox %s: snapshot copy failed: %s", sandbox_id, detail)
-                    raise RuntimeFailure("the sandbox's files could not be copied: "
-                                         + detail[-200:])
+                if not was_frozen:
+                    await self._freezer_verb("pause", sandbox_id, want="frozen")
+                await _copy_tree(upper, dest, SNAPSHOT_COPY_TIMEOUT_S)
                 crash_point("snapshot.copied")  # frozen, record active: boot thaws it
             finally:
                 if not was_frozen:
-                    await self._freezer_verb("resume", sandbox_id, want="thawed")
+                    try:
+                        await self._freezer_verb("resume", sandbox_id, want="thawed")
+                    finally:
+                        if self._frozen(sandbox_id):  # runc failed: the freezer itself
+                            with contextlib.suppress(OSError):
+                                thaw(sandbox_id)
             frozen_s = time.monotonic() - started
         finally:
             del self._copying[sandbox_id]

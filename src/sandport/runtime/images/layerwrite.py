@@ -14,6 +14,7 @@ without following a link, and what the tar says is only ever unpacked by ``unpac
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import IO
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
+REDIRECT_XATTR = "trusted.overlay.redirect"  # never made here (redirect_dir=off), refused
+METACOPY_XATTR = "trusted.overlay.metacopy"  # never made here (metacopy=off), refused
 KEPT_XATTRS = ("security.capability",)
 # What runc and sandport put into every sandbox's root: bind-mount points and mounts of
 # their own, never the image's (whatever an upper directory holds under them is hidden).
@@ -79,15 +82,28 @@ def write_layer_tar(root: Path, out: IO[bytes],
     return count
 
 
-def _walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """(relative name, lstat) of everything under ``root``, a directory before what it
-    holds, names in byte order; links are not followed."""
-    for name in sorted(os.listdir(root / rel if rel else root), key=os.fsencode):
-        child = f"{rel}/{name}" if rel else name
+    holds, names in byte order; links are not followed, and depth costs no stack."""
+    pending: list[list[str]] = [sorted(os.listdir(root), key=os.fsencode, reverse=True)]
+    prefixes = [""]
+    while pending:
+        if not pending[-1]:
+            pending.pop()
+            prefixes.pop()
+            continue
+        child = prefixes[-1] + pending[-1].pop()
         st = os.lstat(root / child)
         yield child, st
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(root, child)
+            if _xattr(root / child, REDIRECT_XATTR) is not None:
+                raise OSError(errno.ENOTSUP, "an overlay redirect (a directory renamed with "
+                              "redirect_dir=on) cannot become a layer")
+            pending.append(sorted(os.listdir(root / child), key=os.fsencode, reverse=True))
+            prefixes.append(child + "/")
+        elif stat.S_ISREG(st.st_mode) and _xattr(root / child, METACOPY_XATTR) is not None:
+            raise OSError(errno.ENOTSUP, "an overlay metacopy file (metacopy=on) cannot "
+                          "become a layer")
 
 
 def _info(name: str, st: os.stat_result, kind: bytes, path: Path | None = None

@@ -3,8 +3,9 @@
 A caller names the registry (``imageName: "10.0.0.5:6379/x"``), its token realm and its
 redirects, so without a check any API key could make the server open connections to the
 host's loopback services, the sandboxes' own network or a cloud metadata address. A
-registry the operator named (``--insecure-registry``, ``--registry-ca``, ``--registry-mirror``
-or ``--registry-allow``) is trusted with everything it leads to; for any other, every
+registry the operator named (``--insecure-registry``, ``--registry-ca``, ``--registry-mirror``;
+not ``--registry-allow``, which only narrows, and whose wildcards others may point anywhere)
+is trusted with everything it leads to; for any other, every
 connection (to the registry, its token service, the hosts its redirects and upload
 locations name) goes only to internet addresses: the name is resolved here, every address
 it has is checked, and the connection is made to a checked address, so a name that
@@ -16,6 +17,7 @@ The refused addresses are the ones a sandbox's ``allowInternet`` does not reach 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -27,20 +29,38 @@ import httpx
 from ...errors import Forbidden
 from ..network import NOT_INTERNET
 
+log = logging.getLogger("sandport.registry")
 _REFUSED_V4 = tuple(ipaddress.IPv4Network(cidr) for cidr in NOT_INTERNET)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 prefixes whose last 32 bits are an IPv4 address a gateway or the kernel may reach
+_CARRY_V4 = tuple(ipaddress.IPv6Network(n) for n in (
+    "64:ff9b::/96", "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96"))
 
 
 def internet_address(text: str) -> bool:
-    """Whether ``text`` (an IP address) is one the server may reach for any caller."""
+    """Whether ``text`` (an IP address) is one the server may reach for any caller: not
+    loopback, private, link-local, CGNAT or reserved, and for IPv6 not an address that
+    carries a refused IPv4 one (mapped, compatible, SIIT, NAT64 well-known and local-use)."""
     ip = ipaddress.ip_address(text.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-                                      if ip in _NAT64 else None)
+                                      if any(ip in net for net in _CARRY_V4) else None)
         if embedded is None:
-            return ip.is_global and not ip.is_multicast
+            return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_site_local)
         ip = embedded
     return not any(ip in net for net in _REFUSED_V4)
+
+
+def own_address(text: str) -> bool:
+    """Whether ``text`` is an address of this host (its public one too: a connection to it
+    arrives over loopback, past firewalls that trust ``lo``): one a socket can bind."""
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((text, 0))
+        except OSError:
+            return False
+    return True
 
 
 class RegistryAddressRefused(Forbidden):
@@ -66,13 +86,13 @@ class InternetOnly(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(f"{host} cannot be resolved: {exc}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         for address in addresses:
-            if not internet_address(address):
-                named = host if host == address else f"{host} (at {address})"
-                raise RegistryAddressRefused(
-                    f"registry host {named} is on a loopback, private or link-local "
-                    "address: this server connects to such registries only when "
-                    "its operator names them (--insecure-registry, --registry-ca, "
-                    "--registry-mirror or --registry-allow)")
+            if not internet_address(address) or own_address(address):
+                log.info("registry host %s refused: it is at %s", host, address)
+                raise RegistryAddressRefused(  # which address stays in the log
+                    f"registry host {host} is on a loopback, private, link-local or this "
+                    "host's own address: this server connects to such registries only "
+                    "when its operator names them (--insecure-registry, --registry-ca or "
+                    "--registry-mirror)")
         failure: httpcore.ConnectError | None = None
         for address in addresses:  # the checked addresses, never a second lookup
             try:

@@ -101,7 +101,7 @@ class RegistryConfig:
         its redirects may be on any address; see netguard)."""
         host = domain.lower()
         return (host in self.mirrors or host in self.insecure or host in self.cas
-                or host.rsplit(":", 1)[0] in self.cas or self._listed(host))
+                or host.rsplit(":", 1)[0] in self.cas)
 
     def endpoint(self, domain: str) -> str:
         """The base URL that serves registry ``domain``."""

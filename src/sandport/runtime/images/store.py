@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -145,8 +146,12 @@ class ImageStore:
                 if version.is_symlink():
                     version.unlink()
                 elif (name, version.name) not in in_use and f"{version}/" not in mounts:
-                    target = self.layers.tmp / f"old-{name}-{version.name}"
-                    version.rename(target)
+                    target = self.layers.tmp / f"old-{name}-{version.name}-{os.getpid()}"
+                    try:
+                        version.rename(target)
+                    except OSError as exc:  # the next start tries again
+                        log.warning("image tree %s not removed: %s", version, exc)
+                        continue
                     moved.append(target)
             with contextlib.suppress(OSError):
                 tree.rmdir()  # unless a version is still in use
@@ -445,12 +450,11 @@ class ImageStore:
         except SandportError:
             writer.join()
             if failure and not isinstance(failure[0], BrokenPipeError):
-                raise RuntimeFailure("the sandbox's files could not be read: "
-                                     f"{failure[0]}") from None
+                raise _unreadable(failure[0]) from None
             raise
         writer.join()
         if failure:
-            raise RuntimeFailure(f"the sandbox's files could not be read: {failure[0]}")
+            raise _unreadable(failure[0])
         return unpacked, (tee.digest(), (staging / "blob").stat().st_size)
 
     def _local_record(self, team: str, name: str, source: str, config: dict[str, Any],
@@ -519,6 +523,15 @@ class ImageStore:
             self.layers.delete(record.team, record.name)
             self.layers.collect()
             total = self.layers.disk_bytes()
+
+
+def _unreadable(exc: BaseException) -> RuntimeFailure:
+    """What the client is told of a tree that could not be read (no host path in it)."""
+    log.warning("a snapshot's files could not be read: %s", exc)
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTSUP:
+        detail = str(exc.args[1]) if len(exc.args) > 1 else detail
+    return RuntimeFailure(f"the sandbox's files could not be read: {detail}")
 
 
 def _lines_to(listener: Listener | None) -> Progress:
