@@ -22,8 +22,8 @@ ASYNC_METHODS = ("create", "get", "list", "refresh", "exec", "expose", "unexpose
                  "remove", "chmod", "chown", "upload", "download", "start", "wait", "kill",
                  "signal", "write_stdin", "close_stdin", "resize", "connect", "send", "watch",
                  "_put", "_fetch", "pause", "resume", "set_timeout", "_rt", "refresh_token",
-                 "revoke_token", "suspend", "snapshot", "pull", "push", "build", "import_", "delete",
-                 "_stream")
+                 "revoke_token", "suspend", "snapshot", "pull", "push", "build", "import_",
+                 "delete", "_stream")
 
 # (pattern, replacement) applied in order, each a regular expression on the whole file.
 REWRITES: list[tuple[str, str]] = [

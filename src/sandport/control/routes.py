@@ -42,7 +42,9 @@ async def create_sandbox(request: Request) -> Response:
     # checked before the create where it can be: the image is held, or the line is given
     early = plan() if wants_start and (isinstance(raw.get("startCmd"), str) or
                                        ctx.images.lookup(team, body.image_name)) else None
-    record = await ctx.sandboxes.create(team, body)
+    # A create's memory reservation lasts as long as the task that made it: a task of its
+    # own, so that waiting for the ready check does not count the sandbox twice.
+    record = await asyncio.ensure_future(ctx.sandboxes.create(team, body))
     if wants_start:
         try:  # an image pulled by this create: its config is known only now
             chosen = early or plan()

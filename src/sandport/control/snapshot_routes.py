@@ -8,8 +8,8 @@
     DELETE /api/snapshots/{key}
 
 A snapshot is an image of its team with source ``snapshot``: its name is the snapshot's
-name (given, or ``snap-<sandbox>-<time>``), its id ``snap_`` and the first 24 hex digits of
-its manifest's digest. A snapshot holds the sandbox's files, not its memory: a sandbox
+name (given, or ``snap-<sandbox>-<time>-<4 hex>``), its id ``layerstore.snapshot_id`` (of
+its team, name and manifest digest). A snapshot holds the sandbox's files, not its memory: a sandbox
 started from it runs what its image starts, with the files as they were (README
 "Snapshots").
 """
@@ -17,6 +17,7 @@ started from it runs what its image starts, with the files as they were (README
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -74,7 +75,7 @@ async def create_snapshot(request: Request) -> Response:
     sandbox_id = request.path_params["id"]
     given = [body[k] for k in NAME_KEYS if k in body]
     name = given[0] if given else \
-        f"snap-{sandbox_id[:12].lower()}-{time.strftime('%Y%m%d%H%M%S')}"
+        f"snap-{sandbox_id[:12].lower()}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(2).hex()}"
     commands = {k: body[k] for k in COMMAND_KEYS if body.get(k, "").strip()}
     team = await caller_team(request)
     record = await ctx.sandboxes.snapshot(team, sandbox_id, name, commands)
