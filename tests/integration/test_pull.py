@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -342,3 +344,36 @@ def test_a_server_killed_mid_pull_leaves_nothing_half_stored(
     with again.sandboxes() as make:
         sb = make(image=ref)
         assert sb.exec("wc -c < /opt/part2").stdout.strip() == str(1 << 20)
+
+
+def test_a_pull_goes_on_when_its_client_reads_nothing_and_leaves(
+        registries: Registries, fresh_server: Callable[..., ServerProcess],
+        tmp_path: Path) -> None:
+    """A client that sends the pull, reads not one byte of its progress and hangs up: the
+    pull is the server's, not the connection's; it finishes and the image is there, and
+    the server answers others meanwhile."""
+    layers = [Layer.from_files({f"opt/big{n}": os.urandom(6 << 20)}) for n in range(3)]
+    push_image(registries.plain, "silent/client", "1", busybox_image(*layers))
+    ref = f"{registries.plain.host}/silent/client:1"
+    srv = fresh_server(env={**server_env(registries), "SANDPORT_IMAGES_DIR":
+                            str(tmp_path / "images"), "SANDPORT_BUILD_IMAGES": ","})
+    host, port = srv.base_url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"ref": ref}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /api/images/pull HTTP/1.1\r\nHost: " + host.encode()
+                     + b"\r\nx-api-key: " + srv.api_key.encode()
+                     + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with _api(srv) as api:  # others are answered while it is under way
+            assert api.get("/api/images").status_code == 200
+    deadline = time.monotonic() + 60
+    names: list[object] = []
+    while time.monotonic() < deadline:
+        with _api(srv) as api:
+            names = [i["name"] for i in api.get("/api/images").json()["images"]]
+        if ref in names:
+            break
+        time.sleep(0.2)
+    assert ref in names, names
+    with srv.sandboxes() as make:
+        assert make(image=ref).exec("wc -c < /opt/big2").stdout.strip() == str(6 << 20)

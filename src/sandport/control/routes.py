@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -31,29 +30,7 @@ async def create_sandbox(request: Request) -> Response:
     raw = await json_body(request)
     body = parse_create(raw, ctx.limits, ctx.settings.default_image,
                         ctx.settings.default_timeout_minutes)
-    wants_start = isinstance(raw, dict) and raw.get("startCmd") not in (None, False)
-    if not wants_start and isinstance(raw, dict):
-        startup.plan_start(raw, {}, {})  # readyCmd without startCmd is a 400
-
-    def plan() -> startup.StartPlan | None:
-        held = ctx.images.lookup(team, body.image_name)
-        return startup.plan_start(raw, held.config if held else {}, held.extra if held else {})
-
-    # checked before the create where it can be: the image is held, or the line is given
-    early = plan() if wants_start and (isinstance(raw.get("startCmd"), str) or
-                                       ctx.images.lookup(team, body.image_name)) else None
-    # A create's memory reservation lasts as long as the task that made it: a task of its
-    # own, so that waiting for the ready check does not count the sandbox twice.
-    record = await asyncio.ensure_future(ctx.sandboxes.create(team, body))
-    if wants_start:
-        try:  # an image pulled by this create: its config is known only now
-            chosen = early or plan()
-            assert chosen is not None  # startCmd is set: there is a plan or an error
-            await startup.start(request, record.id, chosen)
-        except BaseException:
-            await asyncio.shield(ctx.sandboxes.stop(team, record.id,
-                                                    "its start command did not get ready"))
-            raise
+    record = await startup.create_and_start(request, team, raw, body)
     return JSONResponse(ctx.sandboxes.to_info(record).to_wire())
 
 

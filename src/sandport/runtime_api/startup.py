@@ -22,7 +22,9 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from ..control.requests import CreateSandbox
 from ..errors import StartFailed, ValidationFailed
+from ..store import SandboxRecord
 from .commands import EXEC_ARGV, StartRequest
 from .process_state import ProcessSession
 from .processes import launch
@@ -85,6 +87,38 @@ def _image_start(config: dict[str, Any], extra: dict[str, Any]) -> tuple[str, ..
         raise ValidationFailed("startCmd: the image has no start command (no startCommand, "
                                "Entrypoint or Cmd); give one as startCmd")
     return (*EXEC_ARGV, *entrypoint, *cmd)  # found on the image's PATH, as docker does
+
+
+async def create_and_start(request: HTTPConnection, team: str, raw: Any,
+                           body: CreateSandbox) -> SandboxRecord:
+    """The create, then its start command and ready check if it asks for one; a start
+    that fails stops the sandbox. Bad start fields fail before anything is made, and so
+    does a missing start command where the image is held already (else: once pulled)."""
+    ctx = request.app.state.ctx
+    fields = raw if isinstance(raw, dict) else {}
+    wanted = fields.get("startCmd") not in (None, False)
+
+    def plan() -> StartPlan | None:
+        held = ctx.images.lookup(team, body.image_name)
+        return plan_start(fields, held.config if held else {}, held.extra if held else {})
+
+    known = not wanted or isinstance(fields.get("startCmd"), str) or \
+        ctx.images.lookup(team, body.image_name) is not None
+    early = plan() if known else None
+    # A create's memory reservation lasts as long as the task that made it: a task of its
+    # own, so that waiting for the ready check does not count the sandbox twice.
+    record: SandboxRecord = await asyncio.ensure_future(ctx.sandboxes.create(team, body))
+    if not wanted:
+        return record
+    try:
+        chosen = early or plan()  # an image this create pulled: its config is known now
+        assert chosen is not None  # startCmd is set: a plan or a ValidationFailed
+        await start(request, record.id, chosen)
+    except BaseException:
+        await asyncio.shield(ctx.sandboxes.stop(team, record.id,
+                                                "its start command did not get ready"))
+        raise
+    return record
 
 
 async def start(request: HTTPConnection, sandbox_id: str, plan: StartPlan) -> ProcessSession:
