@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sandport.runtime._files import remove_tree
 from sandport.runtime.images.layerwrite import _Exactly, write_layer_tar
 from sandport.runtime.images.unpack import OPAQUE_XATTR, unpack_layer
 
@@ -105,13 +106,17 @@ def test_deep_trees_and_overlay_pointers(tmp_path: Path) -> None:
     with os.fdopen(os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as fh:
         fh.write("deep\n")
     os.close(fd)
-    with tarfile.open(fileobj=io.BytesIO(_tar(up))) as tar:
-        assert tar.getmember("/".join(["d"] * 1500) + "/bottom").size == 5
-    (up / "meta").write_text("")
-    os.setxattr(up / "meta", "trusted.overlay.metacopy", b"")
-    with pytest.raises(OSError, match="metacopy"):
-        _tar(up)
-    os.removexattr(up / "meta", "trusted.overlay.metacopy")
-    os.setxattr(up / "d", "trusted.overlay.redirect", b"/elsewhere")
-    with pytest.raises(OSError, match="redirect"):
-        _tar(up)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(_tar(up))) as tar:
+            assert tar.getmember("/".join(["d"] * 1500) + "/bottom").size == 5
+        (up / "meta").write_text("")
+        os.setxattr(up / "meta", "trusted.overlay.metacopy", b"")
+        with pytest.raises(OSError, match="metacopy"):
+            _tar(up)
+        os.removexattr(up / "meta", "trusted.overlay.metacopy")
+        os.setxattr(up / "d", "trusted.overlay.redirect", b"/elsewhere")
+        with pytest.raises(OSError, match="redirect"):
+            _tar(up)
+    finally:
+        remove_tree(up)  # deeper than shutil.rmtree goes: pytest's clean-up would fail on it
+    assert not up.exists()

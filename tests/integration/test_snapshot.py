@@ -15,7 +15,7 @@ import pytest
 from sandport import Sandbox
 from sandport.errors import Conflict, ImageRejected, ValidationFailed
 
-from .._server import ServerProcess
+from .._server import IMAGES_DIR, ServerProcess
 from ..registries import Registries, registry_server
 
 # What the sandbox does to its files before the snapshot: new files, a changed and a
@@ -215,3 +215,27 @@ def test_changes_over_the_image_cap_are_refused_before_any_freeze(
         assert sb.refresh().status == "active" and sb.exec("true").exit_code == 0
         with _api(srv) as api:
             assert "too-big" not in {i["name"] for i in api.get("/api/images").json()["images"]}
+
+
+def test_a_tree_deeper_than_python_recursion_is_snapshot_and_removed(
+        server: ServerProcess, made: Callable[..., Sandbox]) -> None:
+    """A sandbox may nest directories past Python's recursion limit (shutil.rmtree and
+    os.walk recurse on Python 3.11): the snapshot holds the tree, and deleting the image
+    removes its layer from disk all the same."""
+    layers = IMAGES_DIR / "layers"
+    before = set(layers.iterdir())
+    original = made(image="base")
+    nested = original.exec(
+        "set -e; cd /srv; for i in $(seq 1500); do mkdir d; cd d; done; echo deep > bottom")
+    assert nested.exit_code == 0, nested.stderr
+    original.snapshot("snap-deep:v1")
+    try:
+        added = set(layers.iterdir()) - before
+        assert len(added) == 1
+        copy = made(image="snap-deep:v1")
+        bottom = "/srv/" + "d/" * 1500 + "bottom"
+        assert copy.exec(f"cat {bottom}").stdout == "deep\n"
+        copy.stop()
+    finally:
+        _delete_image(server, "snap-deep:v1")
+    assert not added & set(layers.iterdir())

@@ -300,6 +300,18 @@ def test_a_name_given_twice_is_replaced(unpack: Callable[..., tuple[Path, Unpack
     assert stat.S_IMODE(lstat(target / "m").st_mode) == 0o751
 
 
+def test_a_directory_deeper_than_python_recursion_is_replaced(
+        unpack: Callable[..., tuple[Path, Unpacked]], host: Host) -> None:
+    """A later entry over a directory nested past Python's recursion limit (where
+    shutil.rmtree gives up on Python 3.11) removes the whole tree, and never what a
+    symlink at its bottom points to."""
+    deep = "d/" * 1500
+    target, _ = unpack(tar(file(deep + "f", b"deep"), symlink(deep + "out", str(host.outside)),
+                           file("d", b"flat")))
+    assert (target / "d").read_bytes() == b"flat"
+    assert os.listdir(target) == ["d"]
+
+
 def test_parent_directories_come_from_lower_layers(
         unpack: Callable[..., tuple[Path, Unpacked]]) -> None:
     lower, _ = unpack(tar(directory("opt", mode=0o750, uid=5, gid=6, mtime=MTIME - 99,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from ..proxy.grants import Grants
 from ..proxy.routes import RouteTable, SandboxRoute
 from ..proxy.urls import PublicUrls
 from ..runtime import EgressPolicy, Runtime, SandboxSpec
+from ..runtime._files import remove_tree
 from ..runtime.images import ImageStore
 from ..runtime.images.layerstore import ImageRecord, snapshot_id
 from ..runtime.images.reference import check_local_name
@@ -433,14 +433,14 @@ class SandboxService:
                 source = await self.runtime.copy_changes(record.id, staging / "upper",
                                                          self.images.max_image_bytes)
             except BaseException:
-                await asyncio.to_thread(shutil.rmtree, staging, True)
+                await asyncio.to_thread(remove_tree, staging)
                 raise
         try:
             image = await asyncio.to_thread(self.images.snapshot, record.team_id, name,
                                             source.image_digest, list(source.diff_ids),
                                             staging / "upper", commands or {})
         finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+            await asyncio.to_thread(remove_tree, staging)
         log.info("sandbox %s: snapshot %s (%s), frozen %.0f ms", record.id, name,
                  image.digest, source.frozen_s * 1000)
         return image

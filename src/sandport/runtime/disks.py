@@ -38,6 +38,7 @@ from pathlib import Path
 from ..errors import NotSupported, RuntimeFailure
 from ..ids import is_sandbox_id
 from . import ext4image, loopdev
+from ._files import remove_tree
 
 log = logging.getLogger("sandport.runtime.disks")
 
@@ -168,7 +169,7 @@ class SandboxDisks:
         if not source.is_dir():
             return
         partial = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         # cp -a keeps what overlayfs needs of an upper: whiteouts (device nodes), its
         # trusted.overlay.* attributes, owners, modes, times, hard links, sparseness.
         await ext4image.run_tool("cp", "-a", "--", str(source), str(partial))
@@ -277,4 +278,4 @@ def _unmount(directory: Path) -> bool:
 
 def _unmount_and_delete(directory: Path) -> None:
     if _unmount(directory):
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_tree(directory)

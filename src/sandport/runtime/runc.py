@@ -45,7 +45,7 @@ from . import (
     oci,
     seccomp,
 )
-from ._files import read_json, write_json
+from ._files import read_json, remove_tree, write_json
 from .agent.build import ensure_agent
 from .agent.channel import CommandChannel, CommandListener, CommandSpec, start_command
 from .agent.client import run_command
@@ -334,12 +334,12 @@ class RuncRuntime:
         if state in ("running", "frozen"):
             # A checkpoint that did not finish, or a restore that did: its files are stale.
             for name in ("checkpoint", "checkpoint-work"):
-                shutil.rmtree(bundle / name, ignore_errors=True)
+                remove_tree(bundle / name)
         elif state == "suspended":
             # A restore that failed half way leaves runc's state of a container that is not
             # there (maybe no more than CRIU's root); the next restore needs the name free.
             await self._quiet("delete", "-f", sandbox_id)
-            shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+            remove_tree(self.state_root / sandbox_id)
             await remove_cgroups(sandbox_id)
         return state
 
@@ -375,7 +375,7 @@ class RuncRuntime:
         await self._quiet("delete", "-f", sandbox_id)
         await remove_cgroups(sandbox_id)
         unmount_below(self.state_root / sandbox_id)
-        shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+        remove_tree(self.state_root / sandbox_id)
 
     def address(self, sandbox_id: str) -> str | None:
         address = read_json(self.bundles / sandbox_id / "runtime.json").get("sandboxIp")
@@ -466,7 +466,7 @@ class RuncRuntime:
         bundle = self.bundles / sandbox_id
         image, work = bundle / "checkpoint", bundle / "checkpoint-work"
         for directory in (image, work):
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory)
             directory.mkdir(mode=0o700)
         if not self.is_running(sandbox_id):
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
@@ -478,7 +478,7 @@ class RuncRuntime:
         # runc said afterwards (deleting that image would lose its memory).
         if self.is_running(sandbox_id) or not self.is_suspended(sandbox_id):
             if self.is_running(sandbox_id):
-                shutil.rmtree(image, ignore_errors=True)
+                remove_tree(image)
             log.error("sandbox %s: checkpoint failed: %s %s", sandbox_id, detail,
                       criu.last_error(work / "dump.log"))
             raise RuntimeFailure("the sandbox could not be suspended: "
@@ -503,8 +503,8 @@ class RuncRuntime:
                       criu.last_error(work / "restore.log"))
             raise RuntimeFailure("the sandbox could not be restored: "
                                  + (criu.last_error(work / "restore.log") or "runc restore failed"))
-        shutil.rmtree(image, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(image)
+        remove_tree(work)
 
     def is_suspended(self, sandbox_id: str) -> bool:
         return (self.bundles / sandbox_id / "checkpoint" / "inventory.img").exists()
@@ -652,14 +652,14 @@ class RuncRuntime:
         for directory in (bundle, self.state_root / sandbox_id):
             unmount_below(directory)  # after a CRIU that died half way (the rootfs is gone)
         await self.disks.release(sandbox_id)
-        shutil.rmtree(bundle, ignore_errors=True)
-        shutil.rmtree(self.state_root / sandbox_id, ignore_errors=True)
+        remove_tree(bundle)
+        remove_tree(self.state_root / sandbox_id)
         if not (self.retained / sandbox_id / "upper").is_dir():
             self.images.layers.release(sandbox_id)  # retained files keep their layers
             await asyncio.to_thread(self.images.layers.collect)  # what a deleted image left
 
     def discard_files(self, sandbox_id: str) -> None:
-        shutil.rmtree(self.retained / sandbox_id, ignore_errors=True)
+        remove_tree(self.retained / sandbox_id)
         self.images.layers.release(sandbox_id)
         self.images.layers.collect()
 

@@ -26,14 +26,13 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import read_json
+from .._files import read_json, remove_tree
 
 DIGEST_CHARS = frozenset("0123456789abcdef")
 
@@ -124,7 +123,7 @@ class LayerStore:
         with self.writing():
             for leftover in self.tmp.iterdir():
                 if leftover.stat().st_mtime < time.time() - 3600:
-                    shutil.rmtree(leftover, ignore_errors=True)
+                    remove_tree(leftover)
 
     # -- locks ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -180,7 +179,7 @@ class LayerStore:
         except OSError:
             if not target.is_dir():
                 raise
-            shutil.rmtree(staged, ignore_errors=True)
+            remove_tree(staged)
 
     # -- records ----------------------------------------------------------------------
     def record_path(self, team: str, name: str) -> Path:
@@ -268,7 +267,7 @@ class LayerStore:
             for path in list(self.layers.iterdir()):
                 if path.name not in wanted_layers:
                     freed += _tree_bytes(path)
-                    _remove_tree(path)
+                    remove_tree(path)
                     removed += 1
             for path in list(self.blobs.iterdir()):
                 if path.name not in wanted_blobs:
@@ -286,20 +285,19 @@ class LayerStore:
 
 
 def _tree_bytes(root: Path) -> int:
-    """Bytes a tree holds on disk (allocated blocks, hard links counted once)."""
+    """Bytes a tree holds on disk (allocated blocks, hard links counted once), walked
+    without recursion: a layer may nest deeper than Python's recursion limit."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for directory, dirs, files in os.walk(root):
-        for name in (*dirs, *files):
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(directory, name))
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
+    pending = [str(root)]
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
     return total
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a layer directory: root removes whatever its modes say, and rmtree never
-    follows the layer's symlinks (it walks by file descriptor)."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Any
 
 from ...crashpoints import crash_point
 from ...errors import ImageRejected, RegistryFailure, SandportError
+from .._files import remove_tree
 from .layerstore import LayerBlob, LayerStore
 from .reference import Reference
 from .registry import INDEX_TYPES, Manifest, RegistryClient
@@ -353,7 +353,7 @@ class Puller:
                                 f"{exc.strerror or exc}") from None
         finally:
             if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging)
 
 
 class _Arriving:

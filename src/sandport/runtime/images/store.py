@@ -17,7 +17,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -35,6 +34,7 @@ from ...errors import (
     ValidationFailed,
 )
 from ...models import ImageInfo, iso
+from .._files import remove_tree
 from . import transfer
 from .layerstore import ImageRecord, LayerBlob, LayerStore
 from .layerwrite import write_layer_tar
@@ -161,7 +161,7 @@ class ImageStore:
 
             def remove() -> None:
                 for path in moved:
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path)
 
             threading.Thread(target=remove, name="old-trees", daemon=True).start()
         return moved
@@ -375,7 +375,7 @@ class ImageStore:
                 record.extra["packages"] = list(BUILTIN_PACKAGES[name])
                 self.layers.put(record)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
         say(f"[image {name}] ready in {time.monotonic() - started:.1f}s")
         return record
 
@@ -415,7 +415,7 @@ class ImageStore:
                                  "fromTeam": base.team, **(commands or {})}
                 self.layers.put(record)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
         return record
 
     def _layer_of(self, changes: Path, staging: Path, below: list[str]

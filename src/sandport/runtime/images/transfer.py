@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tarfile
 from pathlib import Path
 from typing import IO, Any
 
 from ...errors import ImageRejected, SandportError
+from .._files import remove_tree
 from .layerstore import ImageRecord, LayerBlob, LayerStore, hex_of
 from .pull import Listener, choose_platform, host_platform
 from .reference import Reference
@@ -153,7 +153,7 @@ def import_archive(store: LayerStore, path: Path, max_bytes: int
                                             f"{result.diff_id}, not the config's {diff_id}")
                     store.publish_layer(staging, diff_id, result.size)
                 finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+                    remove_tree(staging)
             used += store.layer_size(diff_id)
             if used > max_bytes:
                 raise ImageRejected(f"the archive's image unpacks to more than this server's "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from ...errors import ImageRejected, InsufficientCapacity
+from .._files import remove_tree
 from ..safepath import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from ._layer_stream import LayerStream, Readable, ReadAhead
 from ._tar import (
@@ -348,7 +348,7 @@ class _Layer:
             return
         self._forget()
         if stat.S_ISDIR(found.st_mode):
-            shutil.rmtree(name, dir_fd=parent)  # fd-based: never follows a symlink
+            remove_tree(name, dir_fd=parent)  # fd-based: never follows a symlink
         else:
             os.unlink(name, dir_fd=parent)
 
