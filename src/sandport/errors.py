@@ -14,6 +14,7 @@
     ├── PayloadTooLarge                413 payload_too_large
     ├── ImageRejected                  422 image_rejected
     ├── StartFailed                    422 start_failed
+    ├── BuildFailed                    422 build_failed
     ├── RuntimeFailure                 500 runtime_error
     ├── RegistryFailure                502 registry_error
     │   └── RegistryAuthFailed         502 registry_auth_failed
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BadRequest",
+    "BuildFailed",
     "Conflict",
     "Forbidden",
     "ImageNotFound",
@@ -125,6 +127,13 @@ class StartFailed(SandportError):
     sandbox was stopped. The message carries the command's last output."""
 
     status, code = 422, "start_failed"
+
+
+class BuildFailed(SandportError):
+    """A Dockerfile build step failed (a RUN that exited non-zero, a build past its time
+    limit); nothing was kept. The message names the step and carries its last output."""
+
+    status, code = 422, "build_failed"
 
 
 class RuntimeFailure(SandportError):

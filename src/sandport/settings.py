@@ -62,6 +62,10 @@ class ServerSettings:
     registries_allowed: tuple[str, ...] = ()
     images_max_gib: float | None = None  # unused images beyond this are reclaimed, LRU first
     image_max_gib: float = 32.0  # one image's unpacked size, at most
+    # Dockerfile builds (control/builder.py): a build, all its steps, ends within this; its
+    # context (the tar sent) may be this large.
+    build_timeout_s: float = 3600.0
+    build_context_max_mib: int = 2048
     subnet: str = "10.77.0.0/16"  # sandboxes' private addresses, one /30 each
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
@@ -224,9 +228,12 @@ def _check_registries(settings: ServerSettings) -> None:
         raise ValidationFailed("images_max_gib must be positive")
     if settings.image_max_gib <= 0:
         raise ValidationFailed("image_max_gib must be positive")
+    if settings.build_timeout_s <= 0 or settings.build_context_max_mib <= 0:
+        raise ValidationFailed("build_timeout_s and build_context_max_mib must be positive")
 
 
-_EDGE_INTS = ("max_connections_per_address", "min_body_rate", "max_open_files")
+_EDGE_INTS = ("max_connections_per_address", "min_body_rate", "max_open_files",
+              "build_context_max_mib")
 
 
 def _check_edge_limits(settings: ServerSettings) -> None:
@@ -278,7 +285,7 @@ def _coerce(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be an integer") from None
     if name in ("header_timeout_s", "idle_timeout_s", "retain_ended_h", "images_max_gib",
-                "image_max_gib"):
+                "image_max_gib", "build_timeout_s"):
         try:
             return float(value)
         except (TypeError, ValueError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sandport.dockerignore import clean, parse_dockerignore
 from sandport.errors import ValidationFailed
-from sandport.runtime.images.dockerignore import clean, parse_dockerignore
 
 DOCS_EXAMPLE = "# comment\n*/temp*\n*/*/temp*\ntemp?\n"
 

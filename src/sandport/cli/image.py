@@ -11,10 +11,12 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
+from ..errors import ValidationFailed
 from ..models import ImageInfo
 from ..sdk import Images
+from ._build_progress import BuildDisplay
 from ._client import add_client_options, client_settings
 from ._progress import TransferDisplay, UploadDisplay, format_bytes, short_digest
 
@@ -47,8 +49,28 @@ def register(commands: Any) -> None:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(run=remove)
 
-    p = verbs.add_parser("build", help="(re)build a built-in image, showing progress")
-    p.add_argument("name", help="base, python or node")
+    p = verbs.add_parser("build", help="build an image from a Dockerfile (or, without DIR, "
+                         "a built-in image again), showing progress")
+    p.add_argument("name", help="the name to give it, e.g. myapp or myapp:1; without DIR: "
+                   "base, python or node")
+    p.add_argument("context", nargs="?", metavar="DIR",
+                   help="the build context: a directory with a Dockerfile (- reads a tar "
+                   "of one from stdin)")
+    p.add_argument("-f", "--file", metavar="DOCKERFILE",
+                   help="the Dockerfile, a path inside DIR (default: DIR/Dockerfile)")
+    p.add_argument("--build-arg", action="append", type=_build_arg, default=[],
+                   metavar="K=V", help="set an ARG of the Dockerfile (repeatable)")
+    p.add_argument("--network", choices=("none", "internet"),
+                   help="what RUN steps may reach (default: none)")
+    p.add_argument("--target", metavar="STAGE", help="build this stage, not the last")
+    p.add_argument("--start-command", metavar="LINE",
+                   help="what sandboxes made from the image start with")
+    p.add_argument("--ready-command", metavar="LINE",
+                   help="what tells that a sandbox made from the image is ready")
+    p.add_argument("--vcpus", type=int, metavar="N", help="CPUs of each RUN step's sandbox")
+    p.add_argument("--mem-mib", type=int, metavar="MIB",
+                   help="memory of each RUN step's sandbox")
+    _quiet(p)
     p.set_defaults(run=build)
 
     p = verbs.add_parser("inspect", help="print an image's detail as JSON")
@@ -165,14 +187,83 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_arg(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
+def _dockerfile(context: str, given: str | None) -> str | None:
+    """``-f`` as a path inside DIR: relative to DIR, or a path (absolute, or from here as
+    docker reads it) that lies inside DIR. Anything else is refused: only DIR is sent."""
+    if given is None:
+        path = "Dockerfile"
+    elif os.path.isabs(given) or (not os.path.exists(os.path.join(context, given))
+                                  and os.path.exists(given)):
+        # The directories resolved, not the file: a Dockerfile may be a symlink.
+        where = os.path.realpath(os.path.dirname(os.path.abspath(given)))
+        path = os.path.relpath(os.path.join(where, os.path.basename(given)),
+                               os.path.realpath(context))
+    else:
+        path = os.path.normpath(given)
+    if path == ".." or path.startswith(".." + os.sep) or os.path.isabs(path):
+        raise ValidationFailed(f"the Dockerfile {given} is outside the build context "
+                               f"{context}: only DIR is sent, so -f must name a file in it")
+    if not os.path.isfile(os.path.join(context, path)):
+        raise ValidationFailed(f"there is no Dockerfile at {os.path.join(context, path)}"
+                               + ("" if given else " (name another one with -f)"))
+    return None if given is None else path
+
+
 def build(args: argparse.Namespace) -> int:
+    build_args = dict(args.build_arg)
+    context: str | BinaryIO | None = args.context
+    dockerfile = args.file
+    if args.context is None:
+        if dockerfile is not None or build_args or any(
+                v is not None for v in (args.network, args.target, args.start_command,
+                                        args.ready_command, args.vcpus, args.mem_mib)):
+            raise ValidationFailed("-f, --build-arg, --network, --target, --start-command, "
+                                   "--ready-command, --vcpus and --mem-mib need a DIR to "
+                                   "build from")
+    elif args.context == "-":
+        context = sys.stdin.buffer  # a tar of the context; -f is a path inside it
+    elif not os.path.isdir(args.context):
+        raise ValidationFailed(f"the build context {args.context} is not a directory")
+    else:
+        dockerfile = _dockerfile(args.context, args.file)
+    display = BuildDisplay(sys.stderr, _live())
+    upload = UploadDisplay(sys.stderr, _live(), "sending the build context")
+    uploading = False
+
+    def uploaded(sent: int, total: int | None) -> None:
+        nonlocal uploading
+        upload(sent, total)
+        uploading = total is None or sent < total
+        if not uploading:
+            upload.finish("sent; building")
+
     def progress(event: dict[str, Any]) -> None:
-        if "progress" in event:
-            print(event["progress"], file=sys.stderr, flush=True)
+        nonlocal uploading
+        if uploading:  # a context of unknown size (stdin) ends when the build starts
+            uploading = False
+            upload.finish("sent; building")
+        display(event)
 
     with _images(args) as images:
-        image = images.build(args.name, on_progress=progress)
-    print(f"image {image.name} built ({image.created_at})")
+        try:
+            image = images.build(
+                args.name, context, dockerfile=dockerfile, build_args=build_args or None,
+                network=args.network, target=args.target, start_command=args.start_command,
+                ready_command=args.ready_command, vcpus=args.vcpus, mem_mib=args.mem_mib,
+                on_progress=None if args.quiet else progress,
+                on_upload=None if args.quiet else uploaded)
+        finally:
+            display.finish()
+    if not args.quiet:
+        print(_summary("built", image), file=sys.stderr)
+    print(image.name)
     return 0
 
 

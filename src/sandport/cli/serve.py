@@ -67,6 +67,10 @@ def register(commands: Any) -> None:
                         "(repeatable; default: any on an internet address)")
     p.add_argument("--images-max-gib", type=float, metavar="N",
                    help="reclaim least recently used images beyond N GiB")
+    p.add_argument("--build-timeout-s", type=float, metavar="S",
+                   help="a Dockerfile build ends within S seconds (default 3600)")
+    p.add_argument("--build-context-max-mib", type=int, metavar="N",
+                   help="a build's context (the tar sent) may be N MiB (default 2048)")
     p.add_argument("--disk-limits", choices=["auto", "on", "off"],
                    help="give each sandbox a filesystem of its diskSizeMiB: auto (where the "
                         "host can, else warn), on (refuse to start without), off "
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                                 else None),
         "registry_mirrors": tuple(args.registry_mirror) if args.registry_mirror else None,
         "images_max_gib": args.images_max_gib,
+        "build_timeout_s": args.build_timeout_s,
+        "build_context_max_mib": args.build_context_max_mib,
         "registries_allowed": tuple(args.registry_allow) if args.registry_allow else None,
         "max_connections_per_address": args.max_connections_per_address,
         "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from ..errors import ImageNotFound, PayloadTooLarge, SandportError, ValidationFa
 from ..runtime.images import BUILTIN_PACKAGES
 from ..runtime.images.pull import Event, Listener
 from ..runtime.images.reference import check_local_name, parse_reference
+from . import build_routes
 from .http import caller_team, json_body, keyed
 
 NDJSON = "application/x-ndjson"
@@ -176,10 +178,28 @@ async def delete_image(request: Request) -> Response:
 
 
 async def build_image(request: Request) -> Response:
-    """A built-in image, built again from Debian packages (NDJSON ``{"progress": line}``)."""
+    """With a body (a tar of a build context): a Dockerfile build (control/builder.py).
+    Without one: a built-in image, built again from Debian packages (NDJSON
+    ``{"progress": line}``)."""
     ctx = request.app.state.ctx
-    await caller_team(request)
+    team = await caller_team(request)
     name = request.path_params["name"]
+    if name not in BUILTIN_PACKAGES or request.query_params:
+        try:
+            check_local_name(name)
+        except ValidationFailed:
+            await _discard(request, DISCARD_BYTES)
+            raise
+    cap = min(ctx.images.max_image_bytes, ctx.settings.build_context_max_mib * 2**20)
+    staged = ctx.images.layers.tmp / f"context-{os.getpid()}-{os.urandom(4).hex()}.tar"
+    try:
+        size = await _receive(request, staged, cap, "the build context")
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    if size or request.query_params:
+        return await build_routes.dockerfile_build(request, team, name, staged, _ndjson)
+    staged.unlink(missing_ok=True)
 
     async def run(listen: Listener) -> dict[str, Any]:
         listen({"status": "building"})
@@ -187,9 +207,26 @@ async def build_image(request: Request) -> Response:
         return {"image": ctx.images.info(record).to_wire()}
 
     if name not in BUILTIN_PACKAGES:
-        raise ImageNotFound(f"image {name!r} cannot be built here; built-in images: "
-                            + ", ".join(sorted(BUILTIN_PACKAGES)))
+        raise ValidationFailed(f"send the build context (a tar with a Dockerfile) to build "
+                               f"{name!r}; only the built-in images ("
+                               + ", ".join(sorted(BUILTIN_PACKAGES)) + ") build without one")
     return await _ndjson(run)
+
+
+async def _receive(request: Request, staged: Path, cap: int, what: str) -> int:
+    """Stream the body to ``staged``; its size. Over ``cap``: PayloadTooLarge."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"{what} is larger than this server's cap of {cap} bytes")
+    size = 0
+    with staged.open("wb") as fh:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise PayloadTooLarge(f"{what} is larger than this server's cap of {cap} "
+                                      "bytes")
+            fh.write(chunk)
+    return size
 
 
 routes = [

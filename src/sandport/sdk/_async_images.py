@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -55,10 +56,44 @@ class AsyncImages:
         per blob ``"exists"`` (the registry had it), ``"uploading"``, ``"done"``."""
         return await self._stream(img.push_call(self._settings, name, ref), on_progress)
 
-    async def build(self, name: str, *, on_progress: img.OnEvent | None = None) -> ImageInfo:
-        """Build a built-in image (base, python, node) again; events are
-        ``{"progress": line}``."""
-        return await self._stream(img.build_call(self._settings, name), on_progress)
+    async def build(self, name: str, context: img.BuildContext | None = None, *,
+              dockerfile: str | None = None, build_args: Mapping[str, str] | None = None,
+              network: str | None = None, target: str | None = None,
+              start_command: str | None = None, ready_command: str | None = None,
+              vcpus: int | None = None, mem_mib: int | None = None,
+              on_progress: img.OnEvent | None = None,
+              on_upload: img.OnUpload | None = None) -> ImageInfo:
+        """Build image ``name`` from a Dockerfile, or without ``context`` build a built-in
+        image (base, python, node) again.
+
+        ``context`` is a directory (sent as a tar made while it is sent, honouring its
+        ``.dockerignore``; symlinks stay symlinks), or a tar archive of one as a path, bytes
+        or a binary file. ``dockerfile`` is its path inside the context (``Dockerfile``);
+        ``build_args`` set its ``ARG`` values; ``network`` is ``"none"`` (the default) or
+        ``"internet"`` for its ``RUN`` steps; ``target`` names the stage to build;
+        ``start_command`` and ``ready_command`` are kept with the image for the sandboxes
+        made from it; ``vcpus`` and ``mem_mib`` size each ``RUN`` step's sandbox (the
+        server's defaults otherwise). ``on_upload(sent, total)`` follows the context's
+        upload.
+
+        ``on_progress`` gets each event as the server sends it: for each base image not
+        held yet ``{"status": "pulling", "image": ref}`` then its pull's events (as
+        ``pull``'s); ``{"status": "building", "steps": N}``; per step ``{"step": i, "of": N,
+        "line": L, "instruction": "RUN make", "cached": bool}`` ("cached" for RUN, COPY and
+        ADD), then a RUN's output as ``{"step": i, "stream": "stdout", "output": text}``
+        chunks; at the end ``{"status": "built", "seconds": s, "cachedSteps": c, "steps":
+        N}``. A built-in rebuild sends ``{"progress": line}`` events instead.
+        A Dockerfile the server refuses raises ValidationFailed naming its line, a step
+        that fails BuildFailed, an oversized context PayloadTooLarge."""
+        call = img.build_call(
+            self._settings, name, with_context=context is not None,
+            dockerfile=img.dockerfile_param(context, dockerfile), build_args=build_args,
+            network=network, target=target, start_command=start_command,
+            ready_command=ready_command, vcpus=vcpus, mem_mib=mem_mib)
+        if context is None:
+            return await self._stream(call, on_progress)
+        with img.build_upload(context, dockerfile, on_upload) as upload:
+            return await self._stream(call, on_progress, upload)
 
     async def import_(self, name: str, source: img.Source, *,
                 on_progress: img.OnUpload | None = None) -> ImageInfo:
@@ -80,11 +115,15 @@ class AsyncImages:
         """Remove image ``name``; its layers go too unless another image has them."""
         await _send(self._http(), img.delete_call(self._settings, name))
 
-    async def _stream(self, call: _base.Call[T], on_progress: img.OnEvent | None) -> T:
+    async def _stream(self, call: _base.Call[T], on_progress: img.OnEvent | None,
+                upload: img.Upload | None = None) -> T:
         reader = img.ImageStream(call)
+        headers = call.headers if upload is None else {**call.headers, **upload.headers}
+        content = None if upload is None else upload.achunks()
         try:
             async with self._http().stream(call.method, call.url, json=call.json_body,
-                                     headers=call.headers, timeout=call.timeout_s) as response:
+                                     content=content, headers=headers,
+                                     timeout=call.timeout_s) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     call.parse(response.status_code, response.content)
@@ -93,7 +132,8 @@ class AsyncImages:
                     if event is not None and on_progress is not None:
                         on_progress(event)
         except httpx.HTTPError as exc:
-            raise TransportError(f"the answer from {call.url} broke off: {exc}") from None
+            sent = "" if upload is None else f" ({upload.sent} bytes of the context sent)"
+            raise TransportError(f"the answer from {call.url} broke off{sent}: {exc}") from None
         return reader.result()
 
     async def close(self) -> None:

@@ -1,5 +1,6 @@
 """Everything the images API does that is not I/O: URLs, calls, the streamed answers of
-pulls, pushes and builds, and upload bodies (``Images`` and ``AsyncImages`` send them).
+pulls, pushes and builds, and upload bodies (``Images`` and ``AsyncImages`` send them;
+a directory's build context is made in _context.py).
 
 Streamed answers are NDJSON: progress events, then one result line (``{"image": ...}``,
 a push's ``{"pushed": ..., "image": ...}``) or an error object. An error line comes after
@@ -9,18 +10,20 @@ the HTTP 200, so its class is read from its code (``error_from_code``), not a st
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..errors import SandportError, ValidationFailed, error_from_code
 from ..models import ImageInfo, PushResult
 from ..settings import ClientSettings
 from ._base import Call, _api_headers
+from ._context import ContextTar, dockerfile_name
 
 T = TypeVar("T")
 
@@ -28,6 +31,7 @@ Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
 OnUpload = Callable[[int, "int | None"], None]  # (bytes sent, total or None if unknown)
 Source = str | os.PathLike[str] | bytes | IO[bytes]
+BuildContext = Source  # a directory is made into a tar; a tar file or bytes go as they are
 
 # A pull or build line can be minutes apart: unpacking a big layer sends none meanwhile.
 STREAM_TIMEOUT_S = 900.0
@@ -97,10 +101,57 @@ def push_call(settings: ClientSettings, name: str, ref: str) -> Call[PushResult]
                 _api_headers(settings), STREAM_TIMEOUT_S)
 
 
-def build_call(settings: ClientSettings, name: str) -> Call[ImageInfo]:
-    """Streamed (``{"progress": line}`` events): read the answer with ``ImageStream``."""
-    return Call("POST", image_url(settings, name, "build"), _image_of,
-                headers=_api_headers(settings), timeout_s=STREAM_TIMEOUT_S)
+def build_call(settings: ClientSettings, name: str, *, with_context: bool = False,
+               dockerfile: str | None = None, build_args: Mapping[str, str] | None = None,
+               network: str | None = None, target: str | None = None,
+               start_command: str | None = None, ready_command: str | None = None,
+               vcpus: int | None = None, mem_mib: int | None = None) -> Call[ImageInfo]:
+    """Streamed: read the answer with ``ImageStream``. Without a context (an empty body) the
+    server builds a built-in image again; with one the body is its tar (``build_upload``)
+    and the options go in the query, each build arg as one ``buildarg=K=V``."""
+    query: list[tuple[str, str]] = []
+    for key, value in (("dockerfile", dockerfile), ("network", network), ("target", target),
+                       ("startCommand", start_command), ("readyCommand", ready_command),
+                       ("vcpus", vcpus), ("memMiB", mem_mib)):
+        if value is not None:
+            query.append((key, str(value)))
+    for arg, value in (build_args or {}).items():
+        if not isinstance(arg, str) or not arg or "=" in arg or not isinstance(value, str):
+            raise ValidationFailed(f"build arg {arg!r}={value!r}: names are non-empty "
+                                   "strings without '=', values strings")
+        query.append(("buildarg", f"{arg}={value}"))
+    if query and not with_context:
+        raise ValidationFailed("a Dockerfile, build args, a network, a target, start or ready "
+                               "commands and step limits need a build context")
+    headers = _api_headers(settings)
+    if with_context:
+        headers["content-type"] = "application/x-tar"
+    url = image_url(settings, name, "build") + (f"?{urlencode(query)}" if query else "")
+    return Call("POST", url, _image_of, headers=headers, timeout_s=STREAM_TIMEOUT_S)
+
+
+def dockerfile_param(context: BuildContext | None, dockerfile: str | None) -> str | None:
+    """The ``dockerfile`` query value: checked and cleaned against a directory context,
+    as given for an archive (only the server can look inside that)."""
+    if dockerfile is None:
+        return None
+    if isinstance(context, str | os.PathLike) and os.path.isdir(context):
+        return dockerfile_name(dockerfile)
+    return dockerfile
+
+
+def build_upload(context: BuildContext, dockerfile: str | None = None,
+                 on_progress: OnUpload | None = None) -> Upload:
+    """A build's body: the tar of a directory made as it is sent, or a tar archive (a path,
+    bytes, a binary file) sent as it is."""
+    if isinstance(context, str | os.PathLike) and os.path.isdir(context):
+        upload = Upload(ContextTar(context, dockerfile), on_progress)
+    else:
+        upload = Upload(context, on_progress)
+    if upload.total == 0:
+        upload.close()  # an empty body would ask for a built-in image instead
+        raise ValidationFailed("the build context is empty: give a directory or a tar archive")
+    return upload
 
 
 def import_call(settings: ClientSettings, name: str) -> Call[ImageInfo]:
@@ -131,7 +182,8 @@ class ImageStream(Generic[T]):
             raise SandportError("the server sent a progress line that is not an object")
         if "error" in event:
             raise error_from_code(event)
-        if any(key in event for key in RESULT_KEYS):
+        # A result's value is an object: a build's {"status": "pulling", "image": ref} is not.
+        if any(isinstance(event.get(key), dict) for key in RESULT_KEYS):
             self._result, self._done = self._parse(event), True
             return None
         return event
@@ -156,18 +208,22 @@ def _remaining_size(fh: IO[bytes]) -> int | None:
 
 
 class Upload:
-    """An import's body: read in chunks (never whole: archives can be GBs), each one
-    reported to ``on_progress(sent, total)``. A path is opened here and closed on exit;
-    a file object given is read from where it stands and left open."""
+    """An import's or a build's body: read in chunks (never whole: archives can be GBs),
+    each one reported to ``on_progress(sent, total)``. A path or a ``ContextTar`` is opened
+    here and closed on exit; a file object given is read from where it stands and left open."""
 
-    def __init__(self, source: Source, on_progress: OnUpload | None = None) -> None:
+    def __init__(self, source: Source | ContextTar, on_progress: OnUpload | None = None
+                 ) -> None:
         self._on_progress = on_progress
         self._data: bytes | None = None
         self._file: IO[bytes] | None = None
         self._owned = False
-        if isinstance(source, bytes | bytearray | memoryview):
+        if isinstance(source, ContextTar):
+            self._file, self._owned = io.BufferedReader(source, UPLOAD_CHUNK), True
+            self.total: int | None = source.size
+        elif isinstance(source, bytes | bytearray | memoryview):
             self._data = bytes(source)
-            self.total: int | None = len(self._data)
+            self.total = len(self._data)
         elif isinstance(source, str | os.PathLike):
             try:
                 self._file = open(source, "rb")  # closed by close()

@@ -189,7 +189,9 @@ class ImageStore:
             parse_reference(name)
 
     def visible(self, team: str) -> list[ImageRecord]:
-        return [r for r in self.layers.all_records() if r.team in ("", team)]
+        """The images ``team`` sees: not the build cache's (source "cache")."""
+        return [r for r in self.layers.all_records()
+                if r.team in ("", team) and r.source != "cache"]
 
     def is_built(self, name: str) -> bool:
         return self.layers.get("", name) is not None
@@ -392,30 +394,47 @@ class ImageStore:
         if base is None:
             raise Conflict("the image this sandbox was made from has been deleted since; "
                            "a snapshot needs its layers' blobs (pull or import it again)")
-        staging = self.layers.staging("snapshot")
+        return self.commit_layer(team, name, "snapshot", base.config, base.blobs, diff_ids,
+                                 changes, "sandport snapshot",
+                                 {"from": base.name, "fromDigest": base.digest,
+                                  "fromTeam": base.team, **(commands or {})})
+
+    def commit_layer(self, team: str, name: str, source: str, config: dict[str, Any],
+                     blobs: list[LayerBlob], diff_ids: list[str], changes: Path,
+                     created_by: str, extra: dict[str, Any] | None = None) -> ImageRecord:
+        """The image ``config``/``diff_ids``/``blobs`` with ``changes`` (an upper directory,
+        in overlayfs's form) as one more layer, recorded as ``name`` of ``team``: the
+        layer is unpacked from the tar written from the changes (so it is what a pull of
+        the pushed image gives) and kept zstd-compressed for pushes."""
+        staging = self.layers.staging("layer")
         try:
             (staging / "fs").mkdir(mode=0o755)
             unpacked, blob = self._layer_of(changes, staging, diff_ids)
             layer = LayerBlob(blob[0], ZSTD_LAYER, blob[1])
-            config = json.loads(json.dumps(base.config))
+            config = json.loads(json.dumps(config))
             config["rootfs"] = {"type": "layers", "diff_ids": [*diff_ids, unpacked.diff_id]}
             config["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             config["history"] = [*(config.get("history") or []),
-                                 {"created": config["created"],
-                                  "created_by": "sandport snapshot"}]
+                                 {"created": config["created"], "created_by": created_by}]
             with self.layers.writing():
                 self.layers.publish_blob(staging / "blob", layer.digest)
                 if not self.layers.has_layer(unpacked.diff_id):
                     self.layers.publish_layer(staging, unpacked.diff_id, unpacked.size)
-                size = sum(self.layers.layer_size(d) for d in config["rootfs"]["diff_ids"])
-                record = self._local_record(team, name, "snapshot", config,
-                                            [*base.blobs, layer],
-                                            [*diff_ids, unpacked.diff_id], size)
-                record.extra |= {"from": base.name, "fromDigest": base.digest,
-                                 "fromTeam": base.team, **(commands or {})}
-                self.layers.put(record)
+                return self.record_image(team, name, source, config, [*blobs, layer],
+                                         extra)
         finally:
             remove_tree(staging)
+
+    def record_image(self, team: str, name: str, source: str, config: dict[str, Any],
+                     blobs: list[LayerBlob], extra: dict[str, Any] | None = None
+                     ) -> ImageRecord:
+        """Record ``config`` (its rootfs naming layers held here) as image ``name``."""
+        diff_ids = list(config["rootfs"]["diff_ids"])
+        with self.layers.writing():
+            size = sum(self.layers.layer_size(d) for d in diff_ids)
+            record = self._local_record(team, name, source, config, blobs, diff_ids, size)
+            record.extra |= extra or {}
+            self.layers.put(record)
         return record
 
     def _layer_of(self, changes: Path, staging: Path, below: list[str]

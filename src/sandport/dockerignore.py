@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...errors import ValidationFailed
+from .errors import ValidationFailed
 
 __all__ = ["Ignore", "clean", "parse_dockerignore"]
 
