@@ -2,7 +2,7 @@
 image against the built-in python image, and what a stack of overlay layers costs.
 
     .venv/bin/python bench/images.py [--runs 3] [--samples 15] [--mounts 50] [--total-mb 220]
-                                     [--tmp /var/tmp] [--timeline]
+                                     [--tmp /var/tmp] [--timeline] [--only pull|build]
 
 Everything runs on loopback, in a temporary directory: a plain-HTTP registry
 (tests/registries.py) holding tests/oci_images.py's big image (5 layers, ~220 MB unpacked,
@@ -16,6 +16,11 @@ Everything runs on loopback, in a temporary directory: a plain-HTTP registry
 2. create → first ``exec("true")`` on one server (the tests' shared images directory), from
    the built-in ``python`` image, the pulled big image and the 1- and 20-layer images,
    round robin; each sandbox is stopped after its sample, outside the timing.
+4. Dockerfile builds (``--only build``): a build from the built-in python image (RUN steps
+   writing 20 MB, COPY of a 300-file source tree, a compile step) cold, then unchanged, then
+   with one line of one source file changed; the peer is a cold build of the same
+   Dockerfile in the same run (the ratio says what the cache saves), and ``tar -c`` of the
+   context (what sending it costs, the floor of any rebuild).
 3. Overlay mount (and first lookup, and unmount) with 1, 5, 20 and 60 lower directories,
    named as the layer store names them (so the long stacks take the fsconfig path, as real
    ones do), and what flattening the big image into one tree would cost instead.
@@ -251,6 +256,87 @@ def bench_snapshot(server: ServerProcess, mb: int, runs: int) -> dict[str, list[
     return got
 
 
+# --- 4. Dockerfile builds ----------------------------------------------------------------
+
+BUILD_DOCKERFILE = """\
+FROM python
+RUN mkdir -p /app/data && for i in 1 2 3 4; do head -c 5000000 /dev/urandom > /app/data/$i; done
+COPY requirements.txt /app/
+RUN sort /app/requirements.txt > /app/deps.txt
+COPY src/ /app/src/
+RUN python3 -m compileall -q /app/src
+ENV APP=/app
+CMD ["python3", "/app/src/main.py"]
+"""
+
+
+def build_context(root: Path) -> None:
+    (root / "src").mkdir(parents=True)
+    (root / "Dockerfile").write_text(BUILD_DOCKERFILE)
+    (root / "requirements.txt").write_text("".join(f"pkg{i}==1.{i}\n" for i in range(50)))
+    for i in range(300):
+        (root / "src" / f"mod{i}.py").write_text(
+            "".join(f"def f{j}(x):\n    return x * {j}\n\n" for j in range(40)))
+    (root / "src" / "main.py").write_text("print('main')\n")
+
+
+def timed_build(server: ServerProcess, name: str, context: Path) -> tuple[float, int]:
+    """Seconds for a build through the SDK, and how many layer steps were cached."""
+    from sandport import Images
+    events: list[dict[str, object]] = []
+    with Images(api_key=server.api_key, base_url=server.base_url) as images:
+        start = time.perf_counter()
+        images.build(name, context, on_progress=events.append)
+        took = time.perf_counter() - start
+    return took, sum(1 for e in events if e.get("cached") is True)
+
+
+def bench_build(tmp: Path, runs: int) -> dict[str, list[float]]:
+    got: dict[str, list[float]] = {"cold": [], "unchanged": [], "one_line": [], "tar": []}
+    server = ServerProcess(tmp / "build-server").start()
+    try:
+        for run in range(runs):
+            context = tmp / f"context-{run}"
+            build_context(context)
+            # a fresh cold build each run: a different RUN line keeps the cache out of it
+            (context / "Dockerfile").write_text(BUILD_DOCKERFILE.replace(
+                "mkdir -p /app/data", f"mkdir -p /app/data && echo run-{run}-{time.time()}"))
+            cold, _ = timed_build(server, f"bench-build:{run}", context)
+            unchanged, cached = timed_build(server, f"bench-build:{run}", context)
+            if cached != 5:
+                raise RuntimeError(f"an unchanged rebuild re-ran steps ({cached} of 5 cached)")
+            (context / "src" / "mod7.py").write_text(
+                (context / "src" / "mod7.py").read_text() + "# one more line\n")
+            one_line, cached = timed_build(server, f"bench-build:{run}", context)
+            start = time.perf_counter()
+            subprocess.run(["tar", "-cf", "/dev/null", "-C", str(context), "."], check=True)
+            got["tar"].append(time.perf_counter() - start)
+            got["cold"].append(cold)
+            got["unchanged"].append(unchanged)
+            got["one_line"].append(one_line)
+            print(f"  run {run}: cold {cold:.2f} s, unchanged {unchanged:.3f} s, one line "
+                  f"changed {one_line:.2f} s ({cached} of 5 steps cached)", flush=True)
+    finally:
+        server.stop_all_sandboxes()
+        with api(server) as client, contextlib.suppress(httpx.HTTPError):
+            for run in range(runs):
+                client.delete(f"/api/images/bench-build:{run}")
+        server.stop()
+    return got
+
+
+def report_build(got: dict[str, list[float]]) -> None:
+    med = {key: statistics.median(values) for key, values in got.items()}
+    print(f"\nDockerfile build (7 steps, 20 MB written, 300 source files), median of "
+          f"{len(got['cold'])}")
+    print(f"  cold build:               {med['cold']:6.2f} s")
+    print(f"  unchanged rebuild:        {med['unchanged']:6.3f} s   ratio to cold "
+          f"{med['unchanged'] / med['cold']:.3f}   (tar -c of the context "
+          f"{med['tar']:.3f} s)")
+    print(f"  one line changed:         {med['one_line']:6.2f} s   ratio to cold "
+          f"{med['one_line'] / med['cold']:.2f}")
+
+
 # --- 3. stacked overlays ---------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -338,11 +424,17 @@ def main() -> None:
     parser.add_argument("--tmp", default="/var/tmp",
                         help="where the temporary directory goes (the pulls' images dirs)")
     parser.add_argument("--snapshot-mb", type=int, default=100)
-    parser.add_argument("--only", choices=["pull"], default=None,
-                        help="only the pull figures (e.g. with --tmp on another filesystem)")
+    parser.add_argument("--only", choices=["pull", "build"], default=None,
+                        help="only the pull figures (e.g. with --tmp on another filesystem) "
+                             "or only the Dockerfile build figures")
     parser.add_argument("--timeline", action="store_true",
                         help="print the median pull's per-layer download and unpack times")
     args = parser.parse_args()
+    if args.only == "build":
+        with tempfile.TemporaryDirectory(prefix="sandport-bench-", dir=args.tmp) as tmp_name:
+            print(f"Dockerfile builds, {args.runs} runs", flush=True)
+            report_build(bench_build(Path(tmp_name), args.runs))
+        return
     if not shutil.which("skopeo"):
         sys.exit("bench/images.py needs skopeo (apt-get install skopeo)")
 

@@ -4,6 +4,7 @@ cached; and the attempts to break out of the context or the sandbox."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -31,7 +32,7 @@ def build_server(registries: Registries, tmp_path_factory: pytest.TempPathFactor
                  ) -> Iterator[ServerProcess]:
     push_image(registries.plain, "library/busybox", "1", busybox_image())
     root = tmp_path_factory.mktemp("build-server")
-    with registry_server(registries, root) as srv:
+    with registry_server(registries, root, own_images=True) as srv:
         yield srv
 
 
@@ -304,7 +305,7 @@ def test_limits_bound_a_build(registries: Registries, tmp_path: Path) -> None:
     """A build past --build-timeout-s is stopped with its sandbox; a context over
     --build-context-max-mib is refused before anything is built."""
     push_image(registries.plain, "library/busybox", "1", busybox_image())
-    with registry_server(registries, tmp_path) as srv:
+    with registry_server(registries, tmp_path, own_images=True) as srv:
         srv.stop()
         srv.env |= {"SANDPORT_BUILD_TIMEOUT_S": "4", "SANDPORT_BUILD_CONTEXT_MAX_MIB": "1"}
         srv.start()
@@ -394,3 +395,35 @@ def test_the_sdks_and_the_cli_build_a_directory(build_server: ServerProcess,
         box = made(image=name)
         assert box.exec("cat /app/hello.txt /app/who; ls /app").stdout.split("\n") == [
             "hello from the sdk", who, "hello.txt", "who", ""]
+
+
+def test_a_build_step_does_not_outlive_a_crashed_server(registries: Registries,
+                                                        tmp_path: Path) -> None:
+    """The server dies mid-RUN: on its next start the step's sandbox is stopped (its
+    build is gone), and nothing of the build is listed."""
+    import threading
+    push_image(registries.plain, "library/busybox", "1", busybox_image())
+    with registry_server(registries, tmp_path, own_images=True) as srv:
+        seen: list[dict[str, Any]] = []
+
+        def run() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                seen.extend(build(srv, "crashed:1", {
+                    "Dockerfile": "FROM busybox:1\nRUN echo started && sleep 600\n"})[1])
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not _active(srv) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        step = _active(srv)
+        assert len(step) == 1
+        srv.crash()
+        worker.join(30)
+        srv.start()
+        assert _active(srv) == []
+        with srv.client() as api:
+            detail = api.get(f"/api/sandbox/{step[0]['id']}").json()
+            names = [i["name"] for i in api.get("/api/images").json()["images"]]
+        assert detail["status"] == "closed", detail
+        assert "crashed:1" not in names and not any(n.startswith("sandport-build")
+                                                    for n in names)

@@ -56,6 +56,7 @@ from .sandboxes import SandboxService
 log = logging.getLogger("sandport.build")
 
 CACHE_PREFIX = "sandport-build:"  # + the cache key's hex: a build cache image's name
+BUILD_STEP_IMAGE = CACHE_PREFIX + "run-"  # what a RUN step's sandbox is made from
 MAX_DOCKERFILE_BYTES = 1 << 20
 OUTPUT_TAIL = 3000
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -268,7 +269,7 @@ class Builder:
         config = json.loads(json.dumps(state.config))
         config["config"]["WorkingDir"] = "/"
         base = await asyncio.to_thread(self.images.record_image, run.team,
-                                       CACHE_PREFIX + "run-" + state.key, "cache", config,
+                                       BUILD_STEP_IMAGE + state.key, "cache", config,
                                        state.blobs, {"shell": list(state.shell)})
         request = CreateSandbox(
             image_name=base.name, timeout_minutes=max(1, int(run.options.timeout_s // 60) + 1),
@@ -625,5 +626,5 @@ def _apply_ignore(context: Path, ignore: Ignore) -> None:
             pass
 
 
-__all__ = ["BuildOptions", "Builder", "CACHE_PREFIX"]
+__all__ = ["BUILD_STEP_IMAGE", "CACHE_PREFIX", "BuildOptions", "Builder"]
 

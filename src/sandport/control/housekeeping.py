@@ -16,6 +16,7 @@ from ..errors import SandportError
 from ..runtime import RealState
 from ..store import RecordStatus, SandboxRecord
 from . import lifecycle
+from .builder import BUILD_STEP_IMAGE
 from .sandboxes import SandboxService
 
 log = logging.getLogger("sandport.control")
@@ -131,6 +132,10 @@ class Housekeeping:
     async def _reconcile_one(self, record: SandboxRecord) -> str:
         """Finish or undo what one sandbox was doing; which count it goes to."""
         state = await self.runtime.settle(record.id)
+        if record.image_name.startswith(BUILD_STEP_IMAGE):  # its build ended with the server
+            await self.runtime.destroy(record.id)
+            await self.sandboxes.finish(record, "closed", "its build ended with the server")
+            return "interrupted"
         if record.status == "creating":  # nothing of the user's is in it yet
             await self.runtime.destroy(record.id)
             await self.sandboxes.finish(record, "error",

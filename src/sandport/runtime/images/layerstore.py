@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import read_json, remove_tree
+from ..mounts import unmount_below
 
 DIGEST_CHARS = frozenset("0123456789abcdef")
 
@@ -123,6 +124,7 @@ class LayerStore:
         with self.writing():
             for leftover in self.tmp.iterdir():
                 if leftover.stat().st_mtime < time.time() - 3600:
+                    unmount_below(leftover)  # a build's overlays (control/builder.py)
                     remove_tree(leftover)
 
     # -- locks ------------------------------------------------------------------------
