@@ -47,6 +47,8 @@ def build_options(request: Request) -> BuildOptions:
     for key, value in query.multi_items():
         if len(value) > MAX_QUERY_VALUE:
             raise ValidationFailed(f"{key} is longer than {MAX_QUERY_VALUE} characters")
+        if "\0" in value:
+            raise ValidationFailed(f"{key} holds a NUL character")
     args: dict[str, str] = {}
     for item in query.getlist("buildarg"):
         key, sep, value = item.partition("=")
@@ -67,7 +69,9 @@ def build_options(request: Request) -> BuildOptions:
         vcpus=_int(query.get("vcpus"), "vcpus", 1, 1, limits.cpus),
         mem_mib=_int(query.get("memMiB"), "memMiB", min(1024, limits.mem_mib), MIN_MEM_MIB,
                      limits.mem_mib),
-        timeout_s=ctx.settings.build_timeout_s)
+        timeout_s=ctx.settings.build_timeout_s,
+        context_max_bytes=min(ctx.images.max_image_bytes,
+                              ctx.settings.build_context_max_mib * 2**20))
 
 
 def _int(text: str | None, key: str, default: int, low: int, high: int) -> int:
@@ -87,7 +91,7 @@ async def dockerfile_build(request: Request, team: str, name: str, context: Path
     except BaseException:
         context.unlink(missing_ok=True)
         raise
-    builder = Builder(ctx.images, ctx.sandboxes, ctx.runtime)
+    builder = Builder(ctx.images, ctx.sandboxes, ctx.runtime, ctx.builds)
 
     async def run(listen: Listener) -> dict[str, Any]:
         try:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,9 +34,11 @@ import os
 import posixpath
 import stat
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..dockerignore import Ignore, parse_dockerignore
 from ..errors import BuildFailed, NotFound, PayloadTooLarge, SandportError, ValidationFailed
@@ -49,13 +53,16 @@ from ..runtime.images.store import DEFAULT_ENV
 from ..runtime.images.unpack import UnpackLimits, unpack_layer
 from ..runtime.mounts import mount_overlay, unmount
 from ..runtime.safepath import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
-from ..runtime.sandboxfs import ROOT, SandboxFS, User
+from ..runtime.sandboxfs import MAX_ID, ROOT, SandboxFS, User
 from .requests import CreateSandbox, NetworkPolicy
 from .sandboxes import SandboxService
 
 log = logging.getLogger("sandport.build")
+T = TypeVar("T")
 
-CACHE_PREFIX = "sandport-build:"  # + the cache key's hex: a build cache image's name
+# + the cache key's hex: a build cache image's name. No name a user can give (a local
+# name or a registry reference) starts with "@": the API cannot reach or make one.
+CACHE_PREFIX = "@build/"
 BUILD_STEP_IMAGE = CACHE_PREFIX + "run-"  # what a RUN step's sandbox is made from
 MAX_DOCKERFILE_BYTES = 1 << 20
 OUTPUT_TAIL = 3000
@@ -77,6 +84,7 @@ class BuildOptions:
     mem_mib: int = 1024
     disk_mib: int = 8192
     timeout_s: float = 3600.0
+    context_max_bytes: int = 2 << 30
 
 
 @dataclass(slots=True)
@@ -87,12 +95,14 @@ class State:
     blobs: list[LayerBlob]
     config: dict[str, Any]
     shell: tuple[str, ...] = DEFAULT_SHELL
+    size: int = 0  # the layers' bytes
 
     @classmethod
     def of(cls, record: ImageRecord) -> State:
         config = json.loads(json.dumps(record.config))
         shell = tuple(record.extra.get("shell") or DEFAULT_SHELL)
-        return cls(list(record.diff_ids), list(record.blobs), config, shell)
+        return cls(list(record.diff_ids), list(record.blobs), config, shell,
+                   record.size_bytes)
 
     @classmethod
     def scratch(cls) -> State:
@@ -122,55 +132,75 @@ class State:
 
     def note(self, created_by: str) -> None:
         """A history entry for a step that makes no layer."""
-        self.config["history"] = [*(self.config.get("history") or []),
-                                  {"created": _now(), "created_by": created_by,
-                                   "empty_layer": True}]
+        self.config.setdefault("history", []).append(
+            {"created": _now(), "created_by": created_by, "empty_layer": True})
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class BuildSlots:
+    """What builds share on one server: at most ``PER_TEAM`` at once per team (the rest
+    wait their turn), and threads of their own for copying and hashing, so that a big
+    context does not take the threads every other request runs on."""
+
+    PER_TEAM = 2
+    THREADS = 4
+
+    def __init__(self) -> None:
+        self._teams: dict[str, asyncio.Semaphore] = {}
+        self.pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="build")
+
+    def team(self, team: str) -> asyncio.Semaphore:
+        return self._teams.setdefault(team, asyncio.Semaphore(self.PER_TEAM))
+
+
 class Builder:
-    def __init__(self, images: ImageStore, sandboxes: SandboxService, runtime: Runtime) -> None:
+    def __init__(self, images: ImageStore, sandboxes: SandboxService, runtime: Runtime,
+                 slots: BuildSlots) -> None:
         self.images = images
         self.sandboxes = sandboxes
         self.runtime = runtime
+        self.slots = slots
 
     # -- the build ------------------------------------------------------------------------
     async def build(self, team: str, name: str, context_tar: Path, options: BuildOptions,
                     listen: Listener) -> ImageRecord:
         """Build ``name`` of ``team``; within ``options.timeout_s`` (a RUN still going then
         is stopped with its sandbox), with a grace for the clean-up after it."""
-        deadline = time.monotonic() + options.timeout_s
-        try:
-            return await asyncio.wait_for(
-                self._build(team, name, context_tar, options, listen, deadline),
-                options.timeout_s + CLEANUP_GRACE_S)
-        except TimeoutError:
-            raise _timed_out(options) from None
+        slot = self.slots.team(team)
+        if slot.locked():
+            listen({"status": "queued"})
+        async with slot:
+            deadline = time.monotonic() + options.timeout_s
+            try:
+                return await asyncio.wait_for(
+                    self._build(team, name, context_tar, options, listen, deadline),
+                    options.timeout_s + CLEANUP_GRACE_S)
+            except TimeoutError:
+                raise _timed_out(options) from None
 
     async def _build(self, team: str, name: str, context_tar: Path, options: BuildOptions,
                      listen: Listener, deadline: float) -> ImageRecord:
         started = time.monotonic()
         staging = self.images.layers.staging("build")
+        run = _Run(team, options, listen, deadline, staging, staging / "context", 0,
+                   self.slots.pool)
         try:
-            context = staging / "context"
-            text = await asyncio.to_thread(self._receive, context_tar, context,
-                                           options.dockerfile)
-            parsed = parse_dockerfile(text, options.build_args)
+            text = await run.blocking(self._receive, context_tar, run.context, options)
+            parsed = await run.blocking(parse_dockerfile, text, options.build_args)
             needed = parsed.needed_for(parsed.stage(options.target))
             images: dict[str, ImageRecord] = {}
             for ref in _external(parsed, needed):
                 listen({"status": "pulling", "image": ref})
                 images[ref] = await self.images.ensure(team, ref, listen)
-            parsed = parse_dockerfile(text, options.build_args, base_env={
+            parsed = await run.blocking(parse_dockerfile, text, options.build_args, base_env={
                 ref: State.of(record).env() for ref, record in images.items()})
             target = parsed.stage(options.target)
             needed = parsed.needed_for(target)
-            total = sum(1 + len(stage.instructions) for stage in needed)
+            total = run.total = sum(1 + len(stage.instructions) for stage in needed)
             listen({"status": "building", "steps": total})
-            run = _Run(team, options, listen, deadline, staging, context, total)
             states: dict[int, State] = {}
             for stage in needed:
                 states[stage.index] = await self._stage(run, stage, images, states)
@@ -181,22 +211,25 @@ class Builder:
             if options.ready_command:
                 extra["readyCommand"] = options.ready_command
             final.config["created"] = _now()
-            record = await asyncio.to_thread(self.images.record_image, team, name, "built",
-                                             final.config, final.blobs, extra)
+            record = await run.blocking(self.images.record_image, team, name, "built",
+                                        final.config, final.blobs, extra)
         finally:
+            await run.settle()  # a step's thread still copying into staging, say
             await asyncio.to_thread(remove_tree, staging)
+        await self.images.reclaim()
         listen({"status": "built", "seconds": round(time.monotonic() - started, 3),
                 "cachedSteps": run.cached, "steps": total})
         log.info("team %s built %s (%s): %d steps, %d cached, %.2f s", team or "-", name,
                  record.digest, total, run.cached, time.monotonic() - started)
         return record
 
-    def _receive(self, tar: Path, context: Path, dockerfile: str) -> str:
+    def _receive(self, tar: Path, context: Path, options: BuildOptions) -> str:
         """Unpack the context, read its Dockerfile, drop what .dockerignore excludes."""
         context.mkdir(mode=0o700)
+        dockerfile = options.dockerfile
         if tar.stat().st_size:
-            with tar.open("rb") as fh:
-                unpack_layer(fh, context, (), UnpackLimits(max_bytes=self.images.max_image_bytes))
+            with tar.open("rb") as fh:  # the cap holds for what it unpacks to, too
+                unpack_layer(fh, context, (), UnpackLimits(max_bytes=options.context_max_bytes))
         text = _read_text(context, dockerfile, "the Dockerfile")
         if text is None:
             raise ValidationFailed(f"the build context has no {dockerfile!r} (send the "
@@ -236,7 +269,7 @@ class Builder:
         key = _cache_key(state, ins, inputs)
         if ins.keyword != "RUN":
             # what a COPY reads is part of its key: hash it (this needs the source mounted)
-            digest = await asyncio.to_thread(self._sources_digest, run, ins, source_state)
+            digest = await run.blocking(self._sources_digest, run, ins, source_state)
             key = _cache_key(state, ins, {"sources": digest, "key": key})
         cached = self.images.layers.get(run.team, CACHE_PREFIX + key)
         if cached is not None and all(self.images.layers.has_layer(d)
@@ -247,19 +280,28 @@ class Builder:
         run.step(ins.line, ins.original, False)
         changes = run.staging / f"changes-{run.count}"
         try:
+            room = min(self.images.max_image_bytes - state.size, run.options.disk_mib << 20)
             if ins.keyword == "RUN":
                 await self._run_step(run, state, ins)
+                await self._collect_run(run, changes, max(room, 0))
             else:
-                await asyncio.to_thread(self._copy_step, run, state, ins, source_state,
-                                        changes)
-            if ins.keyword == "RUN":
-                await self._collect_run(run, changes)
-            record = await asyncio.to_thread(
+                try:
+                    await run.blocking(self._copy_step, run, state, ins, source_state,
+                                       changes, room)
+                except OSError as exc:  # what the image's own files made impossible
+                    raise BuildFailed(f"line {ins.line}: {ins.original}: "
+                                      f"{exc.strerror or exc}") from None
+            record = await run.blocking(
                 self.images.commit_layer, run.team, CACHE_PREFIX + key, "cache",
                 state.config, state.blobs, state.diff_ids, changes / "upper",
                 ins.original, {"shell": list(state.shell)})
         finally:
+            await run.settle()
             await asyncio.to_thread(remove_tree, changes)
+        if record.size_bytes > self.images.max_image_bytes:
+            raise PayloadTooLarge(f"line {ins.line}: the image would be {record.size_bytes} "
+                                  f"bytes, over this server's cap of "
+                                  f"{self.images.max_image_bytes}")
         return State.of(record)
 
     async def _run_step(self, run: _Run, state: State, ins: Instruction) -> None:
@@ -268,7 +310,7 @@ class Builder:
         # would make a missing one as root, where the step makes it as the image's user.
         config = json.loads(json.dumps(state.config))
         config["config"]["WorkingDir"] = "/"
-        base = await asyncio.to_thread(self.images.record_image, run.team,
+        base = await run.blocking(self.images.record_image, run.team,
                                        BUILD_STEP_IMAGE + state.key, "cache", config,
                                        state.blobs, {"shell": list(state.shell)})
         request = CreateSandbox(
@@ -276,7 +318,14 @@ class Builder:
             vcpus=run.options.vcpus, mem_mib=run.options.mem_mib,
             disk_size_mib=run.options.disk_mib,
             network=NetworkPolicy(allow_internet_access=run.options.internet))
-        record = await asyncio.ensure_future(self.sandboxes.create(run.team, request))
+        creating = asyncio.ensure_future(self.sandboxes.create(run.team, request))
+        try:
+            record = await asyncio.shield(creating)
+        except asyncio.CancelledError:  # the build was given up: the sandbox is not kept
+            with contextlib.suppress(Exception):
+                made = await creating
+                await self.sandboxes.stop(run.team, made.id, "build step ended")
+            raise
         run.sandbox = record.id
         try:
             await self._run_in(run, record.id, state, ins)
@@ -286,13 +335,16 @@ class Builder:
 
     async def _run_in(self, run: _Run, sandbox_id: str, state: State, ins: Instruction
                       ) -> None:
-        user = await asyncio.to_thread(self._user_and_workdir, sandbox_id, state)
+        user = await run.blocking(self._user_and_workdir, sandbox_id, state)
         env = {k: v for k, v in ins.build_env.items() if k not in state.env()}
         if "HOME" not in state.env():
             env["HOME"] = user.home
         argv = tuple(ins.args) if ins.json_form else (*state.shell, ins.args[0])
         if ins.json_form and "/" not in argv[0]:
             argv = (*EXEC_ARGV, *argv)
+        if any("\0" in word for word in (*argv, *env, *env.values())):
+            raise ValidationFailed(f"line {ins.line}: the command or its environment holds "
+                                   "a NUL character")
         output = _Output(run)
         try:
             channel = await self.runtime.start_command(sandbox_id, CommandRequest(
@@ -328,12 +380,13 @@ class Builder:
         finally:
             os.close(root)
 
-    async def _collect_run(self, run: _Run, changes: Path) -> None:
+    async def _collect_run(self, run: _Run, changes: Path, room: int) -> None:
+        """The step's changes (at most ``room`` bytes, sparse files at their length: the
+        sandbox's disk size, or what is left of the image cap) into ``changes/upper``."""
         assert run.sandbox is not None
         changes.mkdir(mode=0o700)
         try:
-            await self.runtime.copy_changes(run.sandbox, changes / "upper",
-                                            self.images.max_image_bytes)
+            await self.runtime.copy_changes(run.sandbox, changes / "upper", room)
         finally:
             await self._end_sandbox(run)
 
@@ -353,7 +406,7 @@ class Builder:
             return buildcopy.sources_digest(root, paths)
 
     def _copy_step(self, run: _Run, state: State, ins: Instruction, source: State | None,
-                   changes: Path) -> None:
+                   changes: Path, room: int) -> None:
         changes.mkdir(mode=0o700)
         with self._source_root(run, source, "source") as src, \
                 _Overlay(self.images, state.diff_ids, changes) as dst:
@@ -367,7 +420,7 @@ class Builder:
             buildcopy.copy_sources(
                 src, paths, dst, absolute, into_dir=into_dir, owner=owner, mode=mode,
                 extract=ins.extract_archives, staging=changes / "archive",
-                budget=buildcopy.CopyBudget(self.images.max_image_bytes))
+                budget=buildcopy.CopyBudget(room))
 
     def _source_root(self, run: _Run, source: State | None, label: str) -> _Root:
         if source is None:
@@ -387,9 +440,24 @@ class _Run:
     staging: Path
     context: Path
     total: int
+    pool: ThreadPoolExecutor
     count: int = 0
     cached: int = 0
     sandbox: str | None = None
+    working: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on the builds' threads; the build waits for it (settle) before it
+        removes what the thread may still be writing into."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args, **kwargs))
+        self.working.add(future)
+        future.add_done_callback(self.working.discard)
+        return await asyncio.shield(future)
+
+    async def settle(self) -> None:
+        if self.working:
+            await asyncio.wait(set(self.working))
 
     def step(self, line: int, text: str, cached: bool | None) -> None:
         self.count += 1
@@ -498,7 +566,7 @@ def _external(parsed: Dockerfile, needed: tuple[Stage, ...]) -> list[str]:
 
 def _copy_state(state: State) -> State:
     return State(list(state.diff_ids), list(state.blobs),
-                 json.loads(json.dumps(state.config)), state.shell)
+                 json.loads(json.dumps(state.config)), state.shell, state.size)
 
 
 def _cache_key(state: State, ins: Instruction, inputs: dict[str, Any]) -> str:
@@ -522,7 +590,7 @@ def _configure(state: State, ins: Instruction) -> None:
         env.update({k: v or "" for k, v in ins.pairs})
         state.set_env(env)
     elif kw == "LABEL":
-        inner["Labels"] = {**(inner.get("Labels") or {}), **{k: v or "" for k, v in ins.pairs}}
+        inner.setdefault("Labels", {}).update({k: v or "" for k, v in ins.pairs})
     elif kw == "WORKDIR":
         inner["WorkingDir"] = posixpath.normpath(posixpath.join(state.workdir(), ins.args[0]))
     elif kw == "USER":
@@ -558,6 +626,9 @@ def _owner(root: int, spec: str) -> buildcopy.Owner:
     """``--chown=user[:group]`` resolved in the image's own /etc/passwd and /etc/group."""
     who, _, group = spec.partition(":")
     fs = SandboxFS(root)
+    for part in (who, group):
+        if part.isdigit() and int(part) > MAX_ID:
+            raise ValidationFailed(f"--chown={spec}: an id is at most {MAX_ID}")
     if who.isdigit():
         uid, gid = int(who), int(who)
     else:
@@ -626,5 +697,5 @@ def _apply_ignore(context: Path, ignore: Ignore) -> None:
             pass
 
 
-__all__ = ["BUILD_STEP_IMAGE", "CACHE_PREFIX", "BuildOptions", "Builder"]
+__all__ = ["BUILD_STEP_IMAGE", "CACHE_PREFIX", "BuildOptions", "BuildSlots", "Builder"]
 

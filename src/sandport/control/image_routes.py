@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from . import build_routes
 from .http import caller_team, json_body, keyed
 
 NDJSON = "application/x-ndjson"
+log = logging.getLogger("sandport.images")
 _READY = frozenset({"pulling", "building", "pushing"})  # the first event past resolving
 
 
@@ -75,6 +77,10 @@ async def _ndjson(run: Callable[[Listener], Awaitable[dict[str, Any]]]) -> Respo
             last: dict[str, Any] = await task
         except SandportError as exc:
             last = exc.to_wire()
+        except Exception:  # a bug: said as one, the stream still ends with an error object
+            log.exception("an image operation failed")
+            last = SandportError("the operation failed on the server (its log says why)"
+                                 ).to_wire()
         yield (json.dumps(last) + "\n").encode()
 
     return StreamingResponse(stream(), media_type=NDJSON)

@@ -68,9 +68,11 @@ SNAPSHOT_COPY_TIMEOUT_S = 600.0  # a snapshot's copy: the sandbox is frozen mean
 
 
 async def _du_bytes(path: Path) -> int:
-    """Bytes the tree holds on disk (du: one pass of stats, no reads)."""
+    """Bytes the tree's files hold, sparse ones at their full length, as a layer made of
+    them will (du --apparent-size: one pass of stats, no reads)."""
     proc = await asyncio.create_subprocess_exec(
-        "du", "-s", "-x", "-B1", "--", str(path), stdout=asyncio.subprocess.PIPE,
+        "du", "-s", "-x", "-B1", "--apparent-size", "--", str(path),
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     out, _ = await proc.communicate()
     try:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..control.builder import BuildSlots
 from ..control.requests import HostLimits
 from ..control.sandboxes import SandboxService
 from ..runtime import Runtime
@@ -25,6 +26,7 @@ class AppContext:
     sandboxes: SandboxService
     limits: HostLimits
     sessions: RuntimeSessions = field(default_factory=RuntimeSessions)
+    builds: BuildSlots = field(default_factory=BuildSlots)
     clock: Callable[[], float] = field(default=time.time)
 
 

@@ -241,42 +241,58 @@ def _is_dir(root: int, path: str) -> bool:
 
 def _make_dirs(root: int, path: str, owner: Owner) -> int:
     """A descriptor of directory ``path`` in ``root`` (resolved inside it), made with its
-    missing parents if need be: the last one owned by ``owner``, the others by root."""
-    rel = relative(path)
-    try:
-        return openat2(root, rel, _DIR, resolve=_INSIDE)
-    except FileNotFoundError:
-        pass
-    except NotADirectoryError:
-        raise ValidationFailed(f"{path!r} is not a directory in the image") from None
+    missing parents if need be: the last one owned by ``owner``, the others by root. A
+    dangling symlink on the way is made as what it points to (as ``mkdir -p`` through
+    it would), at most ``MAX_HOPS`` of them; a loop or a file on the way is an error
+    naming the path in the image."""
+    wanted = relative(path)
+    for _ in range(MAX_HOPS):
+        try:
+            return openat2(root, wanted, _DIR, resolve=_INSIDE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ValidationFailed(f"'/{wanted}' cannot be a directory in the image: "
+                                   f"{exc.strerror}") from None
+        redirected = _make_missing(root, wanted, owner)
+        if redirected is None:
+            continue
+        wanted = redirected
+    raise ValidationFailed(f"'{path}' goes through too many symbolic links in the image")
+
+
+MAX_HOPS = 40
+
+
+def _make_missing(root: int, rel: str, owner: Owner) -> str | None:
+    """Make the missing directories of ``rel``; None when made, else the path to try
+    instead (a dangling symlink on the way points elsewhere)."""
     parts = rel.split("/")
     for depth in range(1, len(parts) + 1):
         here = "/".join(parts[:depth])
         try:
             os.close(openat2(root, here, _DIR, resolve=_INSIDE))
             continue
-        except NotADirectoryError:
-            raise ValidationFailed(f"'/{here}' is not a directory in the image") from None
         except FileNotFoundError:
             pass
-        parent = openat2(root, "/".join(parts[:depth - 1]) or ".", _DIR, resolve=_INSIDE)
-        try:
+        except OSError as exc:
+            raise ValidationFailed(f"'/{here}' cannot be a directory in the image: "
+                                   f"{exc.strerror}") from None
+        with _opened(openat2(root, "/".join(parts[:depth - 1]) or ".", _DIR,
+                             resolve=_INSIDE)) as parent:
+            name = parts[depth - 1]
             try:
-                os.mkdir(parts[depth - 1], 0o755, dir_fd=parent)
-            except FileExistsError:  # a dangling symlink: make what it points to
-                target = os.readlink(parts[depth - 1], dir_fd=parent)
-                return _make_dirs(root, posixpath.join("/" + "/".join(parts[:depth - 1]),
-                                                       target, *parts[depth:]), owner)
-            made = openat2(parent, parts[depth - 1], _DIR | os.O_NOFOLLOW, resolve=_BELOW)
-            try:
+                os.mkdir(name, 0o755, dir_fd=parent)
+            except FileExistsError:  # a dangling symlink: make what it points to instead
+                target = os.readlink(name, dir_fd=parent)
+                return relative(posixpath.join("/" + "/".join(parts[:depth - 1]), target,
+                                               *parts[depth:]))
+            with _opened(openat2(parent, name, _DIR | os.O_NOFOLLOW,
+                                 resolve=_BELOW)) as made:
                 os.fchmod(made, 0o755)
                 if depth == len(parts):
                     os.fchown(made, owner.uid, owner.gid)
-            finally:
-                os.close(made)
-        finally:
-            os.close(parent)
-    return openat2(root, rel, _DIR, resolve=_INSIDE)
+    return None
 
 
 def _copy_tree(src_dir: int, dst_dir: int, owner: Owner | None, mode: int | None,

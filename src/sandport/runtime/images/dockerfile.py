@@ -55,6 +55,7 @@ _WHY_NOT = {
     "security": "build steps never run privileged",
 }
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9._-]*")
+MAX_INSTRUCTIONS = 2000  # each is a step of the build (real Dockerfiles have tens)
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,17 @@ def parse_dockerfile(text: str, build_args: Mapping[str, str], *,
                      base_env: Mapping[str, Mapping[str, str]] | None = None,
                      arch: str | None = None) -> Dockerfile:
     """The stages of ``text``, or ValidationFailed naming the line that is wrong."""
+    if "\0" in text:
+        raise ValidationFailed("the Dockerfile holds a NUL character")
     try:
         escape, lines = words.read_lines(text)
     except DockerfileError as error:
         raise ValidationFailed(f"Dockerfile {error}") from None
     if not lines:
         raise ValidationFailed("the Dockerfile is empty: it needs at least a FROM line")
+    if len(lines) > MAX_INSTRUCTIONS:
+        raise ValidationFailed(f"the Dockerfile has {len(lines)} instructions; at most "
+                               f"{MAX_INSTRUCTIONS} are built here")
     parser = _Parser(escape, build_args, base_env or {}, arch or host_arch())
     for line, logical in lines:
         try:
