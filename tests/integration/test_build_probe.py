@@ -315,7 +315,9 @@ def test_a_huge_build_arg_is_refused_and_the_server_lives(srv: ServerProcess,
     finally:
         conn.close()
     print(f"a {size} byte build arg: {status} {text[:200]}")
-    assert status in (400, 413, 414, 431), (status, text[:300])
+    # 431, or (the head still being sent when the server answered and closed) a reset
+    cut = status == -1 and ("Reset" in text or "BrokenPipe" in text)
+    assert status in (400, 413, 414, 431) or cut, (status, text[:300])
     with srv.client() as api:
         assert api.get("/api/health").status_code == 200
 
