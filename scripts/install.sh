@@ -43,8 +43,10 @@ fi
 # Image pull tests (test tools only): docker-registry is CNCF distribution 2.8, run by the
 # tests as real plain, basic-auth and token-auth registries on loopback; skopeo is a second,
 # independent registry client that reads back what the tests push; busybox-static is the
-# tests' images' base layer (one static binary, no libc to copy).
-test_packages=(docker-registry skopeo busybox-static)
+# tests' images' base layer (one static binary, no libc to copy); dnsmasq-base is the
+# upstream resolver of the tests' own "world" namespace (sandboxes' lookups go there, never
+# to the host's resolvers).
+test_packages=(docker-registry skopeo busybox-static dnsmasq-base)
 if [ "$extra" = "test" ]; then
     missing=()
     for p in "${test_packages[@]}"; do

@@ -20,6 +20,8 @@ import httpx
 
 from sandport import Sandbox
 
+from .dns_world import dns_world
+
 IMAGES_DIR = Path(os.environ.get("SANDPORT_TEST_IMAGES_DIR", "/var/tmp/sandport-test-images"))
 API_KEY = "spk_test_" + os.urandom(8).hex()
 START_TIMEOUT_S = 600  # a first start builds the python image
@@ -52,6 +54,8 @@ class ServerProcess:
                # No test reaches Docker Hub: its names go to a loopback port that refuses,
                # unless a test mirrors docker.io to one of its own registries.
                "SANDPORT_REGISTRY_MIRRORS": f"docker.io=http://127.0.0.1:{CLOSED_PORT}",
+               # Sandboxes' lookups go to the tests' own resolver, never the host's.
+               "SANDPORT_DNS_UPSTREAMS": dns_world().address,
                **self.env}
         env.pop("SANDPORT_BASE_URL", None)
         with open(self.log_path, "ab") as log:

@@ -11,7 +11,16 @@ import pytest
 from sandport import Sandbox
 
 from ._server import ServerProcess
+from .dns_world import dns_world
 from .registries import Registries
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dns_world() -> None:
+    """The tests' upstream resolver, up before any test looks at the host (as root only:
+    the unit suite runs without)."""
+    if os.geteuid() == 0:
+        dns_world()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

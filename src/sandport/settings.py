@@ -18,6 +18,24 @@ from typing import Any
 from .errors import ValidationFailed
 from .proxy.urls import PublicUrls
 
+Upstream = tuple[str, int]
+
+
+def parse_upstream(text: str) -> Upstream:
+    """``ADDR`` or ``ADDR:PORT`` (``[v6]:PORT``): an upstream resolver's address."""
+    host, port = text.strip(), 53
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif host.count(":") == 1:
+        host, _, given = host.partition(":")
+        port = int(given)
+    ipaddress.ip_address(host)  # ValueError unless an address
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
 
@@ -67,6 +85,9 @@ class ServerSettings:
     build_timeout_s: float = 3600.0
     build_context_max_mib: int = 2048
     subnet: str = "10.77.0.0/16"  # sandboxes' private addresses, one /30 each
+    # Where sandboxes' resolvers send their queries ("ADDR" or "ADDR:PORT"); default: the
+    # host's own resolvers (the nameserver lines of /etc/resolv.conf).
+    dns_upstreams: tuple[str, ...] = ()
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
     seccomp_source: Path = Path("/usr/share/containers/seccomp.json")
@@ -228,6 +249,12 @@ def _check_registries(settings: ServerSettings) -> None:
         raise ValidationFailed("images_max_gib must be positive")
     if settings.image_max_gib <= 0:
         raise ValidationFailed("image_max_gib must be positive")
+    for upstream in settings.dns_upstreams:
+        try:
+            parse_upstream(upstream)
+        except ValueError:
+            raise ValidationFailed(f"dns_upstreams: {upstream!r} must be an address, or "
+                                   "ADDRESS:PORT") from None
     if settings.build_timeout_s <= 0 or settings.build_context_max_mib <= 0:
         raise ValidationFailed("build_timeout_s and build_context_max_mib must be positive")
 
@@ -266,7 +293,7 @@ def _coerce(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be a number") from None
     if name in ("trusted_proxies", "registry_cas", "insecure_registries", "registry_mirrors",
-                "registries_allowed"):
+                "registries_allowed", "dns_upstreams"):
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)

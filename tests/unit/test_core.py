@@ -97,6 +97,9 @@ def test_server_settings_precedence(tmp_path: Path) -> None:
     ({"subnet": "fd00::/64"}, "subnet"),
     ({"config": "/does/not/exist.toml"}, "config"),
     ({"default_timeout_minutes": "soon"}, "integer"),
+    ({"dns_upstreams": "resolver.example"}, "dns_upstreams"),
+    ({"dns_upstreams": "203.0.113.2:0"}, "dns_upstreams"),
+    ({"build_timeout_s": "0"}, "build_timeout_s"),
 ])
 def test_server_settings_errors(flags: dict[str, str], message: str) -> None:
     with pytest.raises(errors.ValidationFailed, match=message):

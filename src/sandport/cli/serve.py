@@ -67,6 +67,9 @@ def register(commands: Any) -> None:
                         "(repeatable; default: any on an internet address)")
     p.add_argument("--images-max-gib", type=float, metavar="N",
                    help="reclaim least recently used images beyond N GiB")
+    p.add_argument("--dns-upstream", action="append", metavar="ADDR[:PORT]",
+                   help="where sandboxes' resolvers forward queries (repeatable; default: "
+                        "the host's resolvers, from /etc/resolv.conf)")
     p.add_argument("--build-timeout-s", type=float, metavar="S",
                    help="a Dockerfile build ends within S seconds (default 3600)")
     p.add_argument("--build-context-max-mib", type=int, metavar="N",
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "registry_mirrors": tuple(args.registry_mirror) if args.registry_mirror else None,
         "images_max_gib": args.images_max_gib,
         "build_timeout_s": args.build_timeout_s,
+        "dns_upstreams": tuple(args.dns_upstream) if args.dns_upstream else None,
         "build_context_max_mib": args.build_context_max_mib,
         "registries_allowed": tuple(args.registry_allow) if args.registry_allow else None,
         "max_connections_per_address": args.max_connections_per_address,

@@ -182,6 +182,11 @@ def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
         # Replies on connections the host opened (proxy, agent); the host itself is never
         # a destination (its INPUT rules drop what a sandbox starts, whatever this says).
         f"-A OUTPUT -d {lease.host_ip}/32 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    ]
+    if policy.lets_out:  # its resolver, on the host's end of its veth (runtime/dns.py)
+        lines += [f"-A OUTPUT -d {lease.host_ip}/32 -p {proto} --dport 53 -j ACCEPT"
+                  for proto in ("udp", "tcp")]
+    lines += [
         f"-A OUTPUT -d {lease.host_ip}/32 {refuse}",
     ]
     lines += [f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in policy.allow_out]
@@ -205,8 +210,12 @@ async def _way_out(lease: Lease, subnet: str, open_it: bool) -> None:
         if open_it:
             _enable_forwarding()
             await _host_rule("-I", lease, subnet)
+            for rule in _dns_rules(lease):
+                await _toggle(rule, True)
             return
         await _host_rule("-D", lease, subnet)
+        for rule in _dns_rules(lease):
+            await _toggle(rule, False)
         chain = (await _listing("iptables", "-w", "-S", FORWARD_CHAIN)).splitlines()
         if not any(line.endswith("-j ACCEPT") for line in chain):
             _restore_forwarding()
@@ -225,6 +234,23 @@ async def _host_rule(action: str, lease: Lease, subnet: str) -> None:
     while action == "-D" and present:
         await run_tool("iptables", "-w", "-D", *rule, check=False)
         present = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+
+
+def _dns_rules(lease: Lease) -> list[list[str]]:
+    """The host lets a sandbox that may go out reach its resolver (runtime/dns.py): port
+    53 of its own veth's host address, from that veth only."""
+    return [[FILTER_CHAIN, "-i", lease.veth, "-d", f"{lease.host_ip}/32", "-p", proto,
+             "--dport", "53", "-j", "ACCEPT"] for proto in ("udp", "tcp")]
+
+
+async def _toggle(rule: list[str], present: bool) -> None:
+    """Insert ``rule`` at the top of its chain once, or delete every copy of it."""
+    there = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+    if present and not there:
+        await run_tool("iptables", "-w", "-I", rule[0], "1", *rule[1:])
+    while not present and there:
+        await run_tool("iptables", "-w", "-D", *rule, check=False)
+        there = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
 
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")

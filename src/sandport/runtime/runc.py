@@ -41,6 +41,7 @@ from . import (
     SandboxSpec,
     SnapshotSource,
     criu,
+    dns,
     network,
     oci,
     seccomp,
@@ -113,6 +114,7 @@ class RuncRuntime:
         self.slots = SlotRegistry(settings.subnet)
         self._copying: dict[str, asyncio.Event] = {}  # snapshots' copies under way (frozen)
         self.host_rules = network.HostRules(settings.subnet)
+        self.resolvers = dns.Resolvers(settings.dns_upstreams, settings.subnet)
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
         self._criu: tuple[str | None, str | None] | None = None  # (binary, why not)
@@ -155,8 +157,12 @@ class RuncRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"cannot cap the sandboxes' processes at {total} on their "
                                  f"parent cgroup: {exc.strerror}") from None
+        for meta_path in self.bundles.glob("*/runtime.json"):  # sandboxes a crash left
+            if read_json(meta_path).get("dns"):
+                await self._serve_dns(meta_path.parent.name, True)
 
     async def release_host(self) -> None:
+        await self.resolvers.stop_all()
         await self.disks.close()
         if await self.host_rules.release():
             log.info("no sandbox and no other server left: host rules removed")
@@ -176,14 +182,15 @@ class RuncRuntime:
                 "layers": list(image.diff_ids), "workdir": image.workdir,
                 "user": image.user, "sandboxIp": lease.sandbox_ip,
                 "agentProtocol": AGENT_PROTOCOL,
-                "env": oci.process_env(container),
+                "env": oci.process_env(container), "dns": spec.egress.lets_out,
             })
             for sub in ("upper", "work", "rootfs"):
                 (bundle / sub).mkdir()
             await self.disks.attach(spec.sandbox_id, bundle, spec.disk_mib)
             mount_overlay(image.lowers, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
-            self._write_bundle(container, lease)
+            self._write_bundle(container, lease, spec.egress.lets_out)
+            await self._serve_dns(spec.sandbox_id, spec.egress.lets_out)
             # The filter is in place before create returns, so before any command runs;
             # the container starts meanwhile (its init runs only the agent).
             done = await asyncio.gather(
@@ -224,7 +231,8 @@ class RuncRuntime:
             env=spec.env, workdir=workdir,
         )
 
-    def _write_bundle(self, container: oci.ContainerSpec, lease: Lease) -> None:
+    def _write_bundle(self, container: oci.ContainerSpec, lease: Lease, lets_out: bool
+                      ) -> None:
         bundle = container.rootfs.parent
         (bundle / "hostname").write_text(container.hostname + "\n")
         (bundle / "hosts").write_text(
@@ -232,9 +240,10 @@ class RuncRuntime:
             f"{lease.sandbox_ip}\t{container.hostname}\n"
             f"{lease.host_ip}\thost.sandport.internal\n"
         )
-        # Nothing answers DNS yet (no egress): a local resolver fails at once instead of
-        # making every lookup wait for a timeout.
-        (bundle / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        # Its resolver if it may go out; else one that fails at once instead of making
+        # every lookup wait for a timeout.
+        (bundle / "resolv.conf").write_text(dns.resolv_conf(lease.host_ip if lets_out
+                                                            else None))
         write_json(bundle / "config.json", oci.container_config(container, self._seccomp))
 
     async def _runc_run(self, sandbox_id: str, bundle: Path) -> None:
@@ -541,6 +550,30 @@ class RuncRuntime:
         if not isinstance(slot, int) or not Path(lease.netns_path).exists():
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         await network.apply_egress(lease, egress, self.settings.subnet)
+        await self._serve_dns(sandbox_id, egress.lets_out)
+
+    async def _serve_dns(self, sandbox_id: str, serve: bool) -> None:
+        """Start or stop the sandbox's resolver (runtime/dns.py), and say so in its
+        resolv.conf (rewritten in place: the sandbox sees the bind-mounted file change)
+        and its runtime.json (a restarted server serves it again)."""
+        bundle = self.bundles / sandbox_id
+        meta = read_json(bundle / "runtime.json")
+        lease = self._lease(sandbox_id)
+        if serve and Path(lease.netns_path).exists():
+            try:
+                await self.resolvers.start(sandbox_id, lease.host_ip, lease.sandbox_ip)
+            except OSError as exc:
+                log.error("sandbox %s: its resolver could not start: %s (errno %s)", sandbox_id,
+                          exc, exc.__cause__ or exc.errno)
+                serve = False
+        else:
+            serve = False
+            await self.resolvers.stop(sandbox_id)
+        if meta and meta.get("dns") != serve:
+            write_json(bundle / "runtime.json", {**meta, "dns": serve})
+        with contextlib.suppress(OSError), (bundle / "resolv.conf").open("r+") as fh:
+            fh.truncate(0)
+            fh.write(dns.resolv_conf(lease.host_ip if serve else None))
 
     # -- pause --------------------------------------------------------------------------
     # Both read the freezer itself, not runc's idea of it: each does what it says whatever
@@ -624,6 +657,7 @@ class RuncRuntime:
         meta = read_json(bundle / "runtime.json")
         state = read_json(self.state_root / sandbox_id / "state.json")
         init_pid = state.get("init_process_pid")
+        await self.resolvers.stop(sandbox_id)
         with contextlib.suppress(OSError):
             thaw(sandbox_id)  # frozen processes would not die of KILL
         await self._quiet("kill", sandbox_id, "KILL")

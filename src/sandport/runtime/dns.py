@@ -1,0 +1,306 @@
+"""A resolver for each sandbox that may go out, served on the host's end of its veth.
+
+A sandbox's ``/etc/resolv.conf`` names ``<host end of its veth>:53``. There this server
+listens (UDP and TCP, on that one address: no other sandbox's packets arrive there, the
+host's INPUT rules accept port 53 only from the sandbox's own veth) and forwards each query
+to the upstream resolvers: the host's own (its resolv.conf; a stub such as 127.0.0.53
+works, the server asks from the host) or ``--dns-upstream``. Only what a resolver must see
+is read: the header and the question. The answer is the upstream's, passed back as it came.
+
+Queries are untrusted input: one that is not a single-question standard query, or over
+``MAX_QUERY`` bytes, is dropped; a sandbox sending faster than ``RATE`` a second (burst
+``BURST``) has the rest refused (REFUSED, until its bucket refills) without the upstream
+seeing them, so a flood from one sandbox leaves every other's lookups served. Reverse
+lookups of the sandboxes' own subnet are answered here, NXDOMAIN: they never leave the host.
+Sandboxes without a way out get no resolver (``nameserver 127.0.0.1``: lookups fail at
+once, as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..settings import Upstream, parse_upstream
+
+log = logging.getLogger("sandport.dns")
+
+PORT = 53
+MAX_QUERY = 4096
+RATE = 100.0  # queries a second, per sandbox
+BURST = 200
+UPSTREAM_TIMEOUT_S = 2.0
+TCP_IDLE_S = 10.0
+MAX_TCP_CONNECTIONS = 16  # per sandbox
+NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
+TYPE_PTR = 12
+
+def host_upstreams(resolv_conf: str) -> list[Upstream]:
+    """The ``nameserver`` lines of a resolv.conf, as upstreams."""
+    found = []
+    for line in resolv_conf.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                found.append((str(ipaddress.ip_address(words[1].split("%")[0])), PORT))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    id: int
+    name: str  # lower case, no trailing dot
+    qtype: int
+    end: int  # where the question ends in the message
+
+
+def read_query(data: bytes) -> Question | None:
+    """The question of a standard query with exactly one, or None (drop it)."""
+    if not 12 <= len(data) <= MAX_QUERY:
+        return None
+    ident, flags, qdcount, ancount, nscount = struct.unpack("!HHHHH", data[:10])
+    if flags & 0x8000 or (flags >> 11) & 0xF or qdcount != 1 or ancount or nscount:
+        return None  # a response, not a QUERY opcode, or not one question
+    labels, pos = [], 12
+    while True:
+        if pos >= len(data):
+            return None
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63 or pos + 1 + length > len(data):  # no compression in a question
+            return None
+        labels.append(data[pos + 1:pos + 1 + length])
+        pos += 1 + length
+    if pos + 4 > len(data) or sum(len(x) + 1 for x in labels) > 255:
+        return None
+    qtype = struct.unpack("!H", data[pos:pos + 2])[0]
+    name = b".".join(labels).decode("ascii", errors="replace").lower()
+    return Question(ident, name, qtype, pos + 4)
+
+
+def answer(query: bytes, question: Question, rcode: int) -> bytes:
+    """An answer of our own with no records: the query's header and question, ``rcode``."""
+    flags = struct.unpack("!H", query[2:4])[0]
+    rd = flags & 0x0100
+    header = struct.pack("!HHHHHH", question.id, 0x8000 | 0x0080 | rd | rcode, 1, 0, 0, 0)
+    return header + query[12:question.end]
+
+
+def is_local_reverse(name: str, subnet: ipaddress.IPv4Network) -> bool:
+    """A PTR name inside the sandboxes' subnet (``2.0.77.10.in-addr.arpa``)."""
+    if not name.endswith(".in-addr.arpa"):
+        return False
+    parts = name.removesuffix(".in-addr.arpa").split(".")
+    if not 1 <= len(parts) <= 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return False
+    octets = [int(p) for p in reversed(parts)]
+    network = ipaddress.IPv4Network((bytes(octets + [0] * (4 - len(octets))),
+                                     8 * len(octets)))
+    return network.overlaps(subnet)
+
+
+@dataclass(slots=True)
+class Bucket:
+    rate: float = RATE
+    burst: float = BURST
+    tokens: float = BURST
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class SandboxResolver:
+    """The resolver of one sandbox: UDP and TCP on ``listen``:53, forwarding upstream."""
+
+    def __init__(self, sandbox_id: str, listen: str, sandbox_ip: str,
+                 upstreams: Sequence[Upstream], subnet: ipaddress.IPv4Network) -> None:
+        self.sandbox_id = sandbox_id
+        self.listen = listen
+        self.sandbox_ip = sandbox_ip
+        self.upstreams = list(upstreams)
+        self.subnet = subnet
+        self.bucket = Bucket()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_open = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpFront(self), local_addr=(self.listen, PORT))
+        self._udp = transport
+        try:
+            self._tcp = await asyncio.start_server(self._tcp_client, self.listen, PORT,
+                                                   reuse_address=True)
+        except BaseException:
+            transport.close()
+            raise
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- one query ------------------------------------------------------------------------
+    async def resolve(self, query: bytes, tcp: bool) -> bytes | None:
+        """The answer to send back, or None to send nothing."""
+        question = read_query(query)
+        if question is None:
+            return None
+        if not self.bucket.take():
+            return answer(query, question, REFUSED)
+        if question.qtype == TYPE_PTR and is_local_reverse(question.name, self.subnet):
+            return answer(query, question, NXDOMAIN)
+        for upstream in self.upstreams:
+            try:
+                reply = await asyncio.wait_for(
+                    _ask_tcp(upstream, query) if tcp else _ask_udp(upstream, query),
+                    UPSTREAM_TIMEOUT_S)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                continue
+            if reply is not None and len(reply) >= 12 and reply[:2] == query[:2]:
+                return reply
+        return answer(query, question, SERVFAIL)
+
+    def _spawn(self, query: bytes, reply_to: tuple[str, int]) -> None:
+        task = asyncio.ensure_future(self._answer_udp(query, reply_to))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_udp(self, query: bytes, reply_to: tuple[str, int]) -> None:
+        reply = await self.resolve(query, tcp=False)
+        if reply is not None and self._udp is not None and not self._udp.is_closing():
+            self._udp.sendto(reply, reply_to)  # the upstream kept it within the query's size
+
+    async def _tcp_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or peer[0] != self.sandbox_ip or self._tcp_open >= MAX_TCP_CONNECTIONS:
+            writer.close()
+            return
+        self._tcp_open += 1
+        try:
+            while True:
+                size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2),
+                                                                  TCP_IDLE_S))[0]
+                query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
+                reply = await self.resolve(query, tcp=True)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tcp_open -= 1
+            writer.close()
+
+
+class _UdpFront(asyncio.DatagramProtocol):
+    def __init__(self, resolver: SandboxResolver) -> None:
+        self.resolver = resolver
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] != self.resolver.sandbox_ip:  # only the sandbox's own address is served
+            return
+        self.resolver._spawn(data, addr)
+
+
+async def _ask_udp(upstream: Upstream, query: bytes) -> bytes | None:
+    """One query to ``upstream`` from a socket of its own (a random source port)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, upstream)
+        await loop.sock_sendall(sock, query)
+        while True:
+            reply = await loop.sock_recv(sock, 65535)
+            if reply[:2] == query[:2]:  # else a stray datagram: wait for the real one
+                return reply
+    finally:
+        sock.close()
+
+
+async def _ask_tcp(upstream: Upstream, query: bytes) -> bytes | None:
+    reader, writer = await asyncio.open_connection(*upstream)
+    try:
+        writer.write(struct.pack("!H", len(query)) + query)
+        await writer.drain()
+        size = struct.unpack("!H", await reader.readexactly(2))[0]
+        return await reader.readexactly(size)
+    finally:
+        writer.close()
+
+
+class Resolvers:
+    """The resolvers of this server's sandboxes, by sandbox id."""
+
+    def __init__(self, upstreams: Sequence[str], subnet: str,
+                 resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
+        self.subnet = ipaddress.IPv4Network(subnet)
+        self._given = [parse_upstream(u) for u in upstreams]
+        self._resolv_conf = resolv_conf
+        self._running: dict[str, SandboxResolver] = {}
+
+    def upstreams(self) -> list[Upstream]:
+        if self._given:
+            return list(self._given)
+        try:
+            return host_upstreams(self._resolv_conf.read_text())
+        except OSError:
+            return []
+
+    def serves(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._running
+
+    async def start(self, sandbox_id: str, listen: str, sandbox_ip: str) -> None:
+        if sandbox_id in self._running:
+            return
+        resolver = SandboxResolver(sandbox_id, listen, sandbox_ip, self.upstreams(),
+                                   self.subnet)
+        await resolver.start()
+        self._running[sandbox_id] = resolver
+
+    async def stop(self, sandbox_id: str) -> None:
+        resolver = self._running.pop(sandbox_id, None)
+        if resolver is not None:
+            await resolver.stop()
+
+    async def stop_all(self) -> None:
+        for sandbox_id in list(self._running):
+            await self.stop(sandbox_id)
+
+
+def resolv_conf(nameserver: str | None) -> str:
+    """A sandbox's /etc/resolv.conf: its resolver, or (no way out) one that fails at once."""
+    if nameserver is None:
+        return "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+    return f"nameserver {nameserver}\noptions timeout:2 attempts:2\n"
+
+
+__all__ = ["Resolvers", "host_upstreams", "parse_upstream", "read_query", "resolv_conf"]
