@@ -56,6 +56,9 @@ class ServerProcess:
                "SANDPORT_REGISTRY_MIRRORS": f"docker.io=http://127.0.0.1:{CLOSED_PORT}",
                # Sandboxes' lookups go to the tests' own resolver, never the host's.
                "SANDPORT_DNS_UPSTREAMS": dns_world().address,
+               # The tests' "worlds" are networks of this host: only the metadata address
+               # stays closed (tests/integration/test_netcaps.py tries the default).
+               "SANDPORT_NEVER_ALLOW": "169.254.169.254/32",
                **self.env}
         env.pop("SANDPORT_BASE_URL", None)
         with open(self.log_path, "ab") as log:

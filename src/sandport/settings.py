@@ -88,6 +88,12 @@ class ServerSettings:
     # Where sandboxes' resolvers send their queries ("ADDR" or "ADDR:PORT"); default: the
     # host's own resolvers (the nameserver lines of /etc/resolv.conf).
     dns_upstreams: tuple[str, ...] = ()
+    # Caps on every sandbox's network (control/netcaps.py): the most any may have
+    # ("allow" | "deny" the internet), what a create that says nothing gets, and CIDRs no
+    # policy opens (None: link-local and this host's own addresses and networks).
+    internet_access: str = "allow"
+    default_internet_access: bool = False
+    never_allow: tuple[str, ...] | None = None
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
     seccomp_source: Path = Path("/usr/share/containers/seccomp.json")
@@ -249,6 +255,16 @@ def _check_registries(settings: ServerSettings) -> None:
         raise ValidationFailed("images_max_gib must be positive")
     if settings.image_max_gib <= 0:
         raise ValidationFailed("image_max_gib must be positive")
+    if settings.internet_access not in ("allow", "deny"):
+        raise ValidationFailed("internet_access must be allow or deny")
+    for cidr in settings.never_allow or ():
+        if cidr in ("link-local", "host"):
+            continue
+        try:
+            ipaddress.IPv4Network(cidr, strict=False)
+        except ValueError:
+            raise ValidationFailed(f"never_allow: {cidr!r} is not an IPv4 address or "
+                                   "CIDR") from None
     for upstream in settings.dns_upstreams:
         try:
             parse_upstream(upstream)
@@ -293,7 +309,7 @@ def _coerce(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be a number") from None
     if name in ("trusted_proxies", "registry_cas", "insecure_registries", "registry_mirrors",
-                "registries_allowed", "dns_upstreams"):
+                "registries_allowed", "dns_upstreams", "never_allow"):
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)
         return tuple(value)
@@ -302,6 +318,10 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value) if name in _LIMIT_INTS else float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"{name} must be a number") from None
+    if name == "default_internet_access" and isinstance(value, str):
+        if value.lower() not in ("on", "off", "true", "false", "1", "0"):
+            raise ValidationFailed("default_internet_access must be on or off")
+        return value.lower() in ("on", "true", "1")
     if name == "build_images":
         if isinstance(value, str):
             return tuple(v for v in value.replace(",", " ").split() if v)

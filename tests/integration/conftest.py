@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from .._server import ServerProcess
+from ._world import world  # noqa: F401 - the egress tests' world, a fixture
 
 
 @pytest.fixture(scope="module")

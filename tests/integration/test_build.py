@@ -427,3 +427,14 @@ def test_a_build_step_does_not_outlive_a_crashed_server(registries: Registries,
         assert detail["status"] == "closed", detail
         assert "crashed:1" not in names and not any(n.startswith("sandport-build")
                                                     for n in names)
+
+
+def test_a_stage_starts_from_an_image_of_the_team(build_server: ServerProcess,
+                                                  made: Callable[..., Sandbox]) -> None:
+    """FROM names an image built (or pulled, imported, snapshot) here as well as a
+    registry reference: the team's own image wins, as for a create."""
+    built(build_server, "teambase:1", {
+        "Dockerfile": "FROM busybox:1\nENV FROM_BASE=yes\nRUN echo base > /base.txt\n"})
+    built(build_server, "ontop:1", {
+        "Dockerfile": "FROM teambase:1\nRUN cat /base.txt > /seen && echo $FROM_BASE >> /seen\n"})
+    assert made(image="ontop:1").exec("cat /seen").stdout == "base\nyes\n"

@@ -70,6 +70,14 @@ def register(commands: Any) -> None:
     p.add_argument("--dns-upstream", action="append", metavar="ADDR[:PORT]",
                    help="where sandboxes' resolvers forward queries (repeatable; default: "
                         "the host's resolvers, from /etc/resolv.conf)")
+    p.add_argument("--internet-access", choices=["allow", "deny"],
+                   help="the most any sandbox may have: allow (default) or deny the internet "
+                        "(a create asking for it under deny gets its sandbox without)")
+    p.add_argument("--default-internet-access", choices=["on", "off"],
+                   help="the internet for a create that says nothing of it (default off)")
+    p.add_argument("--never-allow", action="append", metavar="CIDR[,CIDR...]",
+                   help="destinations no sandbox policy opens, whatever allowOut says "
+                        "(default: link-local and this host's own addresses and networks)")
     p.add_argument("--build-timeout-s", type=float, metavar="S",
                    help="a Dockerfile build ends within S seconds (default 3600)")
     p.add_argument("--build-context-max-mib", type=int, metavar="N",
@@ -103,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         "images_max_gib": args.images_max_gib,
         "build_timeout_s": args.build_timeout_s,
         "dns_upstreams": tuple(args.dns_upstream) if args.dns_upstream else None,
+        "internet_access": args.internet_access,
+        "default_internet_access": args.default_internet_access,
+        "never_allow": ",".join(args.never_allow) if args.never_allow else None,
         "build_context_max_mib": args.build_context_max_mib,
         "registries_allowed": tuple(args.registry_allow) if args.registry_allow else None,
         "max_connections_per_address": args.max_connections_per_address,

@@ -54,6 +54,7 @@ class NetworkPolicy:
     allow_internet_access: bool = False  # egress to public addresses
     allow_out: tuple[str, ...] = ()  # CIDRs always reachable (even link-local, private)
     deny_out: tuple[str, ...] = ()  # CIDRs never reachable (unless in allow_out)
+    internet_capped: bool = False  # asked for the internet, which the operator's cap denies
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"openPorts": self.open_ports,
@@ -64,6 +65,8 @@ class NetworkPolicy:
             wire["ingress"] = {"allowPorts": list(self.allow_ports)}
         if self.mask_request_host is not None:
             wire["maskRequestHost"] = self.mask_request_host
+        if self.internet_capped:
+            wire["internetAccessCapped"] = True
         return wire
 
     def allows(self, port: int) -> bool:
@@ -92,6 +95,7 @@ class CreateSandbox:
     on_idle: str = "pause"
     pids_limit: int = DEFAULT_PIDS_LIMIT
     snapshot: tuple[str, str | None] | None = None  # (snapshotName, snapshotId): from it
+    internet_asked: bool | None = None  # allowInternetAccess as given; None: not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +208,18 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         pids_limit=_int(body, "pidsLimit", min(DEFAULT_PIDS_LIMIT, limits.pids),
                         MIN_PIDS_LIMIT, limits.pids),
         snapshot=(snapshot, snapshot_id) if snapshot is not None else None,
+        internet_asked=internet_asked(body),
     )
+
+
+def internet_asked(body: dict[str, Any]) -> bool | None:
+    """``allowInternetAccess`` as a create gave it, at the top level or in ``network``
+    (None: not given, or null); parse_network has checked it is a boolean."""
+    network = body.get("network")
+    for source in (body, network if isinstance(network, dict) else {}):
+        if isinstance(source.get("allowInternetAccess"), bool):
+            return bool(source["allowInternetAccess"])
+    return None
 
 
 def _optional_int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
@@ -297,7 +312,8 @@ def parse_network(value: Any) -> NetworkPolicy:
     if value is None:
         return NetworkPolicy()
     body = _object(value, "network")
-    unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts", *EGRESS_FIELDS})
+    unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts",
+                                  "internetAccessCapped", *EGRESS_FIELDS})
     if unknown:
         raise ValidationFailed(f"network: unknown field(s): {', '.join(unknown)}")
     allow: tuple[int, ...] | None = None

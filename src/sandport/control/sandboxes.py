@@ -36,6 +36,7 @@ from ..store import RecordStatus, SandboxRecord, Store
 from ..tokens import TokenSet
 from . import lifecycle
 from .admission import Admission, Ask, HostProbe
+from .netcaps import NetworkCaps
 from .requests import (
     MAX_TIMEOUT_MINUTES,
     CreateSandbox,
@@ -79,8 +80,9 @@ _DONE_POINT = {"pause": "pause.after_freeze", "resume": "resume.after_thaw",
                "restore": "restore.after_restore"}
 
 
-def egress_of(policy: NetworkPolicy) -> EgressPolicy:
-    return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out)
+def egress_of(policy: NetworkPolicy, caps: NetworkCaps | None = None) -> EgressPolicy:
+    return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out,
+                        caps.never if caps is not None else ())
 
 
 def _known_id(sandbox_id: str) -> str:
@@ -93,9 +95,10 @@ class SandboxService:
     def __init__(
         self, settings: ServerSettings, store: Store, runtime: Runtime, images: ImageStore,
         routes: RouteTable, grants: Grants, clock: Callable[[], float] = time.time,
-        activity: Activity | None = None,
+        activity: Activity | None = None, caps: NetworkCaps | None = None,
     ) -> None:
         self.settings = settings
+        self.caps = caps or NetworkCaps()  # the operator's (control/netcaps.py)
         self.store = store
         self.runtime = runtime
         self.images = images
@@ -183,6 +186,7 @@ class SandboxService:
         await self.admission.admit(Ask(request.mem_mib, request.disk_size_mib))  # or 503
         if request.snapshot is not None:
             self._check_snapshot(team_id, *request.snapshot)
+        network = self.caps.apply(request.network, request.internet_asked)  # or 403
         held = await self.images.ensure(team_id, request.image_name, _log_pull)
         image = self.images.image(held)
         self.images.used(held)
@@ -195,7 +199,7 @@ class SandboxService:
             token=first.token, token_expires_at=first.expires_at, created_at=now,
             updated_at=now, runtime=self.runtime.name, env=request.env,
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
-            network=request.network.to_wire(), on_timeout=request.on_timeout,
+            network=network.to_wire(), on_timeout=request.on_timeout,
             auto_resume=request.auto_resume, idle_timeout_s=request.idle_timeout_s,
             on_idle=request.on_idle, pids_limit=request.pids_limit,
         )
@@ -204,7 +208,7 @@ class SandboxService:
             crash_point("create.after_insert")
             spec = SandboxSpec(record.id, image, record.vcpus, record.mem_mib,
                                {**record.env, **self.identity_env(record.id)},
-                               egress_of(request.network), pids_limit=record.pids_limit,
+                               egress_of(network, self.caps), pids_limit=record.pids_limit,
                                disk_mib=record.disk_size_mib)
             try:
                 await self.runtime.create(spec)
@@ -270,10 +274,15 @@ class SandboxService:
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
-            policy = parse_network_update(body, network_from_wire(record.network))
+            current = network_from_wire(record.network)
+            policy = parse_network_update(body, current)
+            asked = body.get("allowInternetAccess") if isinstance(body, dict) else None
+            if not isinstance(asked, bool):  # not changed: what it asked for before
+                asked = current.allow_internet_access or current.internet_capped
+            policy = self.caps.apply(policy, asked)
             for port in record.exposed_ports:
                 check_ingress(policy, port)
-            await self.runtime.set_egress(record.id, egress_of(policy))
+            await self.runtime.set_egress(record.id, egress_of(policy, self.caps))
             record = record.evolve(network=policy.to_wire(), updated_at=self.clock())
             await self.store.update_sandbox(record)
             self.publish(record)

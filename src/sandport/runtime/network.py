@@ -62,6 +62,7 @@ class EgressPolicy:
     allow_internet: bool = False
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()  # the operator's --never-allow: refused before allowOut
 
     @property
     def lets_out(self) -> bool:
@@ -189,6 +190,7 @@ def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
     lines += [
         f"-A OUTPUT -d {lease.host_ip}/32 {refuse}",
     ]
+    lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in policy.never]
     lines += [f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in policy.allow_out]
     lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in (*policy.deny_out, *NOT_INTERNET)]
     lines += ["-A OUTPUT -j ACCEPT" if policy.allow_internet else f"-A OUTPUT {refuse}",

@@ -24,6 +24,7 @@ import uvicorn
 from .. import crashpoints
 from ..activity import Activity, CpuProbe
 from ..control.housekeeping import Housekeeping
+from ..control.netcaps import caps_from
 from ..control.sandboxes import SandboxService
 from ..ids import hash_secret, new_api_key
 from ..proxy.decide import Edge
@@ -93,7 +94,7 @@ async def _serve(settings: ServerSettings) -> None:
         grants = Grants(store, routes, urls, secret, settings.browser_url_ttl_s)
         activity = Activity()
         sandboxes = SandboxService(settings, store, runtime, images, routes, grants,
-                                   activity=activity)
+                                   activity=activity, caps=caps_from(settings))
         housekeeping = Housekeeping(sandboxes)
         counts = await housekeeping.reconcile()
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
