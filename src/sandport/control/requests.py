@@ -343,7 +343,9 @@ def parse_network(value: Any) -> NetworkPolicy:
         raise ValidationFailed("allowInternetAccess must be true or false")
     return NetworkPolicy(allow, mask, open_ports, internet,
                          _cidrs(body.get("allowOut"), "allowOut"),
-                         _cidrs(body.get("denyOut"), "denyOut"))
+                         _cidrs(body.get("denyOut"), "denyOut"),
+                         # as stored; the caps say it anew for every policy asked for
+                         body.get("internetAccessCapped") is True)
 
 
 def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
