@@ -17,8 +17,19 @@ from sandport import Sandbox
 
 MakeSandbox = Callable[..., Sandbox]
 WORLD_PORT = 7777
+ECHO_PORT = WORLD_PORT + 1  # an echo server there: a connection that stays open
 SERVE = f"""
 import socket, threading
+def echo(c):
+    while (data := c.recv(4096)):
+        c.sendall(data)
+    c.close()
+def echoes():
+    e = socket.socket(); e.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    e.bind(("0.0.0.0", {ECHO_PORT})); e.listen(64)
+    while True:
+        threading.Thread(target=echo, args=(e.accept()[0],), daemon=True).start()
+threading.Thread(target=echoes, daemon=True).start()
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", {WORLD_PORT})); s.listen(64)
 print("ready", flush=True)

@@ -111,3 +111,32 @@ def test_bad_caps_stop_the_server_with_a_message(tmp_path: object, env: dict[str
                           env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tightening_a_policy_cuts_the_flows_it_now_forbids(
+        make_sandbox: Callable[..., Sandbox], world: World, server: ServerProcess) -> None:
+    """A connection open to the world stops carrying data once the policy no longer lets
+    that address out (the sandbox's filter judges every packet, not only the first)."""
+    import time
+
+    from ._world import ECHO_PORT
+    sb = make_sandbox(network={"allowInternetAccess": True})
+    sb.files.write("/tmp/talk.py", f"""
+import socket, time
+s = socket.create_connection(("{world.first}", {ECHO_PORT}), timeout=2)
+while True:
+    try:
+        s.sendall(b"x")
+        print("echo", s.recv(1) == b"x", flush=True)
+    except OSError as exc:
+        print("cut", type(exc).__name__, flush=True)
+        break
+    time.sleep(0.1)
+""")
+    talker = sb.processes.start("python3 -u /tmp/talk.py")
+    time.sleep(1.5)
+    with server.client() as api:
+        changed = api.put(f"/api/sandbox/{sb.id}/network", json={"allowInternetAccess": False})
+        assert changed.status_code == 200
+    out = talker.wait(timeout=30).stdout
+    assert "echo True" in out and "cut" in out, out
