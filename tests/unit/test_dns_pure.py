@@ -68,8 +68,11 @@ def test_answers_made_here_echo_the_question() -> None:
 @pytest.mark.parametrize("name, local", [
     ("2.0.77.10.in-addr.arpa", True), ("77.10.in-addr.arpa", True),
     ("10.in-addr.arpa", True), ("5.1.78.10.in-addr.arpa", False),
-    ("1.1.1.1.in-addr.arpa", False), ("x.77.10.in-addr.arpa", False),
-    ("300.77.10.in-addr.arpa", False), ("allowed.test", False),
+    ("1.1.1.1.in-addr.arpa", False), ("1.1.1.in-addr.arpa", False),
+    # anything in the subnet's reverse zone, whatever is below the address part
+    ("x.77.10.in-addr.arpa", True), ("300.77.10.in-addr.arpa", True),
+    ("_x._tcp.2.0.77.10.in-addr.arpa", True), ("2.0.77.10.IN-ADDR.ARPA".lower(), True),
+    ("in-addr.arpa", False), ("allowed.test", False),
 ])
 def test_reverse_names_of_the_sandbox_subnet(name: str, local: bool) -> None:
     assert is_local_reverse(name, SUBNET) is local

@@ -73,3 +73,29 @@ def test_what_a_create_said_of_the_internet() -> None:
     assert internet_asked({"network": {"allowInternetAccess": True}}) is True
     assert internet_asked({"allowInternetAccess": False,
                            "network": {"allowInternetAccess": True}}) is False
+
+
+@pytest.mark.parametrize("allow_out, refused", [
+    (("0.0.0.0/0",), True), (("0.0.0.0/1", "128.0.0.0/1"), True), (("8.8.0.0/16",), True),
+    (("8.8.8.0/24",), False), (("8.8.8.8/32",), False),
+    (("10.0.0.0/8",), False), (("192.168.0.0/16", "172.16.0.0/12"), False),
+])
+def test_under_the_internet_cap_allow_out_cannot_open_the_internet(
+        allow_out: tuple[str, ...], refused: bool) -> None:
+    caps = NetworkCaps(internet=False)
+    policy = NetworkPolicy(allow_out=allow_out)
+    if refused:
+        with pytest.raises(errors.Forbidden, match="--internet-access deny"):
+            caps.apply(policy, None)
+    else:
+        assert caps.apply(policy, None).allow_out == allow_out
+    assert NetworkCaps().apply(policy, None).allow_out == allow_out  # uncapped: taken
+
+
+def test_a_resolver_goes_with_the_internet_or_uncapped_allow_out() -> None:
+    from sandport.control.sandboxes import egress_of
+    only_out = NetworkPolicy(allow_out=("198.51.100.7/32",))
+    assert egress_of(only_out, NetworkCaps()).serves_dns is True
+    assert egress_of(only_out, NetworkCaps(internet=False)).serves_dns is False
+    assert egress_of(NetworkPolicy(allow_internet_access=True), NetworkCaps()).serves_dns
+    assert egress_of(NetworkPolicy(), NetworkCaps()).serves_dns is False

@@ -24,12 +24,14 @@ import subprocess
 from dataclasses import dataclass
 
 from ..errors import Forbidden
+from ..runtime.network import NOT_INTERNET
 from ..settings import ServerSettings
 from .requests import NetworkPolicy
 
 log = logging.getLogger("sandport.control")
 
 LINK_LOCAL = "169.254.0.0/16"
+NOT_INTERNET_NETS = tuple(ipaddress.IPv4Network(n) for n in NOT_INTERNET)
 SANDBOX_VETH_PREFIX = "spv"
 
 
@@ -48,10 +50,30 @@ class NetworkCaps:
             if inside is not None:
                 raise Forbidden(f"allowOut[{index}] ({cidr}) is inside {inside}, which this "
                                 "server never lets a sandbox reach (--never-allow)")
+        if not self.internet:
+            for index, cidr in enumerate(policy.allow_out):
+                if _public_breadth(cidr) > WIDEST_PUBLIC_UNDER_CAP:
+                    raise Forbidden(
+                        f"allowOut[{index}] ({cidr}) opens the internet, which this server "
+                        f"denies sandboxes (--internet-access deny); name addresses, at "
+                        f"most {WIDEST_PUBLIC_UNDER_CAP} public ones an entry")
         wanted = self.default_internet if internet_asked is None else internet_asked
         capped = wanted and not self.internet
         return dataclasses.replace(policy, allow_internet_access=wanted and self.internet,
                                    internet_capped=capped)
+
+
+WIDEST_PUBLIC_UNDER_CAP = 256  # addresses of public space one allowOut entry may open
+
+
+def _public_breadth(cidr: str) -> int:
+    """How many addresses of ``cidr`` are outside the private and reserved ranges (two
+    CIDRs overlap only where one holds the other)."""
+    network = ipaddress.IPv4Network(cidr)
+    if any(network.subnet_of(n) for n in NOT_INTERNET_NETS):
+        return 0
+    return network.num_addresses - sum(n.num_addresses for n in NOT_INTERNET_NETS
+                                       if n.subnet_of(network))
 
 
 def _inside(cidr: str, never: str) -> bool:

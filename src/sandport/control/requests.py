@@ -169,7 +169,9 @@ def parse_create(body: Any, limits: HostLimits, default_image: str,
         raise ValidationFailed("region must be a string")
     # Hyperbrowser sends the egress fields at the top level; they may also be in network.
     egress = {k: body[k] for k in EGRESS_FIELDS if body.get(k) is not None}
-    network = parse_network({**_object(body.get("network") or {}, "network"), **egress})
+    given = _object(body.get("network") or {}, "network")
+    _not_capped_by_user(given)
+    network = parse_network({**given, **egress})
     exposed = body.get("exposedPorts")
     if exposed is None:
         exposed = []
@@ -351,7 +353,14 @@ def parse_network(value: Any) -> NetworkPolicy:
 def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
     """``PUT /api/sandbox/{id}/network``: the fields given replace the current ones."""
     body = _object(body, "the request body")
+    _not_capped_by_user(body)
     return parse_network({**current.to_wire(), **body})
+
+
+def _not_capped_by_user(body: dict[str, Any]) -> None:
+    if "internetAccessCapped" in body:
+        raise ValidationFailed("network.internetAccessCapped is what the server says of a "
+                               "policy (its --internet-access cap), not a field to send")
 
 
 def _cidrs(value: Any, name: str) -> tuple[str, ...]:

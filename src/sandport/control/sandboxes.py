@@ -81,8 +81,12 @@ _DONE_POINT = {"pause": "pause.after_freeze", "resume": "resume.after_thaw",
 
 
 def egress_of(policy: NetworkPolicy, caps: NetworkCaps | None = None) -> EgressPolicy:
+    """The runtime's policy. A resolver goes with the internet, or with allowOut alone
+    where the operator lets sandboxes onto the internet at all (names resolved out of a
+    capped sandbox would be a way out of the cap)."""
+    caps = caps or NetworkCaps()
     return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out,
-                        caps.never if caps is not None else ())
+                        caps.never, policy.allow_internet_access or caps.internet)
 
 
 def _known_id(sandbox_id: str) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 import socket
 import struct
 import time
@@ -40,8 +41,8 @@ BURST = 200
 UPSTREAM_TIMEOUT_S = 2.0
 TCP_IDLE_S = 10.0
 MAX_TCP_CONNECTIONS = 16  # per sandbox
+MAX_IN_FLIGHT = 64  # queries of one sandbox waiting for an upstream (each holds a socket)
 NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
-TYPE_PTR = 12
 
 def host_upstreams(resolv_conf: str) -> list[Upstream]:
     """The ``nameserver`` lines of a resolv.conf, as upstreams."""
@@ -97,11 +98,17 @@ def answer(query: bytes, question: Question, rcode: int) -> bytes:
 
 
 def is_local_reverse(name: str, subnet: ipaddress.IPv4Network) -> bool:
-    """A PTR name inside the sandboxes' subnet (``2.0.77.10.in-addr.arpa``)."""
+    """A name in the reverse zone of the sandboxes' subnet (``2.0.77.10.in-addr.arpa``,
+    and anything below it: ``_x._tcp.2.0.77.10.in-addr.arpa``), of any type."""
     if not name.endswith(".in-addr.arpa"):
         return False
-    parts = name.removesuffix(".in-addr.arpa").split(".")
-    if not 1 <= len(parts) <= 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+    labels = name.removesuffix(".in-addr.arpa").split(".")
+    parts: list[str] = []
+    for label in reversed(labels):  # the address part: the numeric labels nearest the zone
+        if len(parts) == 4 or not (label.isdigit() and int(label) < 256 and len(label) <= 3):
+            break
+        parts.insert(0, label)
+    if not parts:
         return False
     octets = [int(p) for p in reversed(parts)]
     network = ipaddress.IPv4Network((bytes(octets + [0] * (4 - len(octets))),
@@ -140,6 +147,7 @@ class SandboxResolver:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # its open TCP connections
         self._tcp_open = 0
 
     async def start(self) -> None:
@@ -158,42 +166,68 @@ class SandboxResolver:
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
-            self._tcp.close()
+            self._tcp.close()  # the listener only: the connections it took are closed here
+        for writer in list(self._writers):
+            writer.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- one query ------------------------------------------------------------------------
-    async def resolve(self, query: bytes, tcp: bool) -> bytes | None:
-        """The answer to send back, or None to send nothing."""
+    def local(self, query: bytes) -> tuple[Question | None, bytes | None]:
+        """(the question, or None: drop it; an answer made here, or None: ask upstream)."""
         question = read_query(query)
         if question is None:
-            return None
-        if not self.bucket.take():
-            return answer(query, question, REFUSED)
-        if question.qtype == TYPE_PTR and is_local_reverse(question.name, self.subnet):
-            return answer(query, question, NXDOMAIN)
+            return None, None
+        if not self.bucket.take() or len(self._tasks) >= MAX_IN_FLIGHT:
+            return question, answer(query, question, REFUSED)
+        if is_local_reverse(question.name, self.subnet):
+            return question, answer(query, question, NXDOMAIN)
+        return question, None
+
+    async def resolve(self, query: bytes, tcp: bool) -> bytes | None:
+        """The answer to send back, or None to send nothing."""
+        question, made = self.local(query)
+        if question is None or made is not None:
+            return made
+        return await self.forward(query, question, tcp)
+
+    async def forward(self, query: bytes, question: Question, tcp: bool) -> bytes:
+        """The upstream's answer (asked with an id of our own), or SERVFAIL."""
+        ident = secrets.randbits(16)
+        asked = struct.pack("!H", ident) + query[2:]
         for upstream in self.upstreams:
             try:
                 reply = await asyncio.wait_for(
-                    _ask_tcp(upstream, query) if tcp else _ask_udp(upstream, query),
+                    _ask_tcp(upstream, asked) if tcp else _ask_udp(upstream, asked),
                     UPSTREAM_TIMEOUT_S)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
                 continue
-            if reply is not None and len(reply) >= 12 and reply[:2] == query[:2]:
-                return reply
+            if reply is not None and len(reply) >= 12 and reply[:2] == asked[:2]:
+                return query[:2] + reply[2:]
         return answer(query, question, SERVFAIL)
 
-    def _spawn(self, query: bytes, reply_to: tuple[str, int]) -> None:
-        task = asyncio.ensure_future(self._answer_udp(query, reply_to))
+    def receive(self, query: bytes, reply_to: tuple[str, int]) -> None:
+        """A datagram from the sandbox: answered here at once, dropped, or forwarded by a
+        task of its own (at most MAX_IN_FLIGHT at a time)."""
+        question, made = self.local(query)
+        if question is None:
+            return
+        if made is not None:
+            self._send(made, reply_to)
+            return
+        task = asyncio.ensure_future(self._answer_udp(query, question, reply_to))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_udp(self, query: bytes, reply_to: tuple[str, int]) -> None:
-        reply = await self.resolve(query, tcp=False)
-        if reply is not None and self._udp is not None and not self._udp.is_closing():
+    def _send(self, reply: bytes, reply_to: tuple[str, int]) -> None:
+        if self._udp is not None and not self._udp.is_closing():
             self._udp.sendto(reply, reply_to)  # the upstream kept it within the query's size
+
+    async def _answer_udp(self, query: bytes, question: Question,
+                          reply_to: tuple[str, int]) -> None:
+        self._send(await self.forward(query, question, tcp=False), reply_to)
 
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -202,6 +236,7 @@ class SandboxResolver:
             writer.close()
             return
         self._tcp_open += 1
+        self._writers.add(writer)
         try:
             while True:
                 size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2),
@@ -216,6 +251,7 @@ class SandboxResolver:
             pass
         finally:
             self._tcp_open -= 1
+            self._writers.discard(writer)
             writer.close()
 
 
@@ -226,7 +262,7 @@ class _UdpFront(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if addr[0] != self.resolver.sandbox_ip:  # only the sandbox's own address is served
             return
-        self.resolver._spawn(data, addr)
+        self.resolver.receive(data, addr)
 
 
 async def _ask_udp(upstream: Upstream, query: bytes) -> bytes | None:

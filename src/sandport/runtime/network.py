@@ -63,10 +63,15 @@ class EgressPolicy:
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
     never: tuple[str, ...] = ()  # the operator's --never-allow: refused before allowOut
+    dns: bool | None = None  # a resolver (runtime/dns.py); None: whenever it lets out
 
     @property
     def lets_out(self) -> bool:
         return self.allow_internet or bool(self.allow_out)
+
+    @property
+    def serves_dns(self) -> bool:
+        return self.lets_out if self.dns is None else self.dns and self.lets_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +189,7 @@ def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
         # a destination (its INPUT rules drop what a sandbox starts, whatever this says).
         f"-A OUTPUT -d {lease.host_ip}/32 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
     ]
-    if policy.lets_out:  # its resolver, on the host's end of its veth (runtime/dns.py)
+    if policy.serves_dns:  # its resolver, on the host's end of its veth (runtime/dns.py)
         lines += [f"-A OUTPUT -d {lease.host_ip}/32 -p {proto} --dport 53 -j ACCEPT"
                   for proto in ("udp", "tcp")]
     lines += [
@@ -202,10 +207,17 @@ async def apply_egress(lease: Lease, policy: EgressPolicy, subnet: str) -> None:
     """Replace the sandbox's filter table, then open or close its way through the host."""
     await run_tool("ip", "netns", "exec", lease.netns, "iptables-restore", "-w",
                    stdin=egress_rules(lease, policy))
-    await _way_out(lease, subnet, policy.lets_out)
+    await _way_out(lease, subnet, policy.lets_out, policy.serves_dns)
 
 
-async def _way_out(lease: Lease, subnet: str, open_it: bool) -> None:
+async def set_dns_rules(lease: Lease, present: bool) -> None:
+    """Open or close the host's port 53 for the sandbox (closed: its resolver is gone)."""
+    async with _host_lock("forward.lock"):
+        for rule in _dns_rules(lease):
+            await _toggle(rule, present)
+
+
+async def _way_out(lease: Lease, subnet: str, open_it: bool, dns: bool = False) -> None:
     """Open or close the host's way out for one sandbox; forwarding is on exactly while
     some sandbox on the host has a way out (one host-wide lock orders the servers)."""
     async with _host_lock("forward.lock"):
@@ -213,7 +225,7 @@ async def _way_out(lease: Lease, subnet: str, open_it: bool) -> None:
             _enable_forwarding()
             await _host_rule("-I", lease, subnet)
             for rule in _dns_rules(lease):
-                await _toggle(rule, True)
+                await _toggle(rule, dns)
             return
         await _host_rule("-D", lease, subnet)
         for rule in _dns_rules(lease):

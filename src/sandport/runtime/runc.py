@@ -182,15 +182,15 @@ class RuncRuntime:
                 "layers": list(image.diff_ids), "workdir": image.workdir,
                 "user": image.user, "sandboxIp": lease.sandbox_ip,
                 "agentProtocol": AGENT_PROTOCOL,
-                "env": oci.process_env(container), "dns": spec.egress.lets_out,
+                "env": oci.process_env(container), "dns": spec.egress.serves_dns,
             })
             for sub in ("upper", "work", "rootfs"):
                 (bundle / sub).mkdir()
             await self.disks.attach(spec.sandbox_id, bundle, spec.disk_mib)
             mount_overlay(image.lowers, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
-            self._write_bundle(container, lease, spec.egress.lets_out)
-            await self._serve_dns(spec.sandbox_id, spec.egress.lets_out)
+            self._write_bundle(container, lease, spec.egress.serves_dns)
+            await self._serve_dns(spec.sandbox_id, spec.egress.serves_dns)
             # The filter is in place before create returns, so before any command runs;
             # the container starts meanwhile (its init runs only the agent).
             done = await asyncio.gather(
@@ -550,7 +550,7 @@ class RuncRuntime:
         if not isinstance(slot, int) or not Path(lease.netns_path).exists():
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
         await network.apply_egress(lease, egress, self.settings.subnet)
-        await self._serve_dns(sandbox_id, egress.lets_out)
+        await self._serve_dns(sandbox_id, egress.serves_dns)
 
     async def _serve_dns(self, sandbox_id: str, serve: bool) -> None:
         """Start or stop the sandbox's resolver (runtime/dns.py), and say so in its
@@ -562,18 +562,22 @@ class RuncRuntime:
         if serve and Path(lease.netns_path).exists():
             try:
                 await self.resolvers.start(sandbox_id, lease.host_ip, lease.sandbox_ip)
-            except OSError as exc:
-                log.error("sandbox %s: its resolver could not start: %s (errno %s)", sandbox_id,
+            except OSError as exc:  # then its port 53 is closed again: nothing else answers
+                log.error("sandbox %s: its resolver could not start: %s (%s)", sandbox_id,
                           exc, exc.__cause__ or exc.errno)
+                await network.set_dns_rules(lease, False)
                 serve = False
         else:
             serve = False
             await self.resolvers.stop(sandbox_id)
         if meta and meta.get("dns") != serve:
             write_json(bundle / "runtime.json", {**meta, "dns": serve})
+        wanted = dns.resolv_conf(lease.host_ip if serve else None)
         with contextlib.suppress(OSError), (bundle / "resolv.conf").open("r+") as fh:
-            fh.truncate(0)
-            fh.write(dns.resolv_conf(lease.host_ip if serve else None))
+            if fh.read() != wanted:  # (a sandbox could read it half written)
+                fh.seek(0)
+                fh.truncate(0)
+                fh.write(wanted)
 
     # -- pause --------------------------------------------------------------------------
     # Both read the freezer itself, not runc's idea of it: each does what it says whatever
