@@ -53,7 +53,8 @@ def test_allow_out_wins_and_policy_changes_while_running(make_sandbox: MakeSandb
         assert reach(sb, world.first) == ["blocked"]
         assert api.get(f"/api/sandbox/{sb.id}").json()["network"]["allowInternetAccess"] is False
         # bad input changes nothing
-        for bad in ({"allowOut": ["world.example"]}, {"denyOut": "1.2.3.4"},
+        for bad in ({"allowOut": ["world..example"]}, {"denyOut": ["world.example"]},
+                    {"denyOut": "1.2.3.4"},
                     {"allowInternetAccess": 1}, {"egress": True}, []):
             answer = api.put(url, json=bad)
             assert answer.status_code == 400 and answer.json()["message"], bad

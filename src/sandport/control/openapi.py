@@ -134,6 +134,15 @@ OPENAPI: dict[str, Any] = {
                 "allowOut": {"type": "array", "items": {"type": "string"}},
                 "denyOut": {"type": "array", "items": {"type": "string"}}}},
             params=[_path_param("id")]) for m in ("put", "post")},
+        "/api/sandbox/{id}/network/log": {"get": _op(
+            "The sandbox's last 100 refused lookups and connections, oldest first",
+            {"type": "object", "properties": {"entries": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "at": {"type": "string"}, "kind": {"enum": ["lookup", "connection"]},
+                    "name": {"type": ["string", "null"]},
+                    "address": {"type": ["string", "null"]},
+                    "port": {"type": ["integer", "null"]}, "rule": {"type": "string"}}}}}},
+            params=[_path_param("id")])},
         "/api/sandbox/{id}/suspend": {"post": _op(
             "Suspend to disk (checkpoint/restore); 501 with the reason where the host "
             "cannot", _SANDBOX, params=[_path_param("id")])},

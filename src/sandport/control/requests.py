@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import netnames
 from ..errors import Forbidden, ValidationFailed
 from ..models import SANDBOX_STATUSES
 from ..runtime.images.reference import parse_reference
@@ -55,11 +56,12 @@ class NetworkPolicy:
     allow_out: tuple[str, ...] = ()  # CIDRs always reachable (even link-local, private)
     deny_out: tuple[str, ...] = ()  # CIDRs never reachable (unless in allow_out)
     internet_capped: bool = False  # asked for the internet, which the operator's cap denies
+    allow_names: tuple[str, ...] = ()  # host names and *.wildcards in allowOut (netnames.py)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"openPorts": self.open_ports,
                                 "allowInternetAccess": self.allow_internet_access,
-                                "allowOut": list(self.allow_out),
+                                "allowOut": [*self.allow_out, *self.allow_names],
                                 "denyOut": list(self.deny_out)}
         if self.allow_ports is not None:
             wire["ingress"] = {"allowPorts": list(self.allow_ports)}
@@ -343,11 +345,11 @@ def parse_network(value: Any) -> NetworkPolicy:
         internet = False
     if not isinstance(internet, bool):
         raise ValidationFailed("allowInternetAccess must be true or false")
-    return NetworkPolicy(allow, mask, open_ports, internet,
-                         _cidrs(body.get("allowOut"), "allowOut"),
-                         _cidrs(body.get("denyOut"), "denyOut"),
+    allow_cidrs, names = _destinations(body.get("allowOut"), "allowOut", names=True)
+    deny_cidrs, _ = _destinations(body.get("denyOut"), "denyOut", names=False)
+    return NetworkPolicy(allow, mask, open_ports, internet, allow_cidrs, deny_cidrs,
                          # as stored; the caps say it anew for every policy asked for
-                         body.get("internetAccessCapped") is True)
+                         body.get("internetAccessCapped") is True, names)
 
 
 def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
@@ -363,26 +365,42 @@ def _not_capped_by_user(body: dict[str, Any]) -> None:
                                "policy (its --internet-access cap), not a field to send")
 
 
-def _cidrs(value: Any, name: str) -> tuple[str, ...]:
-    """IPv4 addresses or networks, normalised ("10.1.2.3/8" → "10.0.0.0/8"), sorted."""
+def _destinations(value: Any, field: str, names: bool
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(IPv4 networks, normalised ("10.1.2.3/8" → "10.0.0.0/8") and sorted; host names and
+    ``*.`` wildcards, lower case, in the order given), at most MAX_CIDRS entries together;
+    a bad entry is a 400 naming its index."""
     if value is None:
-        return ()
+        return (), ()
     if not isinstance(value, list) or len(value) > MAX_CIDRS:
-        raise ValidationFailed(f"{name} must be a list of at most {MAX_CIDRS} IPv4 CIDRs")
-    found = set()
-    for item in value:
+        what = "IPv4 addresses, CIDRs and host names" if names else "IPv4 addresses or CIDRs"
+        raise ValidationFailed(f"{field} must be a list of at most {MAX_CIDRS} {what}")
+    nets: set[ipaddress.IPv4Network] = set()
+    found: dict[str, None] = {}
+    for index, item in enumerate(value):
+        where = f"{field}[{index}]"
         if not isinstance(item, str):
-            raise ValidationFailed(f"{name}: {item!r} is not an IPv4 address or CIDR")
+            raise ValidationFailed(f"{where}: {item!r} is not an IPv4 address, CIDR or name")
+        if netnames.is_name_entry(item):
+            if not names:
+                raise ValidationFailed(
+                    f"{where}: {item!r} is a host name; {field} takes addresses and CIDRs "
+                    "only (a name can change address after it is checked)")
+            try:
+                found[netnames.normal_name(item)] = None
+            except netnames.BadName as exc:
+                raise ValidationFailed(f"{where}: {item!r} is not a host name: {exc}"
+                                       ) from None
+            continue
         try:
             net = ipaddress.ip_network(item.strip(), strict=False)
         except ValueError:
-            raise ValidationFailed(
-                f"{name}: {item!r} is not an IPv4 address or CIDR (host names are not "
-                "accepted: a name can change address after it is checked)") from None
+            raise ValidationFailed(f"{where}: {item!r} is not an IPv4 address or CIDR"
+                                   ) from None
         if not isinstance(net, ipaddress.IPv4Network):
-            raise ValidationFailed(f"{name}: {item!r}: sandboxes have IPv4 only")
-        found.add(net)
-    return tuple(str(n) for n in sorted(found))
+            raise ValidationFailed(f"{where}: {item!r}: sandboxes have IPv4 only")
+        nets.add(net)
+    return tuple(str(n) for n in sorted(nets)), tuple(found)
 
 
 def network_from_wire(wire: dict[str, Any]) -> NetworkPolicy:

@@ -49,6 +49,14 @@ async def update_network(request: Request) -> Response:
     return JSONResponse({"network": record.network})
 
 
+async def network_log(request: Request) -> Response:
+    """``{entries: [{at, kind, name, address, port, rule}]}``: the sandbox's last 100
+    refused lookups and connections, oldest first."""
+    ctx = request.app.state.ctx
+    record = await ctx.sandboxes.get(await caller_team(request), request.path_params["id"])
+    return JSONResponse({"entries": ctx.sandboxes.runtime.network_log(record.id)})
+
+
 def _verb(name: str) -> Callable[[Request], Awaitable[Response]]:
     """A route that applies the service verb ``name`` (pause, resume, suspend, refresh,
     connect) to the sandbox and answers with its detail."""
@@ -128,6 +136,7 @@ routes = [
     Route("/api/sandbox/{id}/timeout", keyed(set_timeout), methods=["POST"]),
     Route("/api/sandbox/{id}/resume", keyed(_verb("resume")), methods=["POST"]),
     Route("/api/sandbox/{id}/network", keyed(update_network), methods=["PUT", "POST"]),
+    Route("/api/sandbox/{id}/network/log", keyed(network_log), methods=["GET"]),
     Route("/api/sandbox/{id}/suspend", keyed(_verb("suspend")), methods=["POST"]),
     Route("/api/sandbox/{id}/refresh", keyed(_verb("refresh")), methods=["POST"]),
     Route("/api/sandbox/{id}/connect", keyed(_verb("connect")), methods=["POST"]),

@@ -81,12 +81,15 @@ _DONE_POINT = {"pause": "pause.after_freeze", "resume": "resume.after_thaw",
 
 
 def egress_of(policy: NetworkPolicy, caps: NetworkCaps | None = None) -> EgressPolicy:
-    """The runtime's policy. A resolver goes with the internet, or with allowOut alone
-    where the operator lets sandboxes onto the internet at all (names resolved out of a
-    capped sandbox would be a way out of the cap)."""
+    """The runtime's policy. A resolver goes with the internet, with names (it resolves
+    only those, then), or with allowOut alone where the operator lets sandboxes onto the
+    internet at all (names resolved out of a capped sandbox would be a way out of the
+    cap)."""
     caps = caps or NetworkCaps()
     return EgressPolicy(policy.allow_internet_access, policy.allow_out, policy.deny_out,
-                        caps.never, policy.allow_internet_access or caps.internet)
+                        caps.never,
+                        policy.allow_internet_access or caps.internet or bool(policy.allow_names),
+                        policy.allow_names, caps.internet)
 
 
 def _known_id(sandbox_id: str) -> str:

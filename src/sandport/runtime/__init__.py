@@ -111,6 +111,10 @@ class Runtime(Protocol):
     async def set_egress(self, sandbox_id: str, egress: EgressPolicy) -> None:
         """Where the running sandbox may connect to from now on (packet filtering)."""
 
+    def network_log(self, sandbox_id: str) -> list[dict[str, object]]:
+        """The sandbox's last refused lookups and connections, oldest first."""
+        ...
+
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (cgroup freezer); memory stays."""
 

@@ -26,10 +26,11 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import netnames
 from ..settings import Upstream, parse_upstream
 
 log = logging.getLogger("sandport.dns")
@@ -43,6 +44,8 @@ TCP_IDLE_S = 10.0
 MAX_TCP_CONNECTIONS = 16  # per sandbox
 MAX_IN_FLIGHT = 64  # queries of one sandbox waiting for an upstream (each holds a socket)
 NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
+TYPE_A = 1
+Refused = Callable[[str, str], None]  # (name, rule): a refused lookup, for the network log
 
 def host_upstreams(resolv_conf: str) -> list[Upstream]:
     """The ``nameserver`` lines of a resolv.conf, as upstreams."""
@@ -137,8 +140,12 @@ class SandboxResolver:
     """The resolver of one sandbox: UDP and TCP on ``listen``:53, forwarding upstream."""
 
     def __init__(self, sandbox_id: str, listen: str, sandbox_ip: str,
-                 upstreams: Sequence[Upstream], subnet: ipaddress.IPv4Network) -> None:
+                 upstreams: Sequence[Upstream], subnet: ipaddress.IPv4Network,
+                 names: tuple[str, ...] | None = None, on_refused: Refused | None = None
+                 ) -> None:
         self.sandbox_id = sandbox_id
+        self.names = names  # None: every name is asked upstream
+        self.on_refused = on_refused
         self.listen = listen
         self.sandbox_ip = sandbox_ip
         self.upstreams = list(upstreams)
@@ -181,10 +188,21 @@ class SandboxResolver:
         if question is None:
             return None, None
         if not self.bucket.take() or len(self._tasks) >= MAX_IN_FLIGHT:
+            self._refused(question.name, "rate limit (100 lookups a second)")
             return question, answer(query, question, REFUSED)
         if is_local_reverse(question.name, self.subnet):
             return question, answer(query, question, NXDOMAIN)
+        if self.names is not None:  # a name policy: only its names resolve, to IPv4 only
+            if netnames.matches(self.names, question.name) is None:
+                self._refused(question.name, "not in allowOut")
+                return question, answer(query, question, NXDOMAIN)
+            if question.qtype != TYPE_A:
+                return question, answer(query, question, NOERROR)
         return question, None
+
+    def _refused(self, name: str, rule: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(name, rule)
 
     async def resolve(self, query: bytes, tcp: bool) -> bytes | None:
         """The answer to send back, or None to send nothing."""
@@ -293,6 +311,71 @@ async def _ask_tcp(upstream: Upstream, query: bytes) -> bytes | None:
         writer.close()
 
 
+def a_query(name: str) -> bytes:
+    """A recursive query for the IPv4 addresses of ``name`` (a checked host name)."""
+    labels = b"".join(bytes([len(x)]) + x for x in name.encode("ascii").split(b"."))
+    return (struct.pack("!HHHHHH", secrets.randbits(16), 0x0100, 1, 0, 0, 0)
+            + labels + b"\0" + struct.pack("!HH", TYPE_A, 1))
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """Where the (possibly compressed) name at ``pos`` ends."""
+    for _ in range(128):
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        if length & 0xC0:
+            raise ValueError("a bad label")
+        pos += 1 + length
+    raise ValueError("a name too long")
+
+
+def a_records(reply: bytes, query: bytes) -> tuple[list[str], int]:
+    """(the IPv4 addresses of the answer to ``query``, the least TTL); ValueError for a
+    reply that is not a good answer to it."""
+    if len(reply) < 12 or reply[:2] != query[:2]:
+        raise ValueError("not the answer")
+    flags, qdcount, ancount = struct.unpack("!HHH", reply[2:8])
+    if not flags & 0x8000 or flags & 0xF not in (NOERROR, NXDOMAIN):
+        raise ValueError(f"rcode {flags & 0xF}")
+    pos = 12
+    for _ in range(qdcount):
+        pos = _skip_name(reply, pos) + 4
+    found: list[str] = []
+    ttl = 3600
+    for _ in range(ancount):
+        pos = _skip_name(reply, pos)
+        rtype, _rclass, rttl, size = struct.unpack("!HHIH", reply[pos:pos + 10])
+        pos += 10
+        if pos + size > len(reply):
+            raise ValueError("a record past the end")
+        if rtype == TYPE_A and size == 4:
+            found.append(socket.inet_ntoa(reply[pos:pos + 4]))
+            ttl = min(ttl, rttl)
+        pos += size
+    return found, ttl
+
+
+async def lookup_a(upstreams: Sequence[Upstream], name: str) -> tuple[list[str], int]:
+    """The IPv4 addresses of ``name`` as the first upstream that answers says, and their
+    TTL; ([], 0) when none does."""
+    for upstream in upstreams:
+        query = a_query(name)
+        try:
+            reply = await asyncio.wait_for(_ask_udp(upstream, query), UPSTREAM_TIMEOUT_S)
+            if reply is not None and reply[2] & 0x02:  # truncated: ask again over TCP
+                reply = await asyncio.wait_for(_ask_tcp(upstream, query), UPSTREAM_TIMEOUT_S)
+            if reply is None:
+                continue
+            return a_records(reply, query)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError,
+                struct.error, IndexError):
+            continue
+    return [], 0
+
+
 class Resolvers:
     """The resolvers of this server's sandboxes, by sandbox id."""
 
@@ -314,11 +397,17 @@ class Resolvers:
     def serves(self, sandbox_id: str) -> bool:
         return sandbox_id in self._running
 
-    async def start(self, sandbox_id: str, listen: str, sandbox_ip: str) -> None:
-        if sandbox_id in self._running:
+    async def start(self, sandbox_id: str, listen: str, sandbox_ip: str,
+                    names: tuple[str, ...] | None = None,
+                    on_refused: Refused | None = None) -> None:
+        """Serve the sandbox (``names``: only those resolve); a running resolver takes the
+        new ``names`` at once."""
+        running = self._running.get(sandbox_id)
+        if running is not None:
+            running.names = names
             return
         resolver = SandboxResolver(sandbox_id, listen, sandbox_ip, self.upstreams(),
-                                   self.subnet)
+                                   self.subnet, names, on_refused)
         await resolver.start()
         self._running[sandbox_id] = resolver
 
@@ -339,4 +428,4 @@ def resolv_conf(nameserver: str | None) -> str:
     return f"nameserver {nameserver}\noptions timeout:2 attempts:2\n"
 
 
-__all__ = ["Resolvers", "host_upstreams", "parse_upstream", "read_query", "resolv_conf"]
+__all__ = ["Resolvers", "host_upstreams", "lookup_a", "parse_upstream", "read_query", "resolv_conf"]

@@ -49,6 +49,8 @@ SLOTS_ROOT = Path("/run/sandport")
 FILTER_CHAIN = "SANDPORT-IN"
 FORWARD_CHAIN = "SANDPORT-FWD"  # from sandboxes: per-sandbox ACCEPT lines, then DROP
 RETURN_CHAIN = "SANDPORT-RET"  # into sandboxes: replies only
+GATE_CHAIN = "SANDPORT-GATE"  # nat, from sandboxes: each gated one's redirects (gate.py)
+GATE_PORTS = (443, 80)  # what the name gate checks: TLS server names, HTTP Hosts
 # Not "the internet": reachable only when named in allowOut.
 NOT_INTERNET = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
                 "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
@@ -64,14 +66,49 @@ class EgressPolicy:
     deny_out: tuple[str, ...] = ()
     never: tuple[str, ...] = ()  # the operator's --never-allow: refused before allowOut
     dns: bool | None = None  # a resolver (runtime/dns.py); None: whenever it lets out
+    names: tuple[str, ...] = ()  # host names and *.wildcards of allowOut (netnames.py)
+    public: bool = True  # the operator lets sandboxes reach public addresses at all
 
     @property
     def lets_out(self) -> bool:
+        """Whether the host forwards any of its packets (the name gate is on the host)."""
         return self.allow_internet or bool(self.allow_out)
 
     @property
+    def gated(self) -> bool:
+        """Whether ports 80 and 443 go through the name gate (runtime/gate.py): names are
+        allowed, and some destinations they may live at are otherwise closed."""
+        return bool(self.names) and (not self.allow_internet or bool(self.deny_out))
+
+    @property
+    def names_only(self) -> bool:
+        """Whether the names are the only way onto the internet: then names not allowed do
+        not resolve (the resolver answers NXDOMAIN)."""
+        return self.gated and (not self.allow_internet or "0.0.0.0/0" in self.deny_out)
+
+    @property
     def serves_dns(self) -> bool:
+        if self.gated:
+            return self.dns is not False
         return self.lets_out if self.dns is None else self.dns and self.lets_out
+
+    def to_json(self) -> dict[str, object]:
+        return {"allowInternet": self.allow_internet, "allowOut": list(self.allow_out),
+                "denyOut": list(self.deny_out), "never": list(self.never),
+                "names": list(self.names), "public": self.public}
+
+    @classmethod
+    def from_json(cls, data: object) -> EgressPolicy | None:
+        """What to_json wrote (the gate of a sandbox a restarted server finds), or None."""
+        if not isinstance(data, dict):
+            return None
+        lists = {k: data.get(k) for k in ("allowOut", "denyOut", "never", "names")}
+        if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                   for v in lists.values()):
+            return None
+        return cls(data.get("allowInternet") is True, tuple(lists["allowOut"] or ()),
+                   tuple(lists["denyOut"] or ()), tuple(lists["never"] or ()), None,
+                   tuple(lists["names"] or ()), data.get("public") is not False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +234,9 @@ def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
     ]
     lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in policy.never]
     lines += [f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in policy.allow_out]
+    if policy.gated:  # the host takes them to the name gate, wherever they were going
+        lines += ["-A OUTPUT -p tcp -m multiport --dports "
+                  f"{','.join(map(str, GATE_PORTS))} -j ACCEPT"]
     lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in (*policy.deny_out, *NOT_INTERNET)]
     lines += ["-A OUTPUT -j ACCEPT" if policy.allow_internet else f"-A OUTPUT {refuse}",
               "COMMIT", ""]
@@ -210,6 +250,53 @@ async def apply_egress(lease: Lease, policy: EgressPolicy, subnet: str) -> None:
     await _way_out(lease, subnet, policy.lets_out, policy.serves_dns)
 
 
+def gate_chains(lease: Lease) -> tuple[str, str]:
+    """The sandbox's own chains for its gate: (nat redirects, filter accepts)."""
+    tag = lease.veth.removeprefix(VETH_PREFIX)
+    return "SPG-" + tag, "SPI-" + tag
+
+
+def gate_rules(lease: Lease, policy: EgressPolicy, ports: dict[int, int]) -> str:
+    """The sandbox's gate chains, for iptables-restore --noflush (pure; naming a chain
+    empties it, so each is replaced whole): its connections to ports 80 and 443 go to the
+    gate's listeners (``ports``: dialled port → listening port) unless its address rules
+    let them by; the host accepts them there."""
+    nat, accept = gate_chains(lease)
+    lines = ["*nat", f":{nat} - [0:0]"]
+    lines += [f"-A {nat} -d {cidr} -j RETURN" for cidr in policy.allow_out]
+    # With the internet open, only the closed part of it goes through the gate.
+    where = [f"-d {c} " for c in (*policy.deny_out, *NOT_INTERNET)] \
+        if policy.allow_internet else [""]
+    lines += [f"-A {nat} {d}-p tcp --dport {dialled} -j REDIRECT --to-ports {ports[dialled]}"
+              for d in where for dialled in GATE_PORTS]
+    lines += ["COMMIT", "*filter", f":{accept} - [0:0]"]
+    lines += [f"-A {accept} -d {lease.host_ip}/32 -p tcp --dport {ports[d]} -j ACCEPT"
+              for d in GATE_PORTS]
+    lines += ["COMMIT", ""]
+    return "\n".join(lines)
+
+
+async def set_gate_rules(lease: Lease, policy: EgressPolicy | None,
+                         ports: dict[int, int] | None = None) -> None:
+    """Send the sandbox's ports 80 and 443 to its gate (listening at ``ports``), or, with
+    no policy, stop (safe to repeat)."""
+    nat, accept = gate_chains(lease)
+    jumps = (["-t", "nat", GATE_CHAIN, "-i", lease.veth, "-j", nat],
+             [FILTER_CHAIN, "-i", lease.veth, "-j", accept])
+    async with _host_lock("forward.lock"):
+        if policy is not None and ports is not None:
+            await run_tool("iptables-restore", "-w", "--noflush",
+                           stdin=gate_rules(lease, policy, ports))
+            for jump in jumps:
+                await _toggle(jump, True)
+            return
+        for jump in jumps:
+            await _toggle(jump, False)
+        for table, chain in (("nat", nat), ("filter", accept)):
+            await run_tool("iptables", "-w", "-t", table, "-F", chain, check=False)
+            await run_tool("iptables", "-w", "-t", table, "-X", chain, check=False)
+
+
 async def set_dns_rules(lease: Lease, present: bool) -> None:
     """Open or close the host's port 53 for the sandbox (closed: its resolver is gone)."""
     async with _host_lock("forward.lock"):
@@ -218,18 +305,17 @@ async def set_dns_rules(lease: Lease, present: bool) -> None:
 
 
 async def _way_out(lease: Lease, subnet: str, open_it: bool, dns: bool = False) -> None:
-    """Open or close the host's way out for one sandbox; forwarding is on exactly while
-    some sandbox on the host has a way out (one host-wide lock orders the servers)."""
+    """Open or close the host's way out for one sandbox, and its resolver's port (a name
+    policy has the one without the other); forwarding is on exactly while some sandbox on
+    the host has a way out (one host-wide lock orders the servers)."""
     async with _host_lock("forward.lock"):
+        for rule in _dns_rules(lease):
+            await _toggle(rule, dns)
         if open_it:
             _enable_forwarding()
             await _host_rule("-I", lease, subnet)
-            for rule in _dns_rules(lease):
-                await _toggle(rule, dns)
             return
         await _host_rule("-D", lease, subnet)
-        for rule in _dns_rules(lease):
-            await _toggle(rule, False)
         chain = (await _listing("iptables", "-w", "-S", FORWARD_CHAIN)).splitlines()
         if not any(line.endswith("-j ACCEPT") for line in chain):
             _restore_forwarding()
@@ -258,13 +344,16 @@ def _dns_rules(lease: Lease) -> list[list[str]]:
 
 
 async def _toggle(rule: list[str], present: bool) -> None:
-    """Insert ``rule`` at the top of its chain once, or delete every copy of it."""
-    there = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+    """Insert ``rule`` (``-t table`` first, if not filter's) at the top of its chain once,
+    or delete every copy of it."""
+    table, rule = (rule[:2], rule[2:]) if rule[0] == "-t" else ([], rule)
+    there = (await run_tool("iptables", "-w", *table, "-C", *rule, check=False))[0] == 0
     if present and not there:
-        await run_tool("iptables", "-w", "-I", rule[0], "1", *rule[1:])
+        await run_tool("iptables", "-w", *table, "-I", rule[0], "1", *rule[1:])
     while not present and there:
-        await run_tool("iptables", "-w", "-D", *rule, check=False)
-        there = (await run_tool("iptables", "-w", "-C", *rule, check=False))[0] == 0
+        await run_tool("iptables", "-w", *table, "-D", *rule, check=False)
+        there = (await run_tool("iptables", "-w", *table, "-C", *rule,
+                                check=False))[0] == 0
 
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -349,6 +438,7 @@ async def delete_network(lease: Lease, subnet: str | None = None) -> None:
     for it (the rule names ``subnet``); safe to repeat."""
     if subnet is not None:
         await _way_out(lease, subnet, False)
+        await set_gate_rules(lease, None)
     if Path(lease.netns_path).exists():
         await run_tool("ip", "netns", "del", lease.netns, check=False)
     if Path(f"/sys/class/net/{lease.veth}").exists():
@@ -404,6 +494,12 @@ async def remove_host_rules(subnets: list[str]) -> None:
     for chain in (FILTER_CHAIN, FORWARD_CHAIN, RETURN_CHAIN):
         await run_tool("iptables", "-w", "-F", chain, check=False)
         await run_tool("iptables", "-w", "-X", chain, check=False)
+    nat = ("iptables", "-w", "-t", "nat")
+    while (await run_tool(*nat, "-D", "PREROUTING", "-i", veths, "-j", GATE_CHAIN,
+                          check=False))[0] == 0:
+        pass
+    await run_tool(*nat, "-F", GATE_CHAIN, check=False)
+    await run_tool(*nat, "-X", GATE_CHAIN, check=False)
     for subnet in subnets:
         masquerade = ["POSTROUTING", "-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE"]
         while (await run_tool("iptables", "-w", "-t", "nat", "-D", *masquerade,
@@ -432,6 +528,9 @@ async def install_host_rules(subnet: str) -> None:
         await _ensure("iptables", "-w", "-I", chain, "1", *rule)
     await _ensure("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-d",
                   subnet, "-j", "MASQUERADE")
+    await run_tool("iptables", "-w", "-t", "nat", "-N", GATE_CHAIN, check=False)
+    await _ensure("iptables", "-w", "-t", "nat", "-I", "PREROUTING", "1", "-i", veths, "-j",
+                  GATE_CHAIN)
 
 
 async def _ensure(tool: str, wait: str, *args: str) -> None:

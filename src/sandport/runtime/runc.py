@@ -42,6 +42,7 @@ from . import (
     SnapshotSource,
     criu,
     dns,
+    gate,
     network,
     oci,
     seccomp,
@@ -115,6 +116,8 @@ class RuncRuntime:
         self._copying: dict[str, asyncio.Event] = {}  # snapshots' copies under way (frozen)
         self.host_rules = network.HostRules(settings.subnet)
         self.resolvers = dns.Resolvers(settings.dns_upstreams, settings.subnet)
+        self.gates = gate.Gates(settings.subnet, self.resolvers.upstreams)
+        self.netlogs: dict[str, gate.NetworkLog] = {}
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
         self._criu: tuple[str | None, str | None] | None = None  # (binary, why not)
@@ -158,11 +161,16 @@ class RuncRuntime:
             raise RuntimeFailure(f"cannot cap the sandboxes' processes at {total} on their "
                                  f"parent cgroup: {exc.strerror}") from None
         for meta_path in self.bundles.glob("*/runtime.json"):  # sandboxes a crash left
-            if read_json(meta_path).get("dns"):
-                await self._serve_dns(meta_path.parent.name, True)
+            meta = read_json(meta_path)
+            egress = EgressPolicy.from_json(meta.get("egress"))
+            if egress is not None:
+                await self._serve_names(meta_path.parent.name, egress)
+            elif meta.get("dns"):  # made by a server before the name gate
+                await self._serve_names(meta_path.parent.name, EgressPolicy(True))
 
     async def release_host(self) -> None:
         await self.resolvers.stop_all()
+        await self.gates.stop_all()
         await self.disks.close()
         if await self.host_rules.release():
             log.info("no sandbox and no other server left: host rules removed")
@@ -190,7 +198,7 @@ class RuncRuntime:
             mount_overlay(image.lowers, bundle / "upper", bundle / "work", bundle / "rootfs")
             await network.create_network(lease)
             self._write_bundle(container, lease, spec.egress.serves_dns)
-            await self._serve_dns(spec.sandbox_id, spec.egress.serves_dns)
+            await self._serve_names(spec.sandbox_id, spec.egress)
             # The filter is in place before create returns, so before any command runs;
             # the container starts meanwhile (its init runs only the agent).
             done = await asyncio.gather(
@@ -549,29 +557,63 @@ class RuncRuntime:
         lease = self._lease(sandbox_id)
         if not isinstance(slot, int) or not Path(lease.netns_path).exists():
             raise SandboxNotRunning(f"sandbox {sandbox_id} is not running")
-        await network.apply_egress(lease, egress, self.settings.subnet)
-        await self._serve_dns(sandbox_id, egress.serves_dns)
+        # The host sends ports 80 and 443 to the gate before the sandbox's filter lets them
+        # out, and takes them back after it stops: never, meanwhile, on to where they went.
+        if egress.gated:
+            await self._serve_names(sandbox_id, egress)
+            await network.apply_egress(lease, egress, self.settings.subnet)
+        else:
+            await network.apply_egress(lease, egress, self.settings.subnet)
+            await self._serve_names(sandbox_id, egress)
 
-    async def _serve_dns(self, sandbox_id: str, serve: bool) -> None:
-        """Start or stop the sandbox's resolver (runtime/dns.py), and say so in its
-        resolv.conf (rewritten in place: the sandbox sees the bind-mounted file change)
-        and its runtime.json (a restarted server serves it again)."""
+    def network_log(self, sandbox_id: str) -> list[dict[str, object]]:
+        found = self.netlogs.get(sandbox_id)
+        return list(found.entries) if found is not None else []
+
+    def _netlog(self, sandbox_id: str) -> gate.NetworkLog:
+        return self.netlogs.setdefault(sandbox_id, gate.NetworkLog())
+
+    async def _serve_names(self, sandbox_id: str, egress: EgressPolicy) -> None:
+        """Start, change or stop the sandbox's resolver (runtime/dns.py) and name gate
+        (runtime/gate.py), and say so in its resolv.conf (rewritten in place: the sandbox
+        sees the bind-mounted file change) and its runtime.json (a restarted server serves
+        it again)."""
         bundle = self.bundles / sandbox_id
         meta = read_json(bundle / "runtime.json")
         lease = self._lease(sandbox_id)
-        if serve and Path(lease.netns_path).exists():
+        running = Path(lease.netns_path).exists()
+        serve = egress.serves_dns and running
+        netlog = self._netlog(sandbox_id)
+        if serve:
             try:
-                await self.resolvers.start(sandbox_id, lease.host_ip, lease.sandbox_ip)
+                await self.resolvers.start(sandbox_id, lease.host_ip, lease.sandbox_ip,
+                                           egress.names if egress.names_only else None,
+                                           netlog.lookup)
             except OSError as exc:  # then its port 53 is closed again: nothing else answers
                 log.error("sandbox %s: its resolver could not start: %s (%s)", sandbox_id,
                           exc, exc.__cause__ or exc.errno)
                 await network.set_dns_rules(lease, False)
                 serve = False
         else:
-            serve = False
             await self.resolvers.stop(sandbox_id)
-        if meta and meta.get("dns") != serve:
-            write_json(bundle / "runtime.json", {**meta, "dns": serve})
+        ports = None
+        if egress.gated and running:
+            try:
+                ports = await self.gates.start(sandbox_id, lease.host_ip, lease.sandbox_ip,
+                                               egress, netlog.connection,
+                                               _ports(meta.get("gatePorts")))
+                await network.set_gate_rules(lease, egress, ports)
+            except OSError as exc:  # its ports 80 and 443 then stay closed
+                log.error("sandbox %s: its name gate could not start: %s", sandbox_id, exc)
+                await self.gates.stop(sandbox_id)
+                ports = None
+        if ports is None:
+            await self.gates.stop(sandbox_id)
+            await network.set_gate_rules(lease, None)
+        wanted_meta = {**meta, "dns": serve, "egress": egress.to_json(),
+                       "gatePorts": {str(k): v for k, v in (ports or {}).items()}}
+        if meta and meta != wanted_meta:
+            write_json(bundle / "runtime.json", wanted_meta)
         wanted = dns.resolv_conf(lease.host_ip if serve else None)
         with contextlib.suppress(OSError), (bundle / "resolv.conf").open("r+") as fh:
             if fh.read() != wanted:  # (a sandbox could read it half written)
@@ -662,6 +704,8 @@ class RuncRuntime:
         state = read_json(self.state_root / sandbox_id / "state.json")
         init_pid = state.get("init_process_pid")
         await self.resolvers.stop(sandbox_id)
+        await self.gates.stop(sandbox_id)
+        self.netlogs.pop(sandbox_id, None)
         with contextlib.suppress(OSError):
             thaw(sandbox_id)  # frozen processes would not die of KILL
         await self._quiet("kill", sandbox_id, "KILL")
@@ -745,3 +789,12 @@ async def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
             if stat is None or stat[0] in ("Z", "X"):
                 return
         await asyncio.sleep(0.01)
+
+
+def _ports(value: object) -> dict[int, int] | None:
+    """The gate's ports as runtime.json keeps them ({"443": port, "80": port})."""
+    if not isinstance(value, dict):
+        return None
+    found = {int(k): v for k, v in value.items()
+             if str(k).isdigit() and isinstance(v, int) and 0 < v < 65536}
+    return found or None

@@ -1,0 +1,600 @@
+"""The name gate: how a sandbox whose ``allowOut`` names hosts reaches them on ports 80
+and 443, and nothing else there.
+
+The host redirects the sandbox's TCP connections to ports 443 and 80 (those not let by
+its address rules: network.py) to two listeners of this server on the host's end of the
+sandbox's veth. For port 443 the gate reads the TLS ClientHello and takes its server name
+(SNI); for port 80 it reads each request head and takes its ``Host``. A name that no
+pattern of the policy allows is refused: a TLS ``access_denied`` alert, or a 403 page. An
+allowed name is resolved here, through the same upstreams as the sandbox's resolver, and
+the gate connects to one of its addresses, never to the address the sandbox dialled (it
+may have dialled anything while naming an allowed host): the one it dialled if the name
+resolves to it, else the first. An address no policy may open (``--never-allow``, the
+sandboxes' own subnet, loopback, multicast; public addresses under
+``--internet-access deny``) is never connected to, whatever the name resolves to, so DNS
+rebinding reaches nothing. Then the bytes are relayed as they came; on port 80 every later
+request head is checked too (its Host must be the connection's), and an ``Upgrade``
+(WebSocket) turns the connection into a plain relay only on a ``101`` answer to the first
+request. ``CONNECT`` is refused.
+
+What is not prevented: an allowed name's server may serve other names behind the same TLS
+handshake (domain fronting, an encrypted ClientHello's inner name), since TLS is relayed,
+not opened. A policy change re-checks every open relay, closing those it now forbids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+from .. import netnames
+from .network import NOT_INTERNET, EgressPolicy
+
+log = logging.getLogger("sandport.gate")
+
+HELLO_TIMEOUT_S = 10.0  # for the ClientHello or the first request head
+CONNECT_TIMEOUT_S = 10.0
+MAX_HELLO = 64 * 1024
+MAX_HEAD = 64 * 1024
+MAX_CONNECTIONS = 256  # open relays of one sandbox
+CHUNK = 256 * 1024
+CACHE_MAX_S = 60  # the longest an answer is kept, whatever its TTL
+SO_ORIGINAL_DST = 80
+ACCESS_DENIED = b"\x15\x03\x03\x00\x02\x02\x31"  # a fatal TLS alert: access_denied
+ALWAYS_CLOSED = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
+NOT_PUBLIC = tuple(ipaddress.IPv4Network(n) for n in NOT_INTERNET)
+
+Lookup = Callable[[str], Awaitable[list[str]]]
+Refusal = Callable[[str, str, int, str], None]  # (name or "", address, port, rule)
+
+
+class BadHello(ValueError):
+    pass
+
+
+def server_name(data: bytes) -> tuple[bool, str | None]:
+    """(whether ``data`` holds the whole ClientHello, its host_name if it does); BadHello
+    for anything that is not a TLS ClientHello (records of type 22, perhaps several)."""
+    hello, pos = b"", 0
+    while True:
+        if len(data) < pos + 5:
+            return False, None
+        kind, major, size = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5])
+        if kind != 22 or major != 3 or not 0 < size <= 16384 + 2048:
+            raise BadHello("not a TLS handshake record")
+        if len(data) < pos + 5 + size:
+            return False, None
+        hello += data[pos + 5:pos + 5 + size]
+        pos += 5 + size
+        if len(hello) >= 4:
+            if hello[0] != 1:
+                raise BadHello("not a ClientHello")
+            length = int.from_bytes(hello[1:4])
+            if length > MAX_HELLO:
+                raise BadHello("a ClientHello too long")
+            if len(hello) >= 4 + length:
+                return True, _sni(hello[4:4 + length])
+
+
+def _sni(body: bytes) -> str | None:
+    pos = 2 + 32  # version, random
+    pos += 1 + _at(body, pos, 1)  # session id
+    ciphers = _at(body, pos, 2)
+    if ciphers % 2:
+        raise BadHello("a bad cipher list")
+    pos += 2 + ciphers
+    pos += 1 + _at(body, pos, 1)  # compression methods
+    if pos == len(body):
+        return None  # no extensions
+    end = pos + 2 + _at(body, pos, 2)
+    if end != len(body):
+        raise BadHello("bad extensions")
+    pos += 2
+    found: str | None = None
+    seen: set[int] = set()
+    while pos < end:
+        kind, size = _at(body, pos, 2), _at(body, pos + 2, 2)
+        data = body[pos + 4:pos + 4 + size]
+        if len(data) != size or kind in seen:
+            raise BadHello("a bad or repeated extension")
+        seen.add(kind)
+        pos += 4 + size
+        if kind == 0:
+            found = _host_name(data)
+    return found
+
+
+def _host_name(data: bytes) -> str:
+    if _at(data, 0, 2) != len(data) - 2:
+        raise BadHello("a bad server_name list")
+    names, pos = [], 2
+    while pos < len(data):
+        kind, size = data[pos], _at(data, pos + 1, 2)
+        name = data[pos + 3:pos + 3 + size]
+        if len(name) != size:
+            raise BadHello("a bad server name")
+        if kind == 0:
+            names.append(name)
+        pos += 3 + size
+    if len(names) != 1 or not names[0].isascii():
+        raise BadHello("not one ASCII host_name")
+    return names[0].decode("ascii")
+
+
+def _at(data: bytes, pos: int, size: int) -> int:
+    if pos + size > len(data):
+        raise BadHello("truncated")
+    return int.from_bytes(data[pos:pos + size])
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where the sandbox dialled, before the host redirected it here."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4])
+
+
+def forbidden_page(reason: str) -> bytes:
+    body = f"sandport: {reason}\n".encode()
+    return (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body)
+
+
+def host_of(value: bytes) -> str | None:
+    """The host of a ``Host`` header (its port dropped), or None if it names none."""
+    text = value.decode("ascii", errors="replace").strip()
+    host, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if colon and not (port.isdigit() and len(port) <= 5):
+        return None
+    return host or None
+
+
+@dataclass(eq=False)
+class Relay:
+    """One connection through the gate."""
+
+    name: str
+    address: str
+    port: int
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+class SandboxGate:
+    """The two listeners of one sandbox and the relays they opened."""
+
+    def __init__(self, sandbox_id: str, listen: str, sandbox_ip: str, policy: EgressPolicy,
+                 subnet: str, lookup: Lookup, on_refused: Refusal) -> None:
+        self.sandbox_id = sandbox_id
+        self.listen = listen
+        self.sandbox_ip = sandbox_ip
+        self.subnet = ipaddress.IPv4Network(subnet)
+        self.lookup = lookup
+        self.on_refused = on_refused
+        self.ports: dict[int, int] = {}  # dialled port (443, 80) → listening port
+        self._servers: list[asyncio.Server] = []
+        self.relays: set[Relay] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.policy = policy
+        self._closed: tuple[ipaddress.IPv4Network, ...] = ()
+        self.update(policy)
+
+    async def start(self, ports: dict[int, int] | None = None) -> dict[int, int]:
+        """Listen (on ``ports`` where they are free, else anywhere); the ports."""
+        for dialled, handler in ((443, self._tls), (80, self._http)):
+            wanted = (ports or {}).get(dialled, 0)
+            try:
+                server = await asyncio.start_server(handler, self.listen, wanted,
+                                                    reuse_address=True)
+            except OSError:
+                if not wanted:
+                    raise
+                server = await asyncio.start_server(handler, self.listen, 0,
+                                                    reuse_address=True)
+            self._servers.append(server)
+            self.ports[dialled] = server.sockets[0].getsockname()[1]
+        return dict(self.ports)
+
+    def update(self, policy: EgressPolicy) -> None:
+        """Take a new policy; close the relays it forbids."""
+        self.policy = policy
+        self._closed = (*ALWAYS_CLOSED, self.subnet,
+                        *(ipaddress.IPv4Network(n) for n in policy.never))
+        for relay in list(self.relays):
+            if self.refusal(relay.name, relay.address) is not None:
+                log.info("sandbox %s: %s (%s) closed: the policy no longer allows it",
+                         self.sandbox_id, relay.name, relay.address)
+                relay.close()
+
+    def refusal(self, name: str, address: str) -> str | None:
+        """Why the policy refuses ``name`` at ``address``, or None."""
+        return self._name_refusal(name) or self.address_refusal(address)
+
+    def _name_refusal(self, name: str) -> str | None:
+        if netnames.matches(self.policy.names, name) is None:
+            return "not in allowOut"
+        return None
+
+    def address_refusal(self, address: str) -> str | None:
+        ip = ipaddress.IPv4Address(address)
+        closed = next((n for n in self._closed if ip in n), None)
+        if closed is not None:
+            return f"never allowed ({closed})"
+        if not self.policy.public and not any(ip in n for n in NOT_PUBLIC):
+            return "a public address (--internet-access deny)"
+        return None
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for relay in list(self.relays):
+            relay.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- one connection -------------------------------------------------------------------
+    def _admit(self, writer: asyncio.StreamWriter) -> tuple[str, int] | None:
+        peer = writer.get_extra_info("peername")
+        if not peer or peer[0] != self.sandbox_ip or len(self.relays) >= MAX_CONNECTIONS:
+            writer.close()
+            return None
+        sock = writer.get_extra_info("socket")
+        dialled = original_destination(sock) if sock is not None else None
+        return dialled or (self.listen, 0)
+
+    async def _open(self, name: str, dialled: tuple[str, int], port: int
+                    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, str]:
+        """A connection to an allowed address of ``name``, or (None, why not)."""
+        addresses = await self.lookup(name)
+        if not addresses:
+            return None, "the name did not resolve"
+        usable = [a for a in addresses if self.address_refusal(a) is None]
+        if not usable:
+            return None, self.address_refusal(addresses[0]) or "no usable address"
+        address = dialled[0] if dialled[0] in usable else usable[0]
+        try:
+            opened = await asyncio.wait_for(asyncio.open_connection(address, port),
+                                            CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            return None, f"could not connect to {address}: {exc.__class__.__name__}"
+        return opened, address
+
+    def _refuse(self, name: str, dialled: tuple[str, int], port: int, rule: str) -> None:
+        self.on_refused(name, dialled[0], port, rule)
+
+    async def _tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled = self._admit(writer)
+        if dialled is None:
+            return
+        with _tracked(self, writer):
+            hello = b""
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT_S):
+                    while True:
+                        chunk = await reader.read(CHUNK)
+                        if not chunk:
+                            return
+                        hello += chunk
+                        complete, name = server_name(hello)
+                        if complete:
+                            break
+            except (BadHello, TimeoutError, OSError) as exc:
+                self._refuse("", dialled, 443, f"no TLS ClientHello ({exc or 'timeout'})")
+                writer.write(ACCESS_DENIED)
+                return
+            if name is None:
+                self._refuse("", dialled, 443, "no server name (SNI)")
+                writer.write(ACCESS_DENIED)
+                return
+            why = self._name_refusal(name)
+            if why is not None:
+                self._refuse(name, dialled, 443, why)
+                writer.write(ACCESS_DENIED)
+                return
+            opened, detail = await self._open(name, dialled, 443)
+            if opened is None:
+                self._refuse(name, dialled, 443, detail)
+                writer.write(ACCESS_DENIED)
+                return
+            up_reader, up_writer = opened
+            relay = Relay(name.lower().removesuffix("."), detail, 443, [writer, up_writer])
+            self.relays.add(relay)
+            try:
+                up_writer.write(hello)
+                await _both_ways(reader, writer, up_reader, up_writer)
+            finally:
+                self.relays.discard(relay)
+                up_writer.close()
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled = self._admit(writer)
+        if dialled is None:
+            return
+        with _tracked(self, writer):
+            heads = _Heads()
+            held = b""
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT_S):
+                    while not heads.hosts and heads.problem is None:
+                        chunk = await reader.read(CHUNK)
+                        if not chunk:
+                            return
+                        held += chunk
+                        heads.feed(chunk)
+                        if not heads.hosts and len(held) > MAX_HEAD:
+                            heads.problem = "a request head over 64 KiB"
+            except (TimeoutError, OSError):
+                return
+            first = heads.hosts[0] if heads.hosts else None
+            why = heads.problem or (self._name_refusal(first) if first else "no Host")
+            if why is None and first is not None and any(h.lower() != first.lower()
+                                                         for h in heads.hosts):
+                why = "a later request names another Host"
+            if why is None and heads.upgrade is not None and len(heads.hosts) > 1:
+                why = "an upgrade after other requests on one connection"
+            if why is not None or first is None:
+                self._refuse(first or "", dialled, 80, why or "no Host")
+                writer.write(forbidden_page(why or "no Host"))
+                return
+            opened, detail = await self._open(first, dialled, 80)
+            if opened is None:
+                self._refuse(first, dialled, 80, detail)
+                writer.write(forbidden_page(detail))
+                return
+            up_reader, up_writer = opened
+            relay = Relay(first.lower().removesuffix("."), detail, 80, [writer, up_writer])
+            self.relays.add(relay)
+            try:
+                if heads.upgrade:  # what follows an upgrade's head waits for its answer
+                    held = held[:len(held) - len(heads.upgrade)]
+                heads.hosts.clear()
+                up_writer.write(held)
+                await self._http_relay(heads, first, dialled, reader, writer, up_reader,
+                                       up_writer)
+            finally:
+                self.relays.discard(relay)
+                up_writer.close()
+
+    async def _http_relay(self, heads: _Heads, host: str, dialled: tuple[str, int],
+                          reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          up_reader: asyncio.StreamReader,
+                          up_writer: asyncio.StreamWriter) -> None:
+        """Relay, checking every later request head, until one end closes."""
+        first_answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def requests() -> None:
+            pending = b""
+            if heads.upgrade is not None:  # the first request asked to upgrade
+                answer = await first_answer
+                pending, heads.upgrade = heads.upgrade, None
+                if answer[:12] in (b"HTTP/1.1 101", b"HTTP/1.0 101"):
+                    up_writer.write(pending)
+                    await _pipe(reader, up_writer)  # not HTTP any more
+                    return
+                heads.restart()  # refused: the connection stays HTTP, checked
+            while chunk := pending or await reader.read(CHUNK):
+                pending = b""
+                heads.feed(chunk)
+                problem = heads.problem or next(
+                    (f"a later request names another Host ({h})" for h in heads.hosts
+                     if h.lower() != host.lower()), None)
+                if heads.upgrade is not None and problem is None:
+                    problem = "an upgrade after other requests on one connection"
+                if problem is not None:
+                    named = next((h for h in heads.hosts if h.lower() != host.lower()), host)
+                    self._refuse(named, dialled, 80, problem)
+                    writer.close()
+                    up_writer.close()
+                    return
+                heads.hosts.clear()
+                up_writer.write(chunk)
+                await up_writer.drain()
+            with contextlib.suppress(OSError):
+                up_writer.write_eof()
+
+        async def answers() -> None:
+            while chunk := await up_reader.read(CHUNK):
+                if not first_answer.done():
+                    first_answer.set_result(chunk)
+                writer.write(chunk)
+                await writer.drain()
+            if not first_answer.done():
+                first_answer.set_result(b"")
+            with contextlib.suppress(OSError):
+                writer.write_eof()
+
+        await _together(requests(), answers())
+
+
+class _Heads:
+    """httptools' view of the bytes a sandbox sends on port 80: each request head's Host,
+    or what is wrong."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+        self.problem: str | None = None
+        self.upgrade: bytes | None = None  # bytes after an upgrade request's head
+        self._fields: list[bytes] = []
+        self._name = b""
+        self._url = b""
+        self.restart()
+
+    def restart(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+
+    def feed(self, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.parser.get_method() == b"CONNECT":
+                self.problem = "CONNECT is refused"
+                return
+            self.upgrade = data[int(exc.args[0]):] if exc.args else b""
+        except httptools.HttpParserError as exc:
+            self.problem = f"not HTTP/1 ({exc.__class__.__name__})"
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._fields, self._name, self._url = [], b"", b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"host":
+            self._fields.append(value)
+
+    def on_headers_complete(self) -> None:
+        if len(self._fields) != 1:
+            self.problem = "not one Host header"
+            return
+        host = host_of(self._fields[0])
+        if host is None:
+            self.problem = "a bad Host header"
+            return
+        if not self._url.startswith(b"/") and self._url != b"*":
+            try:  # an absolute-form target must name the same host
+                target = httptools.parse_url(self._url).host or b""
+            except httptools.HttpParserInvalidURLError:
+                target = b""
+            if target.decode("ascii", "replace").lower() != host.lower():
+                self.problem = "a request target naming another host"
+                return
+        self.hosts.append(host)
+
+
+@contextlib.contextmanager
+def _tracked(gate: SandboxGate, writer: asyncio.StreamWriter):  # type: ignore[no-untyped-def]
+    task = asyncio.current_task()
+    if task is not None:
+        gate._tasks.add(task)  # noqa: SLF001
+    try:
+        yield
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        if task is not None:
+            gate._tasks.discard(task)  # noqa: SLF001
+        writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(CHUNK):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+    except OSError:
+        writer.close()
+
+
+async def _both_ways(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+    await _together(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def _together(*work: Awaitable[None]) -> None:
+    """Both directions until both end; one failing closes the relay."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+LOG_ENTRIES = 100
+
+
+class NetworkLog:
+    """A sandbox's last LOG_ENTRIES refused lookups and connections (in memory only)."""
+
+    def __init__(self) -> None:
+        self.entries: deque[dict[str, object]] = deque(maxlen=LOG_ENTRIES)
+
+    def lookup(self, name: str, rule: str) -> None:
+        self._add("lookup", name, None, 53, rule)
+
+    def connection(self, name: str, address: str, port: int, rule: str) -> None:
+        self._add("connection", name or None, address or None, port, rule)
+
+    def _add(self, kind: str, name: str | None, address: str | None, port: int | None,
+             rule: str) -> None:
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self.entries.append({"at": at.replace("+00:00", "Z"), "kind": kind, "name": name,
+                             "address": address, "port": port, "rule": rule})
+
+
+class Gates:
+    """The gates of this server's sandboxes, and one cache of the names they looked up."""
+
+    def __init__(self, subnet: str, upstreams: Callable[[], list[tuple[str, int]]]) -> None:
+        self.subnet = subnet
+        self._upstreams = upstreams
+        self._running: dict[str, SandboxGate] = {}
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+
+    def get(self, sandbox_id: str) -> SandboxGate | None:
+        return self._running.get(sandbox_id)
+
+    async def lookup(self, name: str) -> list[str]:
+        from .dns import lookup_a  # (dns imports nothing of this module)
+
+        name = name.lower().removesuffix(".")
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses, ttl = await lookup_a(self._upstreams(), name)
+        if addresses and ttl > 0:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[name] = (now + min(ttl, CACHE_MAX_S), addresses)
+        return addresses
+
+    async def start(self, sandbox_id: str, listen: str, sandbox_ip: str,
+                    policy: EgressPolicy, on_refused: Refusal,
+                    ports: dict[int, int] | None = None) -> dict[int, int]:
+        """Serve the sandbox (a running gate takes ``policy``); its listening ports."""
+        running = self._running.get(sandbox_id)
+        if running is not None:
+            running.update(policy)
+            return dict(running.ports)
+        gate = SandboxGate(sandbox_id, listen, sandbox_ip, policy, self.subnet, self.lookup,
+                           on_refused)
+        made = await gate.start(ports)
+        self._running[sandbox_id] = gate
+        return made
+
+    async def stop(self, sandbox_id: str) -> None:
+        gate = self._running.pop(sandbox_id, None)
+        if gate is not None:
+            await gate.stop()
+
+    async def stop_all(self) -> None:
+        for sandbox_id in list(self._running):
+            await self.stop(sandbox_id)
+
+
+__all__ = ["Gates", "NetworkLog", "SandboxGate", "host_of", "server_name"]
