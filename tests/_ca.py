@@ -1,5 +1,6 @@
-"""A certificate authority made for one test session, and loopback server certificates
-(127.0.0.1 and localhost) signed by it: for the HTTPS registries and the token server."""
+"""A certificate authority made for one test session, and server certificates signed by
+it: for loopback (127.0.0.1 and localhost: the HTTPS registries and the token server), or
+for given names (the web world's servers)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ class TestCA:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
-              ) -> tuple[Path, Path, x509.Certificate]:
-        """A certificate for 127.0.0.1 and localhost: (cert.pem, key.pem, the certificate)."""
+              dns_names: tuple[str, ...] = ()) -> tuple[Path, Path, x509.Certificate]:
+        """A certificate for ``dns_names``, or else for 127.0.0.1 and localhost: (cert.pem,
+        key.pem, the certificate)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        san = x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.DNSName("localhost"),
-        ])
+        san = x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in dns_names] if dns_names else [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
         cert = (
             _cert_builder(subject, self.cert.subject, key.public_key(), days=1)
             .add_extension(san, critical=False)

@@ -82,9 +82,13 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
-    def assert_clean_log(self) -> None:
-        """No traceback and no asyncio complaint in the whole log."""
-        log = self.log_path.read_text(errors="replace")
+    def log_size(self) -> int:
+        """Where the log ends now: ``assert_clean_log(since=...)`` looks only after it."""
+        return self.log_path.stat().st_size
+
+    def assert_clean_log(self, since: int = 0) -> None:
+        """No traceback and no asyncio complaint in the log (all of it, or after ``since``)."""
+        log = self.log_path.read_bytes()[since:].decode(errors="replace")
         for bad in ("Traceback", "was never retrieved", "unable to perform operation"):
             assert bad not in log, log[-3000:]
 

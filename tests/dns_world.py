@@ -2,9 +2,10 @@
 veth, at a TEST-NET-3 address. Every test server is pointed at it (--dns-upstream), so a
 sandbox's lookup never reaches the host's own resolvers nor anything off the machine.
 
-It knows a few names (NAMES; ``*.wild.test`` too) and says NXDOMAIN for the rest; its log
-(``queries()``) shows what reached it. Started once per test process, at first use (or at
-session start, see conftest.py), removed at exit.
+It knows a few names (NAMES; ``*.wild.test`` too), those a test gives it
+(``set_names``: an addn-hosts file, reloaded at once, answered with TTL 0), and says
+NXDOMAIN for the rest; its log (``queries()``) shows what reached it. Started once per
+test process, at first use (or at session start, see conftest.py), removed at exit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +32,7 @@ class DnsWorld:
     gateway: str
     address: str  # where dnsmasq answers
     log: Path
+    hosts: Path  # the names tests set
     proc: subprocess.Popen[bytes]
 
     def queries(self) -> list[str]:
@@ -38,6 +42,18 @@ class DnsWorld:
         except FileNotFoundError:
             return []
         return [line.split("query[", 1)[1].split(" ")[1] for line in lines if "query[" in line]
+
+    def set_names(self, names: dict[str, str]) -> None:
+        """Make each name resolve to its address (and forget the names set before), then
+        wait until dnsmasq answers so."""
+        self.hosts.write_text("".join(f"{a} {n}\n" for n, a in names.items()))
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(_ask(self.address, n) == a for n, a in names.items()):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"dnsmasq did not take the names {names}")
 
 
 _world: DnsWorld | None = None
@@ -68,14 +84,16 @@ def dns_world() -> DnsWorld:
     _ip("-n", netns, "link", "set", "eth0", "up")
     _ip("-n", netns, "link", "set", "lo", "up")
     log = Path(tempfile.mkdtemp(prefix="sandport-dns-world-")) / "queries.log"
+    hosts = log.parent / "hosts"
+    hosts.write_text("")
     args = ["ip", "netns", "exec", netns, "dnsmasq", "--keep-in-foreground",
             "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
             f"--listen-address={address}", "--port=53", "--user=root", "--pid-file=",
             "--log-queries", f"--log-facility={log}",
-            f"--address=/{WILD[0]}/{WILD[1]}"]
+            f"--address=/{WILD[0]}/{WILD[1]}", f"--addn-hosts={hosts}"]
     args += [f"--host-record={name},{addr}" for name, addr in NAMES.items()]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    world = DnsWorld(netns, host_if, gateway, address, log, proc)
+    world = DnsWorld(netns, host_if, gateway, address, log, hosts, proc)
     deadline = time.monotonic() + 10
     while not log.exists() and time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -93,3 +111,26 @@ def _remove(world: DnsWorld) -> None:
     subprocess.run(["ip", "link", "del", world.host_if], capture_output=True)
     subprocess.run(["ip", "netns", "del", world.netns], capture_output=True)
     shutil.rmtree(world.log.parent, ignore_errors=True)
+
+
+def _ask(server: str, name: str) -> str | None:
+    """The first A record dnsmasq gives for ``name`` (a query from the host, over the veth)."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    query = os.urandom(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\0\0\1\0\1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        try:
+            s.sendto(query, (server, 53))
+            reply = s.recv(4096)
+        except OSError:
+            return None
+    if reply[:2] != query[:2] or reply[3] & 0xF or int.from_bytes(reply[6:8]) == 0:
+        return None
+    pos = len(query)  # the question is echoed; answers follow, names compressed (2 bytes)
+    while pos + 12 <= len(reply):
+        kind = int.from_bytes(reply[pos + 2:pos + 4])
+        size = int.from_bytes(reply[pos + 10:pos + 12])
+        if kind == 1 and size == 4:
+            return socket.inet_ntoa(reply[pos + 12:pos + 16])
+        pos += 12 + size
+    return None

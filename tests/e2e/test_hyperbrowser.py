@@ -12,6 +12,7 @@ from hyperbrowser import Hyperbrowser
 from hyperbrowser.exceptions import HyperbrowserError
 
 from .._server import ServerProcess
+from ..web_world import FETCH, WILD, web_world
 
 
 @pytest.fixture
@@ -153,6 +154,40 @@ def test_network_policy_and_runtime_session(hb_sandbox: object, server: ServerPr
     assert fresh != first
     assert sb.exec("echo still").stdout == "still\n"  # type: ignore[attr-defined]
     assert sb.create_runtime_session().token == fresh  # type: ignore[attr-defined]
+
+
+def test_names_in_the_network_policy(server: ServerProcess) -> None:
+    """allowOut with a name and a wildcard, at create and in update_network, obeyed by
+    real requests from the sandbox to the tests' web world (tests/web_world.py)."""
+    web = web_world()
+    client = Hyperbrowser(api_key=server.api_key, base_url=server.base_url)
+    sb = client.sandboxes.create({"image_name": "python",  # type: ignore[arg-type]
+                                  "allow_out": ["allowed.web.test", f"*.{WILD}"]})
+    try:
+        assert sb.info().network.allow_out == ["allowed.web.test", f"*.{WILD}"]
+        sb.files.write_text("/tmp/web-ca.pem", web.ca_pem)
+        asks = (("https", web.allowed, "allowed.web.test"), ("https", web.other, f"a.{WILD}"),
+                ("https", web.other, "other.web.test"))
+        said = sb.exec(f"python3 - <<'PY'\n{FETCH}\n" + "".join(
+            f"print(fetch(*{list(a)!r}))\n" for a in asks) + "PY")
+        assert said.stdout.splitlines() == [
+            f"web {web.allowed} sni=allowed.web.test host=allowed.web.test path=/",
+            f"web {web.other} sni=a.{WILD} host=a.{WILD} path=/", "denied"], said.stderr
+        changed = sb.update_network({"allow_internet_access": False,
+                                     "allow_out": ["other.web.test"], "deny_out": []})
+        assert changed.network.allow_out == ["other.web.test"]
+        said = sb.exec(f"python3 - <<'PY'\n{FETCH}\n" + "".join(
+            f"print(fetch(*{list(a)!r}))\n" for a in asks) + "PY")
+        assert said.stdout.splitlines() == [
+            "denied", "denied",
+            f"web {web.other} sni=other.web.test host=other.web.test path=/"], said.stderr
+        with pytest.raises(HyperbrowserError) as bad:
+            sb.update_network({"allow_out": ["*.*.web.test"], "deny_out": ["other.web.test"]})
+        assert bad.value.status_code == 400
+    finally:
+        sb.stop()
+        client.close()
+        web.stop()
 
 
 def test_snapshots_through_the_sdk(server: ServerProcess) -> None:

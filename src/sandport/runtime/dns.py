@@ -263,7 +263,7 @@ class SandboxResolver:
                 reply = await self.resolve(query, tcp=True)
                 if reply is None:
                     break
-                writer.write(struct.pack("!H", len(reply)) + reply)
+                send(writer, struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
@@ -271,6 +271,22 @@ class SandboxResolver:
             self._tcp_open -= 1
             self._writers.discard(writer)
             writer.close()
+
+
+def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write, or raise ConnectionResetError when this end was closed meanwhile (by a stop,
+    a policy change or the peer): uvloop raises RuntimeError for a write to a closed
+    transport, which would escape the handlers' OSError clauses."""
+    if writer.is_closing():
+        raise ConnectionResetError("the connection was closed")
+    writer.write(data)
+
+
+def end(writer: asyncio.StreamWriter) -> None:
+    """Half-close ``writer`` if it is still open."""
+    if not writer.is_closing() and writer.can_write_eof():
+        with contextlib.suppress(OSError):
+            writer.write_eof()
 
 
 class _UdpFront(asyncio.DatagramProtocol):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from .. import netnames
+from .dns import end, lookup_a, send
 from .network import NOT_INTERNET, EgressPolicy
 
 log = logging.getLogger("sandport.gate")
@@ -299,27 +300,27 @@ class SandboxGate:
                             break
             except (BadHello, TimeoutError, OSError) as exc:
                 self._refuse("", dialled, 443, f"no TLS ClientHello ({exc or 'timeout'})")
-                writer.write(ACCESS_DENIED)
+                send(writer, ACCESS_DENIED)
                 return
             if name is None:
                 self._refuse("", dialled, 443, "no server name (SNI)")
-                writer.write(ACCESS_DENIED)
+                send(writer, ACCESS_DENIED)
                 return
             why = self._name_refusal(name)
             if why is not None:
                 self._refuse(name, dialled, 443, why)
-                writer.write(ACCESS_DENIED)
+                send(writer, ACCESS_DENIED)
                 return
             opened, detail = await self._open(name, dialled, 443)
             if opened is None:
                 self._refuse(name, dialled, 443, detail)
-                writer.write(ACCESS_DENIED)
+                send(writer, ACCESS_DENIED)
                 return
             up_reader, up_writer = opened
             relay = Relay(name.lower().removesuffix("."), detail, 443, [writer, up_writer])
             self.relays.add(relay)
             try:
-                up_writer.write(hello)
+                send(up_writer, hello)
                 await _both_ways(reader, writer, up_reader, up_writer)
             finally:
                 self.relays.discard(relay)
@@ -353,12 +354,12 @@ class SandboxGate:
                 why = "an upgrade after other requests on one connection"
             if why is not None or first is None:
                 self._refuse(first or "", dialled, 80, why or "no Host")
-                writer.write(forbidden_page(why or "no Host"))
+                send(writer, forbidden_page(why or "no Host"))
                 return
             opened, detail = await self._open(first, dialled, 80)
             if opened is None:
                 self._refuse(first, dialled, 80, detail)
-                writer.write(forbidden_page(detail))
+                send(writer, forbidden_page(detail))
                 return
             up_reader, up_writer = opened
             relay = Relay(first.lower().removesuffix("."), detail, 80, [writer, up_writer])
@@ -367,7 +368,7 @@ class SandboxGate:
                 if heads.upgrade:  # what follows an upgrade's head waits for its answer
                     held = held[:len(held) - len(heads.upgrade)]
                 heads.hosts.clear()
-                up_writer.write(held)
+                send(up_writer, held)
                 await self._http_relay(heads, first, dialled, reader, writer, up_reader,
                                        up_writer)
             finally:
@@ -387,7 +388,7 @@ class SandboxGate:
                 answer = await first_answer
                 pending, heads.upgrade = heads.upgrade, None
                 if answer[:12] in (b"HTTP/1.1 101", b"HTTP/1.0 101"):
-                    up_writer.write(pending)
+                    send(up_writer, pending)
                     await _pipe(reader, up_writer)  # not HTTP any more
                     return
                 heads.restart()  # refused: the connection stays HTTP, checked
@@ -406,21 +407,19 @@ class SandboxGate:
                     up_writer.close()
                     return
                 heads.hosts.clear()
-                up_writer.write(chunk)
+                send(up_writer, chunk)
                 await up_writer.drain()
-            with contextlib.suppress(OSError):
-                up_writer.write_eof()
+            end(up_writer)
 
         async def answers() -> None:
             while chunk := await up_reader.read(CHUNK):
                 if not first_answer.done():
                     first_answer.set_result(chunk)
-                writer.write(chunk)
+                send(writer, chunk)
                 await writer.drain()
             if not first_answer.done():
                 first_answer.set_result(b"")
-            with contextlib.suppress(OSError):
-                writer.write_eof()
+            end(writer)
 
         await _together(requests(), answers())
 
@@ -502,9 +501,9 @@ def _tracked(gate: SandboxGate, writer: asyncio.StreamWriter):  # type: ignore[n
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while chunk := await reader.read(CHUNK):
-            writer.write(chunk)
+            send(writer, chunk)
             await writer.drain()
-        writer.write_eof()
+        end(writer)
     except OSError:
         writer.close()
 
@@ -559,8 +558,6 @@ class Gates:
         return self._running.get(sandbox_id)
 
     async def lookup(self, name: str) -> list[str]:
-        from .dns import lookup_a  # (dns imports nothing of this module)
-
         name = name.lower().removesuffix(".")
         now = time.monotonic()
         cached = self._cache.get(name)
