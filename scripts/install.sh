@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 extra="${1:-server}"
 
 # runc: the OCI runtime. iproute2/iptables: per-sandbox netns, veth and host filter rules.
+# conntrack: a policy change ends the flows the host's NAT had let past the name gate.
 # mmdebstrap: builds the built-in images from Debian packages. tini: the sandboxes' init.
 # golang-github-containers-common: the seccomp profile. libnss-myhostname: *.localhost names.
 # gcc, libc6-dev: build the in-sandbox agent (static C) once. curl: the README's examples.
 # python3-venv: the virtualenv below. e2fsprogs: mkfs.ext4 for each sandbox's own disk (the
 # filesystem that enforces diskSizeMiB).
-packages=(runc iproute2 iptables mmdebstrap tini golang-github-containers-common gcc libc6-dev
-          libnss-myhostname curl ca-certificates python3 python3-venv e2fsprogs)
+packages=(runc iproute2 iptables conntrack mmdebstrap tini golang-github-containers-common gcc
+          libc6-dev libnss-myhostname curl ca-certificates python3 python3-venv e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

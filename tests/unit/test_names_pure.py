@@ -16,7 +16,14 @@ from sandport.errors import ValidationFailed
 from sandport.netnames import BadName, matches, normal_name
 from sandport.runtime.dns import NOERROR, NXDOMAIN, SandboxResolver, a_query, a_records
 from sandport.runtime.gate import BadHello, _Heads, host_of, server_name
-from sandport.runtime.network import EgressPolicy, egress_rules, gate_rules, lease_for
+from sandport.runtime.network import (
+    EgressPolicy,
+    egress_rules,
+    flows_to_cut,
+    gate_rules,
+    lease_for,
+    sent_to_gate,
+)
 
 LEASE = lease_for("10.77.0.0/16", 3, "sb1234567890abcdef")
 
@@ -208,6 +215,32 @@ def test_names_with_the_internet_open_go_to_the_gate_only_where_it_is_closed() -
     assert "-d 203.0.113.0/24 -p tcp --dport 443 -j REDIRECT --to-ports 1" in rules
     assert "-d 10.0.0.0/8 -p tcp --dport 80 -j REDIRECT --to-ports 2" in rules
     assert "-A SPG-" + LEASE.veth[3:] + " -p tcp --dport 443" not in rules
+
+
+def test_the_flows_a_tighter_policy_cuts() -> None:
+    """Only the sandbox's own, un-redirected flows to 80/443 that the gate would now take."""
+    me, host = LEASE.sandbox_ip, LEASE.host_ip
+    listing = "\n".join([
+        f"tcp 6 431999 ESTABLISHED src={me} dst=198.18.1.12 sport=40000 dport=443 "
+        f"src=198.18.1.12 dst={me} sport=443 dport=40000 [ASSURED] mark=0 use=1",
+        # through the gate already (the reply comes from its listener): left alone
+        f"tcp 6 431999 ESTABLISHED src={me} dst=198.18.1.10 sport=40001 dport=443 "
+        f"src={host} dst={me} sport=40443 dport=40001 [ASSURED] mark=0 use=1",
+        f"tcp 6 431999 ESTABLISHED src={me} dst=198.18.1.12 sport=40002 dport=22 "
+        f"src=198.18.1.12 dst={me} sport=22 dport=40002 [ASSURED] mark=0 use=1",  # not web
+        f"tcp 6 431999 ESTABLISHED src={me} dst=198.18.1.11 sport=40003 dport=80 "
+        f"src=198.18.1.11 dst={me} sport=80 dport=40003 [ASSURED] mark=0 use=1",  # allowed
+        "tcp 6 100 TIME_WAIT src=10.9.9.9 dst=198.18.1.12 sport=1 dport=443 "
+        "src=198.18.1.12 dst=10.9.9.9 sport=443 dport=1 mark=0 use=1",  # another's
+        "conntrack v1.4.7 (conntrack-tools): 5 flow entries have been shown.",
+    ])
+    tight = EgressPolicy(False, ("198.18.1.11/32",), (), (), None, ("allowed.test",))
+    assert flows_to_cut(listing, LEASE, tight) == [(me, "40000", "198.18.1.12", "443")]
+    assert flows_to_cut(listing, LEASE, EgressPolicy(False, ("198.18.1.11/32",))) == []
+    # with the internet open, only the closed part of it goes to the gate
+    fronted = EgressPolicy(True, (), ("198.18.1.0/24",), (), None, ("allowed.test",))
+    assert sent_to_gate(fronted, "198.18.1.11") and not sent_to_gate(fronted, "198.51.100.1")
+    assert len(flows_to_cut(listing, LEASE, fronted)) == 2
 
 
 def test_the_policy_a_restarted_server_reads_back() -> None:

@@ -276,6 +276,57 @@ def gate_rules(lease: Lease, policy: EgressPolicy, ports: dict[int, int]) -> str
     return "\n".join(lines)
 
 
+def sent_to_gate(policy: EgressPolicy, address: str) -> bool:
+    """Whether gate_rules send a TCP connection to ``address`` on port 80 or 443 to the
+    gate (pure)."""
+    if not policy.gated:
+        return False
+    ip = ipaddress.IPv4Address(address)
+    if any(ip in ipaddress.IPv4Network(c) for c in policy.allow_out):
+        return False
+    return not policy.allow_internet or any(
+        ip in ipaddress.IPv4Network(c) for c in (*policy.deny_out, *NOT_INTERNET))
+
+
+def flows_to_cut(listing: str, lease: Lease, policy: EgressPolicy
+                 ) -> list[tuple[str, str, str, str]]:
+    """From ``conntrack -L -p tcp`` output, the sandbox's flows to ports 80 and 443 that
+    its address rules let by (not redirected) and that ``policy`` would now send to the
+    gate: (source, source port, destination, destination port) each (pure). The sandbox's
+    filter re-checks every packet, but the host's NAT decides a flow's way once, at its
+    first packet: these would go on to where the gate never looked."""
+    cut = []
+    for line in listing.splitlines():
+        fields = [f.split("=", 1) for f in line.split() if "=" in f]
+        values = [v for k, v in fields if k in ("src", "dst", "sport", "dport")]
+        if len(values) < 8:
+            continue
+        src, dst, sport, dport, reply_src = values[:5]
+        if (src == lease.sandbox_ip and dport in {str(p) for p in GATE_PORTS}
+                and reply_src == dst and sent_to_gate(policy, dst)):
+            cut.append((src, sport, dst, dport))
+    return cut
+
+
+async def cut_flows(lease: Lease, policy: EgressPolicy) -> int:
+    """Delete the conntrack entries of flows_to_cut: their next packet is a new flow, which
+    goes to the gate, and is reset there. How many."""
+    if not policy.gated:
+        return 0
+    proc = await asyncio.create_subprocess_exec(
+        "conntrack", "-L", "-p", "tcp", "-s", lease.sandbox_ip,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    listing, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"conntrack failed: {err.decode(errors='replace').strip()}")
+    flows = flows_to_cut(listing.decode(errors="replace"), lease, policy)
+    for src, sport, dst, dport in flows:
+        await run_tool("conntrack", "-D", "-p", "tcp", "-s", src, "--sport", sport, "-d", dst,
+                       "--dport", dport, check=False)  # (it may have ended meanwhile)
+    return len(flows)
+
+
 async def set_gate_rules(lease: Lease, policy: EgressPolicy | None,
                          ports: dict[int, int] | None = None) -> None:
     """Send the sandbox's ports 80 and 443 to its gate (listening at ``ports``), or, with

@@ -125,7 +125,7 @@ class RuncRuntime:
 
     # -- host -------------------------------------------------------------------------
     async def prepare_host(self) -> None:
-        for tool in (self.settings.runc, "ip", "iptables"):
+        for tool in (self.settings.runc, "ip", "iptables", "conntrack"):
             if shutil.which(tool) is None:
                 raise RuntimeFailure(f"{tool} is not installed (see the README's setup command)")
         if not self.settings.init_binary.exists():
@@ -562,6 +562,7 @@ class RuncRuntime:
         if egress.gated:
             await self._serve_names(sandbox_id, egress)
             await network.apply_egress(lease, egress, self.settings.subnet)
+            await network.cut_flows(lease, egress)
         else:
             await network.apply_egress(lease, egress, self.settings.subnet)
             await self._serve_names(sandbox_id, egress)
