@@ -18,6 +18,7 @@ from ..web_world import FETCH, WILD, WebWorld, fetch, trust, web_world
 from ._world import MakeSandbox, reach
 
 Servers = Callable[..., ServerProcess]
+NOT_THE_INTERNET = "198.18.0.0/15"  # where the web is
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,8 @@ def test_an_allowed_name_never_reaches_the_address_dialled(make_sandbox: MakeSan
 
 
 def test_other_ports_and_quic_fall_back_to_address_rules(make_sandbox: MakeSandbox,
-                                                         web: WebWorld) -> None:
+                                                         web: WebWorld,
+                                                         server: ServerProcess) -> None:
     sb = named(make_sandbox, web, allowOut=["allowed.web.test", f"{web.other}/32"])
     assert reach(sb, web.allowed, web.other, port=22) == ["blocked", f"ssh {web.other}"]
     quic = sb.exec(f"""python3 - <<'PY'
@@ -132,6 +134,12 @@ PY""")
                  ("https", web.other, "denied.web.test")) == [
         answer(web.other, "https", "other.web.test"),
         answer(web.other, "https", "denied.web.test")]
+    # what the sandbox's own filter refused is in its network log too
+    refused = {(e["address"], e["port"], e["rule"]) for e in network_log(server, sb)
+               if e["kind"] == "connection" and e["name"] is None}
+    not_allowed = f"not in allowOut (not the internet: {NOT_THE_INTERNET})"
+    assert {(web.allowed, 22, not_allowed), (web.allowed, 443, f"{not_allowed} (udp)")} \
+        <= refused, refused
 
 
 def test_rebinding_an_allowed_name_reaches_nothing(make_sandbox: MakeSandbox, web: WebWorld,

@@ -17,6 +17,7 @@ from sandport.netnames import BadName, matches, normal_name
 from sandport.runtime.dns import NOERROR, NXDOMAIN, SandboxResolver, a_query, a_records
 from sandport.runtime.gate import BadHello, _Heads, host_of, server_name
 from sandport.runtime.network import (
+    NOT_INTERNET,
     EgressPolicy,
     egress_rules,
     flows_to_cut,
@@ -24,6 +25,7 @@ from sandport.runtime.network import (
     lease_for,
     sent_to_gate,
 )
+from sandport.runtime.refusals import Refused, nflog_rule, parse
 
 LEASE = lease_for("10.77.0.0/16", 3, "sb1234567890abcdef")
 
@@ -241,6 +243,45 @@ def test_the_flows_a_tighter_policy_cuts() -> None:
     fronted = EgressPolicy(True, (), ("198.18.1.0/24",), (), None, ("allowed.test",))
     assert sent_to_gate(fronted, "198.18.1.11") and not sent_to_gate(fronted, "198.51.100.1")
     assert len(flows_to_cut(listing, LEASE, fronted)) == 2
+
+
+def test_every_refusal_of_the_filter_is_logged_first_at_a_limited_rate() -> None:
+    policy = EgressPolicy(False, ("192.0.2.0/24",), ("192.0.2.7/32",), ("169.254.0.0/16",),
+                          None, ("allowed.test",))
+    lines = egress_rules(LEASE, policy).splitlines()
+    rejects = [i for i, line in enumerate(lines) if "-j REJECT" in line]
+    assert len(rejects) == 1 + 1 + 1 + len(NOT_INTERNET) + 1  # host, never, deny, ..., rest
+    for i in rejects:
+        match = lines[i].split(" -j REJECT")[0]
+        assert lines[i - 1].startswith(f"{match} -m limit --limit 5/sec --limit-burst 10 "
+                                       "-j NFLOG --nflog-group 1 --nflog-prefix "), lines[i - 1]
+    assert '--nflog-prefix "in denyOut (192.0.2.7/32)"' in lines[rejects[2] - 1]
+    long = nflog_rule("-A OUTPUT", 'a "quoted" ' + "x" * 100)
+    assert '"a quoted xxx' in long and len(long.split('"')[1]) == 63
+
+
+def nflog_packet(prefix: bytes, packet: bytes) -> bytes:
+    def attr(kind: int, value: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(value), kind) + value
+        return raw + b"\0" * (-len(raw) % 4)
+    body = struct.pack("!BBH", 2, 0, 1) + attr(1, b"\x08\x00\x03\x00") + attr(10, prefix) \
+        + attr(9, packet)
+    return struct.pack("=IHHII", 16 + len(body), (4 << 8) | 0, 0, 0, 0) + body
+
+
+def test_the_refused_packets_nflog_hands_over() -> None:
+    tcp = bytes([0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 6, 0, 0]) + bytes([10, 77, 0, 2]) \
+        + bytes([203, 0, 113, 9]) + struct.pack("!HH", 40000, 22) + b"\0" * 4
+    udp = bytes([0x46, 0, 0, 60, 0, 0, 0x40, 0, 64, 17, 0, 0]) + bytes([10, 77, 0, 2]) \
+        + bytes([198, 18, 0, 1]) + b"\0" * 4 + struct.pack("!HH", 5000, 443)  # IP options
+    icmp = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0]) + bytes([10, 77, 0, 2, 1, 1, 1, 1])
+    got = parse(nflog_packet(b"not in allowOut\0", tcp) + nflog_packet(b"the host\0", udp)
+                + nflog_packet(b"x\0", icmp) + nflog_packet(b"short\0", tcp[:10])
+                + b"\xff" * 7)
+    assert got == [Refused("203.0.113.9", 22, "tcp", "not in allowOut"),
+                   Refused("198.18.0.1", 443, "udp", "the host"),
+                   Refused("1.1.1.1", None, "icmp", "x")]
+    assert parse(b"") == [] and parse(b"\x00" * 40) == []
 
 
 def test_the_policy_a_restarted_server_reads_back() -> None:

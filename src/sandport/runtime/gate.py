@@ -535,7 +535,7 @@ class NetworkLog:
     def lookup(self, name: str, rule: str) -> None:
         self._add("lookup", name, None, 53, rule)
 
-    def connection(self, name: str, address: str, port: int, rule: str) -> None:
+    def connection(self, name: str, address: str, port: int | None, rule: str) -> None:
         self._add("connection", name or None, address or None, port, rule)
 
     def _add(self, kind: str, name: str | None, address: str | None, port: int | None,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RuntimeFailure, Unavailable
+from .refusals import nflog_rule
 
 VETH_PREFIX = "spv"  # host-side veth names: spv + 12 hex = 15 characters, the kernel limit
 NETNS_PREFIX = "sp-"
@@ -226,20 +227,29 @@ def egress_rules(lease: Lease, policy: EgressPolicy) -> str:
         # a destination (its INPUT rules drop what a sandbox starts, whatever this says).
         f"-A OUTPUT -d {lease.host_ip}/32 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
     ]
+
+    def refused(match: str, rule: str) -> list[str]:  # logged first (runtime/refusals.py)
+        return [nflog_rule(match, rule), f"{match} {refuse}"]
+
     if policy.serves_dns:  # its resolver, on the host's end of its veth (runtime/dns.py)
         lines += [f"-A OUTPUT -d {lease.host_ip}/32 -p {proto} --dport 53 -j ACCEPT"
                   for proto in ("udp", "tcp")]
-    lines += [
-        f"-A OUTPUT -d {lease.host_ip}/32 {refuse}",
-    ]
-    lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in policy.never]
+    lines += refused(f"-A OUTPUT -d {lease.host_ip}/32", "the host")
+    for cidr in policy.never:
+        lines += refused(f"-A OUTPUT -d {cidr}", f"never allowed ({cidr})")
     lines += [f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in policy.allow_out]
     if policy.gated:  # the host takes them to the name gate, wherever they were going
         lines += ["-A OUTPUT -p tcp -m multiport --dports "
                   f"{','.join(map(str, GATE_PORTS))} -j ACCEPT"]
-    lines += [f"-A OUTPUT -d {cidr} {refuse}" for cidr in (*policy.deny_out, *NOT_INTERNET)]
-    lines += ["-A OUTPUT -j ACCEPT" if policy.allow_internet else f"-A OUTPUT {refuse}",
-              "COMMIT", ""]
+    for cidr in policy.deny_out:
+        lines += refused(f"-A OUTPUT -d {cidr}", f"in denyOut ({cidr})")
+    for cidr in NOT_INTERNET:
+        lines += refused(f"-A OUTPUT -d {cidr}", f"not in allowOut (not the internet: {cidr})")
+    if policy.allow_internet:
+        lines += ["-A OUTPUT -j ACCEPT"]
+    else:
+        lines += refused("-A OUTPUT", "not in allowOut")
+    lines += ["COMMIT", ""]
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ from .inflight import run_recorded, settle
 from .mounts import mount_overlay, unmount, unmount_below
 from .network import EgressPolicy, Lease, SlotRegistry, lease_for
 from .pidcap import cap_pids, host_pids_total
+from .refusals import Refusals
 
 log = logging.getLogger("sandport.runtime")
 
@@ -118,6 +119,7 @@ class RuncRuntime:
         self.resolvers = dns.Resolvers(settings.dns_upstreams, settings.subnet)
         self.gates = gate.Gates(settings.subnet, self.resolvers.upstreams)
         self.netlogs: dict[str, gate.NetworkLog] = {}
+        self.refusals = Refusals()
         self.nofile = min(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._seccomp: dict[str, Any] | None = None
         self._criu: tuple[str | None, str | None] | None = None  # (binary, why not)
@@ -171,6 +173,7 @@ class RuncRuntime:
     async def release_host(self) -> None:
         await self.resolvers.stop_all()
         await self.gates.stop_all()
+        self.refusals.stop_all()
         await self.disks.close()
         if await self.host_rules.release():
             log.info("no sandbox and no other server left: host rules removed")
@@ -611,6 +614,10 @@ class RuncRuntime:
         if ports is None:
             await self.gates.stop(sandbox_id)
             await network.set_gate_rules(lease, None)
+        if running:
+            await self.refusals.watch(sandbox_id, lease.netns_path, netlog.connection)
+        else:
+            self.refusals.stop(sandbox_id)
         wanted_meta = {**meta, "dns": serve, "egress": egress.to_json(),
                        "gatePorts": {str(k): v for k, v in (ports or {}).items()}}
         if meta and meta != wanted_meta:
@@ -706,6 +713,7 @@ class RuncRuntime:
         init_pid = state.get("init_process_pid")
         await self.resolvers.stop(sandbox_id)
         await self.gates.stop(sandbox_id)
+        self.refusals.stop(sandbox_id)
         self.netlogs.pop(sandbox_id, None)
         with contextlib.suppress(OSError):
             thaw(sandbox_id)  # frozen processes would not die of KILL
