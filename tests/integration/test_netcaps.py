@@ -96,6 +96,36 @@ def test_the_default_for_a_create_that_says_nothing(
     assert said_nothing.exec("getent hosts allowed.test").exit_code == 0  # and a resolver
 
 
+def test_a_restart_with_other_caps_applies_them_to_running_sandboxes(
+        fresh_server: Servers, world: World,
+        sandboxes_on: Callable[[ServerProcess], Callable[..., Sandbox]]) -> None:
+    srv = fresh_server()
+    sb = sandboxes_on(srv)(network={"allowInternetAccess": True,
+                                    "allowOut": [f"{world.second}/32"]})
+    both = [f"world {world.first}", f"world {world.second}"]
+    assert reach(sb, world.first, world.second) == both
+
+    def network() -> dict[str, object]:
+        with srv.client() as api:
+            found: dict[str, object] = api.get(f"/api/sandbox/{sb.id}").json()["network"]
+            return found
+
+    srv.stop()
+    srv.env = {"SANDPORT_INTERNET_ACCESS": "deny",
+               "SANDPORT_NEVER_ALLOW": f"169.254.169.254/32,{world.second}/32"}
+    srv.start()
+    assert reach(sb, world.first, world.second) == ["blocked", "blocked"]
+    narrowed = network()
+    assert narrowed["allowInternetAccess"] is False and narrowed["internetAccessCapped"]
+    assert narrowed["allowOut"] == [f"{world.second}/32"]  # kept, and refused by the cap
+    srv.stop()
+    srv.env = {}
+    srv.start()  # the caps lifted: what it asked for comes back
+    assert reach(sb, world.first, world.second) == both
+    assert network()["allowInternetAccess"] is True and "internetAccessCapped" not in network()
+    srv.assert_clean_log()
+
+
 @pytest.mark.parametrize("env, message", [
     ({"SANDPORT_INTERNET_ACCESS": "maybe"}, "internet_access"),
     ({"SANDPORT_DEFAULT_INTERNET_ACCESS": "sometimes"}, "default_internet_access"),

@@ -99,3 +99,14 @@ def test_a_resolver_goes_with_the_internet_or_uncapped_allow_out() -> None:
     assert egress_of(only_out, NetworkCaps(internet=False)).serves_dns is False
     assert egress_of(NetworkPolicy(allow_internet_access=True), NetworkCaps()).serves_dns
     assert egress_of(NetworkPolicy(), NetworkCaps()).serves_dns is False
+
+
+def test_caps_reapplied_to_a_stored_policy_narrow_it_and_never_refuse() -> None:
+    stored = NetworkPolicy(allow_internet_access=True,
+                           allow_out=("0.0.0.0/1", "203.0.113.0/24", "169.254.0.0/16"))
+    closed = NetworkCaps(internet=False, never=("169.254.0.0/16",)).reapply(stored)
+    assert closed.allow_internet_access is False and closed.internet_capped is True
+    assert closed.allow_out == ("203.0.113.0/24", "169.254.0.0/16")  # the filter refuses it
+    back = NetworkCaps().reapply(closed)
+    assert back.allow_internet_access is True and back.internet_capped is False
+    assert NetworkCaps().reapply(NetworkPolicy()) == NetworkPolicy()

@@ -174,6 +174,11 @@ class Housekeeping:
                           exc.message)
                 target = "paused" if state == "frozen" else "active"
             record = record.evolve(status=target)
+        try:
+            record = await self.sandboxes.reapply_caps(record)
+        except SandportError as exc:  # it keeps the filter it had
+            log.error("sandbox %s: this server's network caps could not be applied: %s",
+                      record.id, exc.message)
         await self.store.update_sandbox(record.evolve(updated_at=self.sandboxes.clock()))
         self.sandboxes.publish(record)
 

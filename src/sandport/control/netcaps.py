@@ -63,6 +63,21 @@ class NetworkCaps:
                                    internet_capped=capped)
 
 
+    def reapply(self, policy: NetworkPolicy) -> NetworkPolicy:
+        """A stored policy under these caps, which may have changed since it was taken
+        (a restart with other settings): never refused, only narrowed. Entries inside a
+        never-allowed range stay (the filter refuses those ranges before allowOut); under
+        ``--internet-access deny`` the internet goes, and so do the allowOut entries that
+        would open it."""
+        asked = policy.allow_internet_access or policy.internet_capped
+        if not self.internet:
+            kept = tuple(c for c in policy.allow_out
+                         if _public_breadth(c) <= WIDEST_PUBLIC_UNDER_CAP)
+            policy = dataclasses.replace(policy, allow_out=kept)
+        return dataclasses.replace(policy, allow_internet_access=asked and self.internet,
+                                   internet_capped=asked and not self.internet)
+
+
 WIDEST_PUBLIC_UNDER_CAP = 256  # addresses of public space one allowOut entry may open
 
 

@@ -296,6 +296,19 @@ class SandboxService:
         log.info("sandbox %s: network policy changed", sandbox_id)
         return record
 
+    async def reapply_caps(self, record: SandboxRecord) -> SandboxRecord:
+        """On boot, for a sandbox that kept running: its policy under today's caps (the
+        server may have been started with others), in its filter and its record. The
+        caller holds its lock."""
+        current = network_from_wire(record.network)
+        policy = self.caps.reapply(current)
+        await self.runtime.set_egress(record.id, egress_of(policy, self.caps))
+        if policy != current:
+            log.info("sandbox %s: its network policy narrowed to this server's caps",
+                     record.id)
+            record = record.evolve(network=policy.to_wire())
+        return record
+
     async def set_timeout(self, team_id: str, sandbox_id: str, minutes: int) -> SandboxRecord:
         """A new deadline, ``minutes`` from now (a sandbox paused by its timeout gets one
         too)."""
