@@ -322,3 +322,133 @@ def test_the_gate_survives_a_server_restart(fresh_server: Servers, web: WebWorld
         srv.start()
         assert fetch(sb, *asks) == expected
     srv.assert_clean_log()
+
+
+# -- what a hostile sandbox tries -------------------------------------------------------------
+FLOOD = r"""
+import socket, sys, time
+target, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+held = []
+for i in range(count):
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex((target, 443 if i % 2 else 80))
+    held.append(s)
+open(out, "w").write("opened\n")
+time.sleep(60)
+"""
+
+
+def test_a_sandbox_flooding_the_gate_gets_its_share_and_no_more(
+        make_sandbox: MakeSandbox, web: WebWorld, server: ServerProcess) -> None:
+    from sandport.runtime.gate import MAX_CONNECTIONS
+    flooder = named(make_sandbox, web, allowOut=["allowed.web.test"])
+    other = named(make_sandbox, web, allowOut=["allowed.web.test"])
+    base = server.open_sockets()
+    flooder.files.write("/tmp/flood.py", FLOOD)
+    flooder.exec(f"ulimit -n 4096; setsid python3 /tmp/flood.py {web.denied} 900 "
+                 "/tmp/flood.out >/dev/null 2>&1 &")
+    assert lines(flooder, "/tmp/flood.out", 1) == ["opened"]
+    time.sleep(1)
+    held = server.open_sockets() - base
+    # its connections beyond its share were closed at once; the others are served
+    assert held <= MAX_CONNECTIONS + 20, held
+    assert fetch(other, ("https", web.allowed, "allowed.web.test")) == [
+        answer(web.allowed, "https", "allowed.web.test")]
+    with server.client() as api:
+        assert api.get("/api/health").status_code == 200
+    flooder.exec("pkill -f flood.py")
+
+
+def test_the_gate_never_reaches_the_host_nor_other_servers_sandboxes(
+        make_sandbox: MakeSandbox, web: WebWorld, server: ServerProcess,
+        fresh_server: Servers) -> None:
+    import socket
+    import threading
+    listener = socket.socket()  # a service of the host's own, on the web's veth
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((web.gateway, 80))
+    listener.listen(8)
+    reached: list[object] = []
+    threading.Thread(target=lambda: reached.append(listener.accept()), daemon=True).start()
+    neighbour = fresh_server(env={"SANDPORT_SUBNET": "10.78.0.0/16"})
+    try:
+        with neighbour.sandboxes() as make:
+            victim = make(network={"allowInternetAccess": True})
+            victim.exec("setsid python3 -m http.server 80 >/dev/null 2>&1 &")
+            victim_ip = victim.exec("hostname -i").stdout.strip()
+            sb = named(make_sandbox, web, allowOut=["allowed.web.test"])
+            for target in (web.gateway, victim_ip):
+                web.point("allowed.web.test", target)
+                assert fetch(sb, ("http", web.stray, "allowed.web.test"),
+                             ("https", web.stray, "allowed.web.test")) == [
+                    "status 403", "denied"], target
+            rules = {e["rule"] for e in network_log(server, sb) if e["kind"] == "connection"}
+            assert {"never allowed (this host)", "never allowed (sandboxes: 10.78.0.0/16)"} \
+                <= rules, rules
+    finally:
+        listener.close()
+    assert reached == []
+
+
+def test_a_later_request_head_that_never_ends_is_cut(make_sandbox: MakeSandbox,
+                                                     web: WebWorld) -> None:
+    sb = named(make_sandbox, web, allowOut=["allowed.web.test"])
+    before = len(web.requests())
+    said = sb.exec(f"""python3 - <<'PY'
+import socket
+s = socket.create_connection(("{web.allowed}", 80), timeout=10)
+s.sendall(b"GET /first HTTP/1.1\\r\\nHost: allowed.web.test\\r\\n\\r\\n")
+print(s.recv(65536).split(b"\\r\\n")[0].decode())
+s.sendall(b"GET / HTTP/1.1\\r\\nHost: allowed.web.test\\r\\nX-Big: ")
+try:
+    for _ in range(100):
+        s.sendall(b"a" * 4096)
+    print("closed" if s.recv(100) == b"" else "answered")
+except OSError:
+    print("closed")
+PY""")
+    assert said.stdout.splitlines() == ["HTTP/1.1 200 OK", "closed"], said
+    assert len(web.requests()) - before == 1
+
+
+def test_a_gate_that_stops_with_connections_waiting_logs_no_error(
+        make_sandbox: MakeSandbox, web: WebWorld, server: ServerProcess) -> None:
+    mark = server.log_size()
+    sb = named(make_sandbox, web, allowOut=["allowed.web.test"])
+    sb.files.write("/tmp/flood.py", FLOOD)
+    sb.exec(f"setsid python3 /tmp/flood.py {web.denied} 40 /tmp/flood.out >/dev/null 2>&1 &")
+    assert lines(sb, "/tmp/flood.out", 1) == ["opened"]
+    time.sleep(0.5)
+    with server.client() as api:  # no name left: the gate stops, its connections with it
+        changed = api.put(f"/api/sandbox/{sb.id}/network", json={"allowOut": [web.other]})
+        assert changed.status_code == 200
+    sb.exec("pkill -f flood.py")
+    server.assert_clean_log(since=mark)
+
+
+def test_the_gates_lookups_are_rate_limited(make_sandbox: MakeSandbox, web: WebWorld,
+                                            server: ServerProcess) -> None:
+    from sandport.runtime.gate import LOOKUP_BURST, LOOKUP_RATE
+
+    from ..dns_world import dns_world
+    sb = named(make_sandbox, web, allowOut=[f"*.{WILD}"])
+    asked_before = len(dns_world().queries())
+    started = time.monotonic()
+    said = sb.exec(f"""python3 - <<'PY'
+import socket, ssl
+ctx = ssl.create_default_context(); denied = 0
+for i in range(300):
+    s = socket.create_connection(("{web.other}", 443), timeout=5)
+    try:
+        ctx.wrap_socket(s, server_hostname=f"r{{i}}.{WILD}")
+    except OSError:
+        denied += 1
+    s.close()
+print(denied)
+PY""")
+    elapsed = time.monotonic() - started
+    assert said.stdout.strip() == "300", said
+    upstream = [q for q in dns_world().queries()[asked_before:]
+                if q.endswith(f".{WILD}") and q.startswith("r")]
+    assert len(upstream) <= LOOKUP_BURST + LOOKUP_RATE * elapsed + 10, len(upstream)
+    assert any("too many names" in str(e["rule"]) for e in network_log(server, sb))

@@ -8,14 +8,30 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import struct
+from pathlib import Path
 
 import pytest
 
 from sandport.control.requests import parse_network
 from sandport.errors import ValidationFailed
 from sandport.netnames import BadName, matches, normal_name
-from sandport.runtime.dns import NOERROR, NXDOMAIN, SandboxResolver, a_query, a_records
-from sandport.runtime.gate import BadHello, _Heads, host_of, server_name
+from sandport.runtime.dns import (
+    NOERROR,
+    NXDOMAIN,
+    SandboxResolver,
+    a_query,
+    a_records,
+    read_query,
+)
+from sandport.runtime.gate import (
+    BadHello,
+    Bucket,
+    HostAddresses,
+    _Heads,
+    hello_needs,
+    host_of,
+    server_name,
+)
 from sandport.runtime.network import (
     NOT_INTERNET,
     EgressPolicy,
@@ -105,6 +121,27 @@ def test_a_client_hello_split_over_records_is_read_whole() -> None:
     assert server_name(records) == (True, "allowed.test")
 
 
+def test_a_client_hello_in_many_tiny_records_is_refused_and_parsed_only_as_they_end() -> None:
+    body = client_hello("allowed.test")[5:]
+
+    def split(sizes: list[int]) -> bytes:
+        out, pos = b"", 0
+        for size in [*sizes, len(body)]:
+            part = body[pos:pos + size]
+            if part:
+                out += b"\x16\x03\x01" + struct.pack("!H", len(part)) + part
+            pos += len(part)
+        return out
+    assert server_name(split([20] * 7)) == (True, "allowed.test")  # 8 records: fine
+    with pytest.raises(BadHello, match="more than 8 records"):
+        server_name(split([1] * 20))
+    records = split([10, 90])
+    assert hello_needs(records[:3]) == 5  # a header first
+    assert hello_needs(records[:7]) == 15  # then the end of that record
+    assert hello_needs(records[:15]) == 20  # then the next header
+    assert hello_needs(split([1] * 20)) == len(split([1] * 20)) + 1
+
+
 @pytest.mark.parametrize("data", [
     b"GET / HTTP/1.1\r\n\r\n", b"\x17\x03\x03\x00\x05hello",  # not a handshake
     b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",  # a ServerHello
@@ -173,6 +210,50 @@ def test_heads_the_gate_refuses(data: bytes, problem: str) -> None:
     heads = _Heads()
     heads.feed(data)
     assert heads.problem is not None and problem in heads.problem
+
+
+def test_a_later_head_that_never_ends_is_refused() -> None:
+    heads = _Heads()
+    heads.feed(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    heads.feed(b"GET / HTTP/1.1\r\nHost: allowed.test\r\nX-Big: ")
+    for _ in range(20):
+        heads.feed(b"a" * 4096)
+    assert heads.problem == "a request head over 64 KiB"
+    long_url = _Heads()
+    long_url.feed(b"GET /" + b"a" * 70000)
+    assert long_url.problem == "a request target over 64 KiB"
+    body = _Heads()  # a big body is no head
+    body.feed(b"POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 200000\r\n\r\n")
+    for _ in range(40):
+        body.feed(b"a" * 5000)
+    assert body.problem is None and body.hosts == ["allowed.test"]
+
+
+def test_buckets_let_a_burst_then_the_rate() -> None:
+    bucket = Bucket(rate=0.0, burst=3)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_hosts_own_addresses_and_every_servers_sandboxes_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "slots-10.78.0.0_16").mkdir()
+    (tmp_path / "slots-junk").mkdir()
+    monkeypatch.setattr("sandport.runtime.gate.SLOTS_ROOT", tmp_path)
+    host = HostAddresses("10.77.0.0/16")
+    assert host.refusal("10.78.3.4") == "never allowed (sandboxes: 10.78.0.0/16)"
+    assert host.refusal("10.77.0.9") == "never allowed (sandboxes: 10.77.0.0/16)"
+    assert host.refusal("127.0.0.1") == "never allowed (this host)"
+    assert host.refusal("198.51.100.200") is None
+
+
+def test_a_label_holding_a_dot_is_no_name() -> None:
+    def query(*labels: bytes) -> bytes:
+        name = b"".join(bytes([len(x)]) + x for x in labels) + b"\0"
+        return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + name + b"\0\1\0\1"
+    assert read_query(query(b"allowed", b"test")) is not None
+    assert read_query(query(b"allowed.test")) is None
+    assert read_query(query(b"allowed\xff", b"test")) is None
+    assert read_query(query(b"_http", b"_tcp", b"allowed", b"test")) is not None
 
 
 def test_an_upgrade_is_seen_with_what_follows_its_head() -> None:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import struct
@@ -66,6 +67,9 @@ class Question:
     end: int  # where the question ends in the message
 
 
+_LABEL = re.compile(rb"[A-Za-z0-9_*-]+")  # letters, digits, hyphens; _ (SRV), * (wildcards)
+
+
 def read_query(data: bytes) -> Question | None:
     """The question of a standard query with exactly one, or None (drop it)."""
     if not 12 <= len(data) <= MAX_QUERY:
@@ -83,7 +87,10 @@ def read_query(data: bytes) -> Question | None:
             break
         if length > 63 or pos + 1 + length > len(data):  # no compression in a question
             return None
-        labels.append(data[pos + 1:pos + 1 + length])
+        label = data[pos + 1:pos + 1 + length]
+        if not _LABEL.fullmatch(label):  # a dot inside one would read as another name
+            return None
+        labels.append(label)
         pos += 1 + length
     if pos + 4 > len(data) or sum(len(x) + 1 for x in labels) > 255:
         return None

@@ -29,6 +29,8 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import os
+import resource
 import socket
 import time
 from collections import deque
@@ -39,15 +41,20 @@ import httptools
 
 from .. import netnames
 from .dns import end, lookup_a, send
-from .network import NOT_INTERNET, EgressPolicy
+from .network import NOT_INTERNET, SLOTS_ROOT, EgressPolicy
 
 log = logging.getLogger("sandport.gate")
 
 HELLO_TIMEOUT_S = 10.0  # for the ClientHello or the first request head
 CONNECT_TIMEOUT_S = 10.0
-MAX_HELLO = 64 * 1024
+MAX_HELLO = 32 * 1024
+MAX_RECORDS = 8  # TLS records a ClientHello may span
 MAX_HEAD = 64 * 1024
-MAX_CONNECTIONS = 256  # open relays of one sandbox
+MAX_CONNECTIONS = 256  # connections of one sandbox at the gate, relayed or not yet
+ACCEPT_RATE, ACCEPT_BURST = 128.0, 512  # new connections a second, per sandbox
+LOOKUP_RATE, LOOKUP_BURST = 20.0, 100  # names not in the cache asked upstream, per sandbox
+NEGATIVE_CACHE_S = 5.0  # a name that did not resolve, not asked again meanwhile
+CACHE_ENTRIES = 4096
 CHUNK = 256 * 1024
 CACHE_MAX_S = 60  # the longest an answer is kept, whatever its TTL
 SO_ORIGINAL_DST = 80
@@ -56,7 +63,7 @@ ALWAYS_CLOSED = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
 NOT_PUBLIC = tuple(ipaddress.IPv4Network(n) for n in NOT_INTERNET)
 
-Lookup = Callable[[str], Awaitable[list[str]]]
+Lookup = Callable[[str, "Bucket | None"], Awaitable[list[str]]]
 Refusal = Callable[[str, str, int, str], None]  # (name or "", address, port, rule)
 
 
@@ -64,16 +71,23 @@ class BadHello(ValueError):
     pass
 
 
+class LookupRefused(Exception):
+    """A sandbox's gate asked for more names than its rate lets it."""
+
+
 def server_name(data: bytes) -> tuple[bool, str | None]:
     """(whether ``data`` holds the whole ClientHello, its host_name if it does); BadHello
-    for anything that is not a TLS ClientHello (records of type 22, perhaps several)."""
-    hello, pos = b"", 0
+    for anything that is not a TLS ClientHello (records of type 22, at most MAX_RECORDS)."""
+    hello, pos, records = b"", 0, 0
     while True:
         if len(data) < pos + 5:
             return False, None
         kind, major, size = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5])
         if kind != 22 or major != 3 or not 0 < size <= 16384 + 2048:
             raise BadHello("not a TLS handshake record")
+        records += 1
+        if records > MAX_RECORDS:
+            raise BadHello(f"a ClientHello in more than {MAX_RECORDS} records")
         if len(data) < pos + 5 + size:
             return False, None
         hello += data[pos + 5:pos + 5 + size]
@@ -86,6 +100,19 @@ def server_name(data: bytes) -> tuple[bool, str | None]:
                 raise BadHello("a ClientHello too long")
             if len(hello) >= 4 + length:
                 return True, _sni(hello[4:4 + length])
+
+
+def hello_needs(data: bytes) -> int:
+    """How long ``data`` must be before server_name can say more: the end of its last
+    record, or of the next one's header (pure; it reads at most MAX_RECORDS + 1 headers)."""
+    pos = 0
+    for _ in range(MAX_RECORDS + 1):
+        if len(data) < pos + 5:
+            return pos + 5
+        pos += 5 + int.from_bytes(data[pos + 3:pos + 5])
+        if len(data) < pos:
+            return pos
+    return len(data) + 1  # server_name refuses so many records
 
 
 def _sni(body: bytes) -> str | None:
@@ -164,6 +191,98 @@ def host_of(value: bytes) -> str | None:
     return host or None
 
 
+class Bucket:
+    """A token bucket: ``take()`` is whether one more is allowed now."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Budget:
+    """Connections at all the gates of this server together: at most a quarter of its file
+    descriptors (each holds two), so that no number of sandboxes can starve the server."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or max(MAX_CONNECTIONS, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[0] // 4)
+        self.used = 0
+
+
+class HostAddresses:
+    """Whether an address is this host's own, whichever interface holds it now (added
+    after start too), and the subnets of every sandport server's sandboxes on it: the
+    gate never connects there, whatever ``--never-allow`` says."""
+
+    def __init__(self, own_subnet: str) -> None:
+        self.own = ipaddress.IPv4Network(own_subnet)
+        self._listed: frozenset[str] = frozenset()
+        self._listed_at = 0.0
+        self.nonlocal_bind = _bindable("240.0.0.1")  # binds anything: ask the list
+        if self.nonlocal_bind:
+            log.warning("net.ipv4.ip_nonlocal_bind is on: the name gate lists this host's "
+                        "addresses every few seconds instead of asking the kernel each time")
+
+    def refusal(self, address: str) -> str | None:
+        ip = ipaddress.IPv4Address(address)
+        subnet = next((n for n in self.subnets() if ip in n), None)
+        if subnet is not None:
+            return f"never allowed (sandboxes: {subnet})"
+        if self._local(address):
+            return "never allowed (this host)"
+        return None
+
+    def subnets(self) -> set[ipaddress.IPv4Network]:
+        """Read at every connection (a server started a moment ago counts at once)."""
+        found = {self.own}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(SLOTS_ROOT):
+                with contextlib.suppress(ValueError):
+                    found.add(ipaddress.IPv4Network(
+                        entry.name.removeprefix("slots-").replace("_", "/")))
+        return found
+
+    def _local(self, address: str) -> bool:
+        if not self.nonlocal_bind:
+            return _bindable(address)
+        now = time.monotonic()
+        if now - self._listed_at > 5:
+            self._listed, self._listed_at = frozenset(_host_addresses()), now
+        return address in self._listed
+
+
+def _bindable(address: str) -> bool:
+    """Whether this host holds ``address`` (a bind there succeeds only then)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def _host_addresses() -> list[str]:
+    try:
+        with open("/proc/net/fib_trie") as trie:
+            lines = trie.read().splitlines()
+    except OSError:
+        return []
+    found = []  # an address line followed by "/32 host LOCAL" is one of the host's own
+    for before, line in zip(lines, lines[1:], strict=False):
+        if "/32 host LOCAL" in line:
+            found.append(before.split()[-1])
+    return found
+
+
 @dataclass(eq=False)
 class Relay:
     """One connection through the gate."""
@@ -182,13 +301,18 @@ class SandboxGate:
     """The two listeners of one sandbox and the relays they opened."""
 
     def __init__(self, sandbox_id: str, listen: str, sandbox_ip: str, policy: EgressPolicy,
-                 subnet: str, lookup: Lookup, on_refused: Refusal) -> None:
+                 subnet: str, lookup: Lookup, on_refused: Refusal,
+                 budget: Budget | None = None, host: HostAddresses | None = None) -> None:
         self.sandbox_id = sandbox_id
         self.listen = listen
         self.sandbox_ip = sandbox_ip
         self.subnet = ipaddress.IPv4Network(subnet)
         self.lookup = lookup
         self.on_refused = on_refused
+        self.budget = budget or Budget()
+        self.host = host or HostAddresses(subnet)
+        self._accepts = Bucket(ACCEPT_RATE, ACCEPT_BURST)
+        self._lookups = Bucket(LOOKUP_RATE, LOOKUP_BURST)
         self.ports: dict[int, int] = {}  # dialled port (443, 80) → listening port
         self._servers: list[asyncio.Server] = []
         self.relays: set[Relay] = set()
@@ -240,7 +364,7 @@ class SandboxGate:
             return f"never allowed ({closed})"
         if not self.policy.public and not any(ip in n for n in NOT_PUBLIC):
             return "a public address (--internet-access deny)"
-        return None
+        return self.host.refusal(address)
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -254,9 +378,12 @@ class SandboxGate:
 
     # -- one connection -------------------------------------------------------------------
     def _admit(self, writer: asyncio.StreamWriter) -> tuple[str, int] | None:
+        """Where the connection was going, or None (closed at once): not from the sandbox,
+        or past its or the server's share of connections, or too many too fast."""
         peer = writer.get_extra_info("peername")
-        if not peer or peer[0] != self.sandbox_ip or len(self.relays) >= MAX_CONNECTIONS:
-            writer.close()
+        if not peer or peer[0] != self.sandbox_ip or len(self._tasks) >= MAX_CONNECTIONS \
+                or self.budget.used >= self.budget.limit or not self._accepts.take():
+            writer.transport.abort()
             return None
         sock = writer.get_extra_info("socket")
         dialled = original_destination(sock) if sock is not None else None
@@ -265,7 +392,10 @@ class SandboxGate:
     async def _open(self, name: str, dialled: tuple[str, int], port: int
                     ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, str]:
         """A connection to an allowed address of ``name``, or (None, why not)."""
-        addresses = await self.lookup(name)
+        try:
+            addresses = await self.lookup(name, self._lookups)
+        except LookupRefused as exc:
+            return None, str(exc)
         if not addresses:
             return None, "the name did not resolve"
         usable = [a for a in addresses if self.address_refusal(a) is None]
@@ -277,6 +407,10 @@ class SandboxGate:
                                             CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             return None, f"could not connect to {address}: {exc.__class__.__name__}"
+        why = self.refusal(name, address)  # the policy may have changed meanwhile
+        if why is not None:
+            opened[1].close()
+            return None, why
         return opened, address
 
     def _refuse(self, name: str, dialled: tuple[str, int], port: int, rule: str) -> None:
@@ -287,7 +421,7 @@ class SandboxGate:
         if dialled is None:
             return
         with _tracked(self, writer):
-            hello = b""
+            hello, needed = b"", 5
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT_S):
                     while True:
@@ -295,9 +429,14 @@ class SandboxGate:
                         if not chunk:
                             return
                         hello += chunk
+                        if len(hello) > MAX_HELLO + 5 * MAX_RECORDS:
+                            raise BadHello("a ClientHello too long")
+                        if len(hello) < needed:  # parsed only as records complete
+                            continue
                         complete, name = server_name(hello)
                         if complete:
                             break
+                        needed = hello_needs(hello)
             except (BadHello, TimeoutError, OSError) as exc:
                 self._refuse("", dialled, 443, f"no TLS ClientHello ({exc or 'timeout'})")
                 send(writer, ACCESS_DENIED)
@@ -435,6 +574,8 @@ class _Heads:
         self._fields: list[bytes] = []
         self._name = b""
         self._url = b""
+        self._in_head = False
+        self._head_bytes = 0
         self.restart()
 
     def restart(self) -> None:
@@ -443,6 +584,11 @@ class _Heads:
     def feed(self, data: bytes) -> None:
         if self.problem is not None:
             return
+        if self._in_head:  # a head that goes on and on (httptools would keep it all)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self.problem = "a request head over 64 KiB"
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -456,8 +602,12 @@ class _Heads:
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._fields, self._name, self._url = [], b"", b""
+        self._in_head, self._head_bytes = True, 0
 
     def on_url(self, url: bytes) -> None:
+        if len(self._url) + len(url) > MAX_HEAD:
+            self.problem = "a request target over 64 KiB"
+            return
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -465,6 +615,9 @@ class _Heads:
             self._fields.append(value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self.problem is not None:
+            return
         if len(self._fields) != 1:
             self.problem = "not one Host header"
             return
@@ -488,11 +641,15 @@ def _tracked(gate: SandboxGate, writer: asyncio.StreamWriter):  # type: ignore[n
     task = asyncio.current_task()
     if task is not None:
         gate._tasks.add(task)  # noqa: SLF001
+    gate.budget.used += 1
     try:
         yield
-    except (OSError, asyncio.IncompleteReadError):
+    # (a stop cancels the handlers: their end, which asyncio's callback of Python 3.11
+    # would log as an error)
+    except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
         pass
     finally:
+        gate.budget.used -= 1
         if task is not None:
             gate._tasks.discard(task)  # noqa: SLF001
         writer.close()
@@ -553,21 +710,27 @@ class Gates:
         self._upstreams = upstreams
         self._running: dict[str, SandboxGate] = {}
         self._cache: dict[str, tuple[float, list[str]]] = {}
+        self.budget = Budget()
+        self.host = HostAddresses(subnet)
 
     def get(self, sandbox_id: str) -> SandboxGate | None:
         return self._running.get(sandbox_id)
 
-    async def lookup(self, name: str) -> list[str]:
+    async def lookup(self, name: str, bucket: Bucket | None = None) -> list[str]:
+        """The name's addresses (from the cache, else upstream, as ``bucket`` allows)."""
         name = name.lower().removesuffix(".")
         now = time.monotonic()
         cached = self._cache.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if bucket is not None and not bucket.take():
+            raise LookupRefused("too many names looked up (the gate's rate)")
         addresses, ttl = await lookup_a(self._upstreams(), name)
-        if addresses and ttl > 0:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[name] = (now + min(ttl, CACHE_MAX_S), addresses)
+        keep = min(ttl, CACHE_MAX_S) if addresses else NEGATIVE_CACHE_S
+        if keep > 0:
+            while len(self._cache) >= CACHE_ENTRIES:  # the oldest go first
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[name] = (now + keep, addresses)
         return addresses
 
     async def start(self, sandbox_id: str, listen: str, sandbox_ip: str,
@@ -579,7 +742,7 @@ class Gates:
             running.update(policy)
             return dict(running.ports)
         gate = SandboxGate(sandbox_id, listen, sandbox_ip, policy, self.subnet, self.lookup,
-                           on_refused)
+                           on_refused, self.budget, self.host)
         made = await gate.start(ports)
         self._running[sandbox_id] = gate
         return made
