@@ -252,3 +252,20 @@ def test_clients_that_stop_reading_cost_little_memory(edge: Site) -> None:
         s.close()
     assert grown < clients * 256 + 1024, f"{clients} stalled clients took {grown} KiB"
 
+
+
+def test_an_early_answer_reaches_a_client_still_sending_its_body(edge: Site) -> None:
+    """The control API refuses a body too large from its Content-Length, at once: the edge
+    reads and drops the rest the client sends (a lingering close), so that its answer is
+    not lost to a reset of the connection."""
+    body = b"x" * (4 << 20)
+    head = (b"POST /api/sandbox HTTP/1.1\r\nHost: x\r\nx-api-key: " + edge.server.api_key.encode()
+            + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+    for _ in range(5):
+        with _connect(edge) as s:
+            s.sendall(head)
+            s.sendall(body)  # all of it, as a client that reads only after sending does
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := s.recv(65536)):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

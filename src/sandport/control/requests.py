@@ -98,6 +98,8 @@ class CreateSandbox:
     pids_limit: int = DEFAULT_PIDS_LIMIT
     snapshot: tuple[str, str | None] | None = None  # (snapshotName, snapshotId): from it
     internet_asked: bool | None = None  # allowInternetAccess as given; None: not said
+    metadata: dict[str, str] = field(default_factory=dict)
+    timeout_s: int | None = None  # the deadline to the second (else timeout_minutes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,7 @@ class SandboxService:
             exposed_ports={p.port: p.auth for p in request.exposed_ports},
             network=network.to_wire(), on_timeout=request.on_timeout,
             auto_resume=request.auto_resume, idle_timeout_s=request.idle_timeout_s,
-            on_idle=request.on_idle, pids_limit=request.pids_limit,
+            on_idle=request.on_idle, pids_limit=request.pids_limit, metadata=request.metadata,
         )
         async with self.locks.hold(record.id):
             await self.store.insert_sandbox(record)
@@ -226,7 +226,8 @@ class SandboxService:
             crash_point("create.after_start")
             started = self.clock()
             record = record.evolve(status="active", started_at=started, updated_at=started,
-                                   expires_at=started + 60 * request.timeout_minutes,
+                                   expires_at=started + (request.timeout_s or
+                                                         60 * request.timeout_minutes),
                                    token_expires_at=started + self.settings.token_ttl_s)
             await self.store.update_sandbox(record)
             self.publish(record)
@@ -277,15 +278,22 @@ class SandboxService:
                              body: Any) -> SandboxRecord:
         """A new network policy for a running (or paused) sandbox: the fields given
         replace the current ones; egress rules change at once, in its namespace."""
+        record = await self.get(team_id, sandbox_id)
+        current = network_from_wire(record.network)
+        policy = parse_network_update(body, current)
+        asked = body.get("allowInternetAccess") if isinstance(body, dict) else None
+        if not isinstance(asked, bool):  # not changed: what it asked for before
+            asked = current.allow_internet_access or current.internet_capped
+        return await self.set_network(team_id, sandbox_id, policy, asked)
+
+    async def set_network(self, team_id: str, sandbox_id: str, policy: NetworkPolicy,
+                          asked: bool | None) -> SandboxRecord:
+        """``policy`` for a running (or paused) sandbox, under the caps (``asked``: whether
+        it asks for the internet; None: the server's default)."""
         async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
-            current = network_from_wire(record.network)
-            policy = parse_network_update(body, current)
-            asked = body.get("allowInternetAccess") if isinstance(body, dict) else None
-            if not isinstance(asked, bool):  # not changed: what it asked for before
-                asked = current.allow_internet_access or current.internet_capped
             policy = self.caps.apply(policy, asked)
             for port in record.exposed_ports:
                 check_ingress(policy, port)
@@ -314,13 +322,22 @@ class SandboxService:
         too)."""
         if not 1 <= minutes <= MAX_TIMEOUT_MINUTES:
             raise ValidationFailed(f"timeoutMinutes must be between 1 and {MAX_TIMEOUT_MINUTES}")
+        return await self.set_deadline(team_id, sandbox_id, 60 * minutes)
+
+    async def set_deadline(self, team_id: str, sandbox_id: str, seconds: int,
+                           extend_only: bool = False) -> SandboxRecord:
+        """The deadline ``seconds`` from now (with ``extend_only``, never earlier than it
+        was); ``timeout_minutes`` rounds it up."""
         async with self.locks.hold(_known_id(sandbox_id)):
             record = await self.get(team_id, sandbox_id)
             if record.status not in ("active", "paused"):
                 lifecycle.ensure_running(record)
             now = self.clock()
-            record = record.evolve(timeout_minutes=minutes, expires_at=now + 60 * minutes,
-                                   updated_at=now)
+            deadline = now + seconds
+            if extend_only and record.expires_at is not None:
+                deadline = max(deadline, record.expires_at)
+            record = record.evolve(timeout_minutes=max(1, -(-round(deadline - now) // 60)),
+                                   expires_at=deadline, updated_at=now)
             await self.store.update_sandbox(record)
             self.publish(record)
         return record
@@ -532,6 +549,11 @@ class SandboxService:
         if record is None or record.team_id != team_id:
             raise SandboxNotFound(f"sandbox {sandbox_id} not found")
         return record
+
+    async def page(self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
+                   after: tuple[float, str] | None, limit: int) -> list[SandboxRecord]:
+        """Newest first, after a page's last (created_at, id): keyset paging."""
+        return await self.store.sandboxes_after(team_id, statuses, metadata, after, limit)
 
     async def list(self, team_id: str, request: ListSandboxes) -> tuple[list[SandboxRecord], int]:
         offset = (request.page - 1) * request.limit

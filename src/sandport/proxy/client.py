@@ -27,6 +27,11 @@ PENDING_LIMIT = 256 * 1024  # body bytes held while the upstream connects
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 200
 CONNECT_TIMEOUT_S = 5.0
+# Closing with a request's body still arriving: the rest is read and dropped for a while
+# (as nginx's lingering close), or the kernel would answer it with a reset that can make
+# the client lose the answer it was sent (a 413, say).
+LINGER_S = 5.0
+LINGER_BYTES = 16 << 20
 
 
 class _HeadTooLarge(Exception):
@@ -65,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self.proxied = False
         self._proxy_bytes = b""  # a PROXY header still incomplete
         self.counted: str | None = None  # the address this connection counts under
+        self.lingering: int | None = None  # closing: bytes still to drop (see LINGER_S)
 
     # -- transport events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +101,11 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.moved = True
+        if self.lingering is not None:
+            self.lingering -= len(data)
+            if self.lingering < 0 and self.transport is not None:
+                self.transport.abort()
+            return
         if self.tunnel:
             upstream = self.upstream
             if upstream is not None:
@@ -157,6 +168,8 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def eof_received(self) -> bool | None:
+        if self.lingering is not None:
+            return None  # the client sent all: closed now
         if self.tunnel:
             return self.tunnel_ended("client")
         parsing = self.parsing
@@ -479,17 +492,32 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after what was written is flushed; a client that reads no more is cut
-        after ``idle_timeout_s``."""
+        after ``idle_timeout_s``. One still sending a request's body is read (and the
+        bytes dropped) for LINGER_S first."""
         self._disarm()
         transport = self.transport
         if transport is not None and not self.closed:
             self.closed = True
-            transport.close()
-            if transport.get_write_buffer_size():
-                self.loop.call_later(self.server.idle_timeout_s, transport.abort)
+            parsing = self.parsing
+            unread = self._in_head or parsing is not None and not (parsing.body_done or
+                                                                  parsing.bodyless)
+            if unread and not self.tunnel and transport.can_write_eof():
+                self.lingering = LINGER_BYTES
+                transport.write_eof()  # the answer, then our FIN; theirs is awaited
+                transport.resume_reading()
+                self.loop.call_later(LINGER_S, self._end, transport)
+            else:
+                self._end(transport)
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
+
+    def _end(self, transport: asyncio.Transport) -> None:
+        if transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(self.server.idle_timeout_s, transport.abort)
 
     def abort(self) -> None:
         self._disarm()

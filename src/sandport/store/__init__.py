@@ -54,6 +54,7 @@ class SandboxRecord:
     retain_until: float | None = None
     # Browser cookies for its auth ports carry this; revoke-all and unexpose advance it.
     port_generation: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)  # the E2B face's, its user's
 
     @property
     def tokens(self) -> TokenSet:
@@ -91,6 +92,14 @@ class Store(Protocol):
     async def list_sandboxes(
         self, team_id: str, statuses: tuple[str, ...] | None, offset: int, limit: int
     ) -> tuple[list[SandboxRecord], int]: ...
+
+    async def sandboxes_after(
+        self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
+        after: tuple[float, str] | None, limit: int,
+    ) -> list[SandboxRecord]:
+        """Newest first, those created before ``after`` (created_at, id: a page's last),
+        with every ``metadata`` pair: keyset paging, stable while sandboxes come and go."""
+        ...
 
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...
 

@@ -83,6 +83,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sandboxes ADD COLUMN retain_until REAL;
     ALTER TABLE sandboxes ADD COLUMN port_generation INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE sandboxes ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 _COLUMNS = [f.name for f in fields(SandboxRecord)]
@@ -177,6 +180,24 @@ class SqliteStore:
         ).fetchall()
         return [_from_row(r) for r in rows], int(total.fetchone()[0])
 
+    async def sandboxes_after(
+        self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
+        after: tuple[float, str] | None, limit: int,
+    ) -> list[SandboxRecord]:
+        where = [f"team_id=? AND status IN ({', '.join('?' for _ in statuses)})"]
+        params: list[Any] = [team_id, *statuses]
+        for key, value in metadata.items():
+            where.append("EXISTS (SELECT 1 FROM json_each(sandboxes.metadata)"
+                         " WHERE json_each.key=? AND json_each.value=?)")
+            params += [key, value]
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [after[0], after[0], after[1]]
+        rows = self.db.execute(
+            f"SELECT * FROM sandboxes WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [_from_row(r) for r in rows]
+
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]:
         marks = ", ".join("?" for _ in statuses)
         rows = self.db.execute(f"SELECT * FROM sandboxes WHERE status IN ({marks})", statuses)
@@ -230,7 +251,8 @@ class SqliteStore:
         return [_from_row(r) for r in rows.fetchall()]
 
 
-_JSON_COLUMNS = ("env", "exposed_ports", "network", "closed_ports", "older_tokens")
+_JSON_COLUMNS = ("env", "exposed_ports", "network", "closed_ports", "older_tokens",
+                 "metadata")
 
 
 def _to_row(record: SandboxRecord) -> tuple[Any, ...]:
