@@ -27,6 +27,13 @@ def new_api_key() -> str:
     return "spk_" + secrets.token_urlsafe(32)
 
 
+def e2b_twin(api_key: str) -> str:
+    """The E2B-form twin of an API key (``e2b_`` and 40 hex: older e2b SDKs check the
+    form): the same key, for clients that want that form; whoever holds one can make the
+    other."""
+    return "e2b_" + hashlib.sha256(b"sandport e2b twin\0" + api_key.encode()).hexdigest()[:40]
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

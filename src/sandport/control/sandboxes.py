@@ -551,9 +551,11 @@ class SandboxService:
         return record
 
     async def page(self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
-                   after: tuple[float, str] | None, limit: int) -> list[SandboxRecord]:
+                   after: tuple[float, str] | None, limit: int, image: str | None = None,
+                   started_after: float | None = None) -> list[SandboxRecord]:
         """Newest first, after a page's last (created_at, id): keyset paging."""
-        return await self.store.sandboxes_after(team_id, statuses, metadata, after, limit)
+        return await self.store.sandboxes_after(team_id, statuses, metadata, after, limit,
+                                                image, started_after)
 
     async def list(self, team_id: str, request: ListSandboxes) -> tuple[list[SandboxRecord], int]:
         offset = (request.page - 1) * request.limit

@@ -15,6 +15,8 @@ from starlette.websockets import WebSocketClose
 from ..console.routes import routes as console_routes
 from ..console.web import render
 from ..control.routes import routes as control_routes
+from ..e2b.routes import is_e2b_path
+from ..e2b.routes import routes as e2b_routes
 from ..errors import SandportError
 from ..proxy.urls import RUNTIME_HEADER
 from ..runtime_api.routes import routes as runtime_routes
@@ -30,6 +32,8 @@ async def render_error(request: Request, exc: Exception) -> Response:
     if (path == "/console" or path.startswith("/console/")) and \
             not path.startswith("/console/api/"):
         return _console_error(request, exc)
+    if is_e2b_path(path):
+        return _e2b_error(request, exc)
     if isinstance(exc, SandportError):
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
@@ -50,6 +54,28 @@ async def client_gone(request: Request, exc: Exception) -> Response:
     log.debug("%s %s: the client went away mid-request", request.method, request.url.path)
     return JSONResponse({"error": "bad_request", "message": "the request was not complete"},
                         status_code=400)
+
+
+def _e2b_error(request: Request, exc: Exception) -> Response:
+    """The E2B face's errors: ``{code, message}``, as its SDK parses them, and
+    ``Should-Retry: false`` but where a retry is right (429, 503): the SDK retries a create
+    on a 5xx otherwise, which could make a second sandbox."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, SandportError):
+        status, message = exc.status, exc.message
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, message)
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = "no such route" if status == 404 else str(exc.detail)
+        headers = dict(exc.headers or {})
+    else:
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        status, message = 500, "internal error"
+    if status not in (429, 503):
+        headers["Should-Retry"] = "false"
+    return JSONResponse({"code": status, "message": message}, status_code=status,
+                        headers=headers)
 
 
 def _console_error(request: Request, exc: Exception) -> Response:
@@ -96,7 +122,7 @@ class RuntimeRoutesGuard:
 
 def build_app(ctx: AppContext) -> Starlette:
     app = Starlette(
-        routes=[*control_routes, *runtime_routes, *console_routes],
+        routes=[*control_routes, *e2b_routes, *runtime_routes, *console_routes],
         middleware=[Middleware(RuntimeRoutesGuard)],
         # Exception (500) is rendered and raised again by Starlette for uvicorn's log; a
         # client that went away is not such an error, so it has a handler of its own.

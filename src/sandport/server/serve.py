@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -26,7 +27,7 @@ from ..activity import Activity, CpuProbe
 from ..control.housekeeping import Housekeeping
 from ..control.netcaps import caps_from
 from ..control.sandboxes import SandboxService
-from ..ids import hash_secret, new_api_key
+from ..ids import e2b_twin, hash_secret, new_api_key
 from ..proxy.decide import Edge
 from ..proxy.grants import Grants
 from ..proxy.limits import EdgeLimits
@@ -177,19 +178,34 @@ async def _listen(proxy: ProxyServer, settings: ServerSettings) -> asyncio.Serve
 
 
 async def _ensure_api_key(settings: ServerSettings, store: Store) -> None:
+    """The first key (made and printed on a first start), and the E2B-form twin of the
+    server's keys (ids.e2b_twin), accepted wherever the key is."""
     team = await store.team_id()
     key_file = settings.data_dir / "api-key"
+    twin_file = settings.data_dir / "api-key-e2b"
     if settings.api_key:
         await store.add_api_key(hash_secret(settings.api_key), team)
+        await store.add_api_key(hash_secret(e2b_twin(settings.api_key)), team)
         return
     if await store.count_api_keys() > 0:
         if key_file.exists():
-            say(f"API key: in {key_file}")
+            key = key_file.read_text().strip()
+            if key:  # (a server from before the twins gets its key's now)
+                await store.add_api_key(hash_secret(e2b_twin(key)), team)
+                _write_secret(twin_file, e2b_twin(key))
+            say(f"API key: in {key_file} (its E2B form in {twin_file})")
         return
     key = new_api_key()
     await store.add_api_key(hash_secret(key), team)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    await store.add_api_key(hash_secret(e2b_twin(key)), team)
+    _write_secret(key_file, key)
+    _write_secret(twin_file, e2b_twin(key))
     say(f"API key: {key}")
     say(f"(also written to {key_file}; send it as the x-api-key header)")
+    say(f"the same key in E2B's form: {e2b_twin(key)} (in {twin_file})")
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")

@@ -95,10 +95,12 @@ class Store(Protocol):
 
     async def sandboxes_after(
         self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
-        after: tuple[float, str] | None, limit: int,
+        after: tuple[float, str] | None, limit: int, image: str | None = None,
+        started_after: float | None = None,
     ) -> list[SandboxRecord]:
         """Newest first, those created before ``after`` (created_at, id: a page's last),
-        with every ``metadata`` pair: keyset paging, stable while sandboxes come and go."""
+        with every ``metadata`` pair (and of ``image``, started at or after
+        ``started_after``): keyset paging, stable while sandboxes come and go."""
         ...
 
     async def sandboxes_in(self, statuses: tuple[str, ...]) -> list[SandboxRecord]: ...

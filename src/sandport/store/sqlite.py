@@ -182,7 +182,8 @@ class SqliteStore:
 
     async def sandboxes_after(
         self, team_id: str, statuses: tuple[str, ...], metadata: dict[str, str],
-        after: tuple[float, str] | None, limit: int,
+        after: tuple[float, str] | None, limit: int, image: str | None = None,
+        started_after: float | None = None,
     ) -> list[SandboxRecord]:
         where = [f"team_id=? AND status IN ({', '.join('?' for _ in statuses)})"]
         params: list[Any] = [team_id, *statuses]
@@ -190,6 +191,12 @@ class SqliteStore:
             where.append("EXISTS (SELECT 1 FROM json_each(sandboxes.metadata)"
                          " WHERE json_each.key=? AND json_each.value=?)")
             params += [key, value]
+        if image is not None:
+            where.append("image_name=?")
+            params.append(image)
+        if started_after is not None:
+            where.append("started_at >= ?")
+            params.append(started_after)
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [after[0], after[0], after[1]]

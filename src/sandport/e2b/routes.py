@@ -1,0 +1,158 @@
+"""The E2B face's control API: the routes the official ``e2b`` SDK calls (``/v2/sandboxes``
+and ``/sandboxes/{id}...``), each a translation onto the same services the Hyperbrowser
+face uses: a sandbox made here is one record, seen and used through both faces. Errors
+render as E2B's ``{code, message}`` (server/app.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..control import lifecycle
+from ..control.http import caller_team, json_body, keyed
+from ..control.requests import network_from_wire, parse_create
+from ..errors import Conflict, SandboxNotFound, ValidationFailed
+from ..runtime_api import startup
+from ..store import SandboxRecord
+from . import wire
+
+PREFIXES = ("/v2/sandboxes", "/sandboxes")
+
+
+def is_e2b_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PREFIXES)
+
+
+def _domain(request: Request) -> str | None:
+    """What the SDK appends to ``{port}-{id}.`` for a sandbox's hosts."""
+    netloc = request.app.state.ctx.sandboxes.urls.netloc
+    return netloc.removeprefix("{port}-{id}.") if netloc.startswith("{port}-{id}.") else None
+
+
+async def _live(request: Request) -> SandboxRecord:
+    """The caller's sandbox, running or paused; an ended one is as unknown as a made-up id
+    (E2B forgets a killed sandbox)."""
+    ctx = request.app.state.ctx
+    record: SandboxRecord = await ctx.sandboxes.get(await caller_team(request),
+                                                    request.path_params["id"])
+    if record.status not in ("active", "paused", "creating"):
+        raise SandboxNotFound(f"sandbox {record.id} not found")
+    return record
+
+
+async def create(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    base = parse_create({}, ctx.limits, ctx.settings.default_image,
+                        ctx.settings.default_timeout_minutes)
+    body = wire.parse_new_sandbox(await json_body(request), base, ctx.settings.default_image)
+    record = await startup.create_and_start(request, team, {}, body)
+    return JSONResponse(wire.sandbox(record, _domain(request)), status_code=201)
+
+
+async def connect(request: Request) -> Response:
+    """Resumed if paused; its deadline moved out to ``timeout`` seconds from now, never
+    earlier than it was."""
+    ctx = request.app.state.ctx
+    team = await caller_team(request)
+    body = await json_body(request, optional=True)
+    if not isinstance(body, dict) or set(body) - {"timeout", "memory"}:
+        raise ValidationFailed("the request takes timeout (seconds) only")
+    record = await _live(request)
+    resumed = record.status == "paused"
+    if resumed:
+        record = await ctx.sandboxes.resume(team, record.id)
+    if body.get("timeout") is not None:
+        record = await ctx.sandboxes.set_deadline(team, record.id,
+                                                  wire.parse_timeout(body["timeout"], None),
+                                                  extend_only=True)
+    return JSONResponse(wire.sandbox(record, _domain(request)),
+                        status_code=201 if resumed else 200)
+
+
+async def detail(request: Request) -> Response:
+    return JSONResponse(wire.detail(await _live(request), _domain(request)))
+
+
+async def listing(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    query = request.query_params
+    unknown = sorted(set(query) - {"state", "metadata", "limit", "nextToken", "template",
+                                   "startedAfter", "order"})
+    if unknown:
+        raise ValidationFailed(f"unknown query parameter(s): {', '.join(unknown)}")
+    if query.get("order", "desc") != "desc":
+        raise ValidationFailed("order: only desc (newest first) is supported")
+    limit = wire.parse_limit(query.get("limit"))
+    found = await ctx.sandboxes.page(await caller_team(request),
+                                     wire.parse_states(query.get("state")),
+                                     wire.parse_metadata_query(query.get("metadata")),
+                                     wire.parse_next_token(query.get("nextToken")), limit + 1,
+                                     wire.parse_template(query.get("template"),
+                                                         ctx.settings.default_image),
+                                     wire.parse_time(query.get("startedAfter"), "startedAfter"))
+    headers = {"x-next-token": wire.next_token(found[limit - 1])} if len(found) > limit else {}
+    return JSONResponse([wire.listed(r) for r in found[:limit]], headers=headers)
+
+
+async def kill(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    record = await _live(request)
+    await ctx.sandboxes.stop(record.team_id, record.id, lifecycle.CLOSE_REQUESTED)
+    return Response(status_code=204)
+
+
+async def set_timeout(request: Request) -> Response:
+    ctx = request.app.state.ctx
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) != {"timeout"}:
+        raise ValidationFailed("the request is {\"timeout\": seconds}")
+    seconds = wire.parse_timeout(body["timeout"], None)
+    record = await _live(request)
+    await ctx.sandboxes.set_deadline(record.team_id, record.id, seconds)
+    return Response(status_code=204)
+
+
+async def pause(request: Request) -> Response:
+    """The freezer's pause; E2B says 409 to a sandbox paused already."""
+    ctx = request.app.state.ctx
+    body = await json_body(request, optional=True)
+    if not isinstance(body, dict) or set(body) - {"memory", "requireHealthyGuest"}:
+        raise ValidationFailed("the request takes memory and requireHealthyGuest only")
+    if body.get("memory") is False:
+        raise ValidationFailed("memory false (a pause that keeps only the files) is not "
+                                    "supported: a pause here keeps the memory")
+    record = await _live(request)
+    if record.status == "paused":
+        raise Conflict(f"sandbox {record.id} is paused already")
+    await ctx.sandboxes.pause(record.team_id, record.id)
+    return Response(status_code=204)
+
+
+async def network(request: Request) -> Response:
+    """The policy's egress fields replaced (those left out cleared), live."""
+    ctx = request.app.state.ctx
+    body = await json_body(request)
+    record = await _live(request)
+    current = network_from_wire(record.network)
+    policy = wire.parse_network_update(body, current)
+    asked = body.get("allow_internet_access") if isinstance(body, dict) else None
+    await ctx.sandboxes.set_network(record.team_id, record.id,
+                                    dataclasses.replace(policy, internet_capped=False), asked)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v2/sandboxes", keyed(create), methods=["POST"]),
+    Route("/v2/sandboxes", keyed(listing), methods=["GET"]),
+    Route("/v2/sandboxes/{id}/connect", keyed(connect), methods=["POST"]),
+    Route("/sandboxes/{id}", keyed(detail), methods=["GET"]),
+    Route("/sandboxes/{id}", keyed(kill), methods=["DELETE"]),
+    Route("/sandboxes/{id}/timeout", keyed(set_timeout), methods=["POST"]),
+    Route("/sandboxes/{id}/pause", keyed(pause), methods=["POST"]),
+    Route("/sandboxes/{id}/network", keyed(network), methods=["PUT"]),
+]
