@@ -2,7 +2,7 @@
 pointed at it only by the environment (``E2B_API_URL``, ``E2B_API_KEY``), its control-plane
 calls work on sandboxes that are the same records the Hyperbrowser face shows.
 
-(The in-sandbox API the SDK calls envd, for commands and files, is not served yet.)
+(The in-sandbox API the SDK calls envd, for commands and files: test_e2b_envd.py.)
 Every key has an E2B-form twin (``e2b_`` and 40 hex), accepted wherever the key is.
 """
 

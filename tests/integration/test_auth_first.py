@@ -15,6 +15,9 @@ import pytest
 from starlette.routing import Route, WebSocketRoute
 
 from sandport.control.routes import routes as control_routes
+from sandport.e2b.envd import STREAMS, UNARY
+from sandport.e2b.envd import routes as envd_routes
+from sandport.e2b.routes import routes as e2b_routes
 from sandport.runtime_api.routes import routes as runtime_routes
 
 from .._server import ServerProcess
@@ -78,6 +81,55 @@ def test_control_routes_check_the_key_first(server: ServerProcess, detail: dict,
             _assert_401(_ask(url + QUERY, method, headers, body),
                         f"{method} {path} key={key} body={(body or b'')[:20]!r}")
         assert _ask(url + QUERY, method, headers, declared=BIG)[0] == 401, path
+
+
+@pytest.mark.parametrize("method, path", _http_routes(e2b_routes))
+def test_e2b_control_routes_check_the_key_first(server: ServerProcess, detail: dict,
+                                                method: str, path: str) -> None:
+    """The E2B face: its {code, message} 401, whatever the body."""
+    url = server.base_url + _fill(path, detail["id"])
+    for key in (None, "e2b_" + "0" * 40):
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers["x-api-key"] = key
+        for body in BODIES:
+            status, content = _ask(url + QUERY, method, headers, body)
+            assert status == 401 and b'"code":401' in content.replace(b" ", b""), (path, body)
+        assert _ask(url + QUERY, method, headers, declared=BIG)[0] == 401, path
+
+
+ENVD_CALLS = [("POST", f"/{name}") for name in sorted({*STREAMS, *UNARY})] + [
+    (method, route.path.removeprefix("/envd/{id}")) for route in envd_routes
+    if isinstance(route, Route) and "{service}" not in route.path
+    and not route.path.endswith("/health") for method in route.methods or ()
+    if method != "HEAD"]
+
+
+@pytest.mark.parametrize("method, path", ENVD_CALLS)
+def test_envd_calls_check_the_access_token_first(server: ServerProcess, detail: dict,
+                                                 method: str, path: str) -> None:
+    """Every envd call, on the sandbox's 49983 host and by E2B_SANDBOX_URL's headers, with
+    no token, a wrong one, or another sandbox's: 401 before its body or query is judged."""
+    host = f"49983-{detail['id']}.localhost:{server.port}"
+    theirs = "0" * 64  # (a well-formed token of no sandbox: derived tokens are 64 hex)
+    for token in (None, "", "wrong", theirs):
+        for content_type in ("application/json", "application/connect+json",
+                             "application/octet-stream", "multipart/form-data; boundary=x"):
+            headers = {"content-type": content_type}
+            if token is not None:
+                headers["x-access-token"] = token
+            for body in BODIES:
+                status, content = _ask(f"http://{host}{path}" + QUERY, method, headers, body)
+                if status == 200:  # a stream's error is in its end frame, under a 200
+                    assert b'"unauthenticated"' in content, (path, token, content[:200])
+                else:
+                    assert status == 401, (path, token, status, content[:200])
+            by_headers = {**headers, "e2b-sandbox-id": detail["id"],
+                          "e2b-sandbox-port": "49983"}
+            status, content = _ask(server.base_url + path + QUERY, method, by_headers,
+                                   declared=BIG)
+            assert status in (200, 401) and (b"unauthenticated" in content or b'"code":401'
+                                             in content.replace(b" ", b"")), (path, status)
 
 
 @pytest.mark.parametrize("method, path", _http_routes(runtime_routes))

@@ -94,9 +94,9 @@ def test_page_tokens_say_where_the_next_page_starts_and_nothing_else() -> None:
 
 
 def test_records_as_the_sdk_reads_them() -> None:
-    made = wire.sandbox(record(), "localhost:8080")
+    made = wire.sandbox(record(), "localhost:8080", "tok")
     assert {"sandboxID", "templateID", "clientID", "envdVersion"} <= set(made)
-    assert made["domain"] == "localhost:8080"
+    assert made["domain"] == "localhost:8080" and made["envdAccessToken"] == "tok"
     listed = wire.listed(record(status="paused"))
     assert listed["state"] == "paused" and listed["metadata"] == {"k": "v"}
     assert listed["startedAt"] == "1970-01-01T00:16:41.000Z"

@@ -31,6 +31,7 @@ EGRESS_FIELDS = ("allowInternetAccess", "allowOut", "denyOut")
 
 EXPOSABLE_PORTS = (1024, 65535)
 RUNTIME_PORT = 4001  # the runtime API's; never exposed
+ENVD_PORT = 49983  # the E2B face's in-sandbox API's; never exposed either
 _MASK_RE = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 
 # Accepted for compatibility with Hyperbrowser clients, which send them (usually null).
@@ -277,8 +278,9 @@ def parse_revoke(body: Any) -> str | None:
 def parse_port(value: Any, key: str = "port") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationFailed(f"{key} must be an integer")
-    if value == RUNTIME_PORT:
-        raise ValidationFailed(f"{key}: {RUNTIME_PORT} is reserved for the runtime API")
+    if value in (RUNTIME_PORT, ENVD_PORT):
+        raise ValidationFailed(f"{key}: {value} is reserved for the runtime API"
+                               + (" (E2B's envd)" if value == ENVD_PORT else ""))
     low, high = EXPOSABLE_PORTS
     if not low <= value <= high:
         raise ValidationFailed(f"{key} must be between {low} and {high}, got {value}")

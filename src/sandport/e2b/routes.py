@@ -19,6 +19,7 @@ from ..errors import Conflict, SandboxNotFound, ValidationFailed
 from ..runtime_api import startup
 from ..store import SandboxRecord
 from . import wire
+from .envd_wire import access_token
 
 PREFIXES = ("/v2/sandboxes", "/sandboxes")
 
@@ -31,6 +32,11 @@ def _domain(request: Request) -> str | None:
     """What the SDK appends to ``{port}-{id}.`` for a sandbox's hosts."""
     netloc = request.app.state.ctx.sandboxes.urls.netloc
     return netloc.removeprefix("{port}-{id}.") if netloc.startswith("{port}-{id}.") else None
+
+
+def _sandbox(request: Request, record: SandboxRecord) -> dict[str, object]:
+    token = access_token(request.app.state.ctx.envd_secret, record.id)
+    return wire.sandbox(record, _domain(request), token)
 
 
 async def _live(request: Request) -> SandboxRecord:
@@ -51,7 +57,7 @@ async def create(request: Request) -> Response:
                         ctx.settings.default_timeout_minutes)
     body = wire.parse_new_sandbox(await json_body(request), base, ctx.settings.default_image)
     record = await startup.create_and_start(request, team, {}, body)
-    return JSONResponse(wire.sandbox(record, _domain(request)), status_code=201)
+    return JSONResponse(_sandbox(request, record), status_code=201)
 
 
 async def connect(request: Request) -> Response:
@@ -70,8 +76,7 @@ async def connect(request: Request) -> Response:
         record = await ctx.sandboxes.set_deadline(team, record.id,
                                                   wire.parse_timeout(body["timeout"], None),
                                                   extend_only=True)
-    return JSONResponse(wire.sandbox(record, _domain(request)),
-                        status_code=201 if resumed else 200)
+    return JSONResponse(_sandbox(request, record), status_code=201 if resumed else 200)
 
 
 async def detail(request: Request) -> Response:

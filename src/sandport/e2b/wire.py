@@ -29,9 +29,10 @@ from ..models import iso
 from ..store import SandboxRecord
 
 CLIENT_ID = "sandport"  # E2B's clientID names the node; one host here
-# What the SDK is told of the in-sandbox API. Until the envd face serves it, its calls
-# (commands, files) get the edge's 404; 0.1.0 is the least the SDK accepts.
-ENVD_VERSION = "0.1.0"
+# The in-sandbox API's version the SDK is told (e2b/envd/versions.py gates on it): every
+# feature gated at or below it is served (stdin 0.3.0, the image's default user 0.4.0,
+# closing stdin 0.5.2, octet-stream uploads 0.5.7); file metadata (0.6.2) is not yet.
+ENVD_VERSION = "0.5.7"
 DEFAULT_TIMEOUT_S = 300  # E2B's
 MAX_TIMEOUT_S = 60 * MAX_TIMEOUT_MINUTES
 MAX_METADATA = 64
@@ -213,10 +214,12 @@ def state(record: SandboxRecord) -> str:
     return "paused" if record.status == "paused" else "running"
 
 
-def sandbox(record: SandboxRecord, domain: str | None) -> dict[str, Any]:
-    """The create and connect answer (E2B's ``Sandbox``)."""
+def sandbox(record: SandboxRecord, domain: str | None, envd_token: str) -> dict[str, Any]:
+    """The create and connect answer (E2B's ``Sandbox``), with the token its in-sandbox
+    API wants."""
     return {"sandboxID": record.id, "templateID": record.image_name, "clientID": CLIENT_ID,
-            "envdVersion": ENVD_VERSION, "domain": domain, "trafficAccessToken": None}
+            "envdVersion": ENVD_VERSION, "envdAccessToken": envd_token, "domain": domain,
+            "trafficAccessToken": None}
 
 
 def listed(record: SandboxRecord) -> dict[str, Any]:

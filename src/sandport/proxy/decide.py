@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from urllib.parse import parse_qs
 
-from ..ids import hash_secret
+from ..ids import hash_secret, is_sandbox_id
 from . import pages
 from .auth import (
     bearer,
@@ -27,6 +27,8 @@ from .auth import (
 )
 from .routes import RouteTable, SandboxRoute, cookie_credential
 from .urls import (
+    ENVD_HEADER,
+    ENVD_PORT,
     RUNTIME_HEADER,
     RUNTIME_PORT,
     PublicUrls,
@@ -40,7 +42,7 @@ Header = tuple[bytes, bytes]
 # the others are what proxies and frameworks read as "the proxy in front says" (the
 # client's port, path prefix or original URL, its address).
 _DROPPED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-                      b"x-real-ip", b"forwarded", RUNTIME_HEADER,
+                      b"x-real-ip", b"forwarded", RUNTIME_HEADER, ENVD_HEADER,
                       b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-server",
                       b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-forwarded-uri",
                       b"x-original-url", b"x-original-uri", b"x-original-host",
@@ -48,6 +50,10 @@ _DROPPED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-pro
                       b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme"})
 # The user's control API key: the control host reads it; code in a sandbox never sees it.
 _API_KEY = b"x-api-key"
+# A request to the control host that names a sandbox and port in these (the e2b SDK's
+# E2B_SANDBOX_URL mode, where one address serves every sandbox) goes where that sandbox's
+# {port}-{id} host would send it.
+_E2B_ID, _E2B_PORT = b"e2b-sandbox-id", b"e2b-sandbox-port"
 
 
 def _spellings(name: bytes) -> set[bytes]:
@@ -154,8 +160,10 @@ class Edge:
         cookies: list[bytes] = []
         connection: list[bytes] = []
         browser = False
+        named: list[bytes | None] = [None, None]  # E2b-Sandbox-Id, E2b-Sandbox-Port
         for name, value in req.headers:
-            if len(name) not in (4, 6, 10, 13):  # host, cookie, accept, connection, authorization
+            # host, cookie, accept, connection, authorization, e2b-sandbox-id, -port
+            if len(name) not in (4, 6, 10, 13, 14, 16):
                 continue
             lname = name.lower()
             if lname == b"host":
@@ -170,6 +178,10 @@ class Edge:
                 browser = b"text/html" in value
             elif lname == b"connection":
                 connection.append(value)
+            elif lname == _E2B_ID:
+                named[0] = value
+            elif lname == _E2B_PORT:
+                named[1] = value
         if req.method == b"CONNECT":
             return _error(405, "method_not_allowed", "CONNECT is not supported here", browser)
         if not req.target.startswith(b"/") and req.target != b"*":
@@ -182,18 +194,29 @@ class Edge:
         host_text = host.decode("latin-1")
         matched = self.urls.match(host_text)
         hop = nominated(connection) if connection else _NO_HOP
+        if matched is None and named[0] is not None:
+            by_headers = _named_sandbox(named[0], named[1])
+            if isinstance(by_headers, Answer):
+                return by_headers
+            matched = by_headers
         if matched is None:
             if is_internal_path(req.target):  # internal route shape, not public
                 return _error(404, "not_found", "no such route", browser)
             return Forward(self.control_key, self._head(req, req.target, host, hop=hop))
         sandbox_id, port = matched
+        if port == ENVD_PORT:
+            envd_id = sandbox_id.encode()
+            return Forward(self.control_key, self._head(
+                req, b"/envd/" + envd_id + req.target, host, hop=hop,
+                mark=(ENVD_HEADER, envd_id)))
         if port == RUNTIME_PORT:
             routed = split_path_route(req.target)
             if routed is None:
                 runtime_id = sandbox_id.encode()
                 return Forward(self.control_key, self._head(
                     req, b"/runtime/" + runtime_id + req.target, host, hop=hop,
-                    runtime_id=runtime_id), token=_token_of(sandbox_id, authorization))
+                    mark=(RUNTIME_HEADER, runtime_id)),
+                    token=_token_of(sandbox_id, authorization))
             port, target = routed
         else:
             target = req.target
@@ -247,14 +270,14 @@ class Edge:
 
     def _head(self, req: RequestHead, target: bytes, host: bytes, *,
               route: SandboxRoute | None = None, port: int = 0,
-              hop: HopByHop = _NO_HOP, runtime_id: bytes | None = None) -> bytes:
+              hop: HopByHop = _NO_HOP, mark: Header | None = None) -> bytes:
         """The request head upstream sees: forwarded headers replaced, hop-by-hop headers
         the client nominated dropped, and for sandbox ports the sandbox's token and
         sandport's cookies removed, the Host masked."""
         out = [req.method, b" ", target, b" HTTP/", req.version, b"\r\n"]
         masked = route.upstream_host(port) if route is not None else None
         lengths, hop_names, connection = hop.lengths, hop.names, hop.connection
-        to_sandbox = route is not None or runtime_id is not None
+        to_sandbox = route is not None or mark is not None
         for name, value in req.headers:
             if len(name) not in lengths:
                 out += (name, b": ", value, b"\r\n")
@@ -278,8 +301,8 @@ class Edge:
                     if not value:
                         continue
             out += (name, b": ", value, b"\r\n")
-        if runtime_id is not None:
-            out += (RUNTIME_HEADER, b": ", runtime_id, b"\r\n")
+        if mark is not None:  # the internal route's mark: the sandbox's id
+            out += (mark[0], b": ", mark[1], b"\r\n")
         ip = req.client_ip.encode()
         out += (b"x-forwarded-host: ", host, b"\r\nx-forwarded-proto: ", self._proto,
                 b"\r\nx-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n\r\n")
@@ -324,6 +347,20 @@ def grant_refused(browser: bool) -> Answer:
     return _error(403, "grant_refused",
                   "this browser link has expired or was already used; ask for a new one "
                   "(POST /api/sandbox/{id}/expose)", browser)
+
+
+def _named_sandbox(sandbox: bytes, port: bytes | None) -> tuple[str, int] | Answer:
+    """The (sandbox, port) E2b-Sandbox-Id / E2b-Sandbox-Port name, or the error: an id
+    that is none is an unknown sandbox, as an unknown host is."""
+    sandbox_id = sandbox.strip().decode("latin-1")
+    if not is_sandbox_id(sandbox_id):
+        return _error(404, "not_found", f"The sandbox {sandbox_id[:40]!r} was not found",
+                      False)
+    text = (port or b"").strip()
+    if not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+        return _error(400, "bad_request", "E2b-Sandbox-Port must name a port (1-65535)",
+                      False)
+    return sandbox_id, int(text)
 
 
 def _token_of(sandbox_id: str, authorization: bytes | None) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..tokens import Older, TokenSet
-from .urls import RUNTIME_PORT
+from .urls import ENVD_PORT, RUNTIME_PORT
 
 
 def cookie_credential(generation: int) -> str:
@@ -43,7 +43,7 @@ class SandboxRoute:
 
     def port_auth(self, port: int) -> bool | None:
         """Whether ``port`` needs auth; None when it does not answer at all."""
-        if port == RUNTIME_PORT:
+        if port in (RUNTIME_PORT, ENVD_PORT):
             return None
         if self.allow_ports is not None and port not in self.allow_ports:
             return None

@@ -20,6 +20,9 @@ RUNTIME_PORT = 4001  # the runtime API's host; never a sandbox port
 # ``/runtime/`` requests without it (server/app.py), so no spelling of that path on the
 # control host reaches them.
 RUNTIME_HEADER = b"x-sandport-runtime"
+ENVD_PORT = 49983  # the E2B face's in-sandbox API (envd's port on E2B); never a sandbox port
+# As RUNTIME_HEADER, for ``/envd/<id>/...`` (e2b/envd.py).
+ENVD_HEADER = b"x-sandport-envd"
 _PATH_ROUTE = re.compile(rb"^(?:/sb)?/p/([0-9]{1,5})(?=/|\?|$)")
 
 
@@ -108,9 +111,9 @@ def split_path_route(target: bytes) -> tuple[int, bytes] | None:
 
 
 def is_internal_path(target: bytes) -> bool:
-    """Whether a request target names the internal ``/runtime/...`` routes, however it is
-    spelled: percent-encoded, with empty or dot segments (the API server decodes the path
-    once before routing)."""
+    """Whether a request target names the internal ``/runtime/...`` (or ``/envd/...``)
+    routes, however it is spelled: percent-encoded, with empty or dot segments (the API
+    server decodes the path once before routing)."""
     segments: list[bytes] = []
     for segment in unquote_to_bytes(target.partition(b"?")[0]).split(b"/"):
         if segment == b"..":
@@ -118,4 +121,4 @@ def is_internal_path(target: bytes) -> bool:
                 segments.pop()
         elif segment not in (b"", b"."):
             segments.append(segment)
-    return bool(segments) and segments[0].lower() == b"runtime"
+    return bool(segments) and segments[0].lower() in (b"runtime", b"envd")

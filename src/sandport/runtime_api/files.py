@@ -165,16 +165,16 @@ async def write_stream(fd: int, stream: AsyncIterator[bytes], path: str) -> int:
         async for chunk in stream:
             pending += chunk
             if len(pending) >= TRANSFER_CHUNK:
-                written += await in_thread(_write_all, fd, bytes(pending), path)
+                written += await in_thread(write_all, fd, bytes(pending), path)
                 pending.clear()
         if pending:
-            written += await in_thread(_write_all, fd, bytes(pending), path)
+            written += await in_thread(write_all, fd, bytes(pending), path)
     finally:
         os.close(fd)
     return written
 
 
-def _write_all(fd: int, data: bytes, path: str) -> int:
+def write_all(fd: int, data: bytes, path: str) -> int:
     view = memoryview(data)
     with client_errors(path):
         while view:

@@ -63,6 +63,8 @@ class ProcessSession(CommandListener):
     cwd: str
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     pty: tuple[int, int] | None = None
+    tag: str | None = None  # a name to find it by (the E2B face's ProcessSelector)
+    envs: dict[str, str] = field(default_factory=dict)  # as the start asked (for listings)
     status: ProcessStatus = "running"
     pid: int | None = None
     exit_code: int | None = None
@@ -386,6 +388,14 @@ class ProcessRegistry:
     def any_running(self, sandbox_id: str) -> bool:
         """Whether a process or terminal started through the API still runs in it."""
         return any(s.sandbox_id == sandbox_id and s.running for s in self._sessions.values())
+
+    def running_one(self, sandbox_id: str, by: str, key: int | str) -> ProcessSession:
+        """The sandbox's running process or terminal with this ``pid`` or ``tag``."""
+        for session in self._sessions.values():
+            if session.sandbox_id == sandbox_id and session.running and \
+                    (session.pid if by == "pid" else session.tag) == key:
+                return session
+        raise NotFound(f"process with {by} {key} not found")
 
     def of_sandbox(self, sandbox_id: str, *, terminals: bool) -> list[ProcessSession]:
         return sorted((s for s in self._sessions.values() if s.sandbox_id == sandbox_id

@@ -65,15 +65,15 @@ async def user_of(request: HTTPConnection, sandbox_id: str, name: str | None) ->
 
 
 async def launch(request: HTTPConnection, sandbox_id: str, start: StartRequest, prefix: str,
-                 pin: bool = False) -> ProcessSession:
+                 pin: bool = False, tag: str | None = None) -> ProcessSession:
     """Start ``start`` in the sandbox and register it; start failures are 4xx/5xx errors.
     ``pin`` keeps all output from the start for the stream that is about to follow it."""
     with registry(request).admitting(sandbox_id, start.buffer_bytes):
-        return await _launch(request, sandbox_id, start, prefix, pin)
+        return await _launch(request, sandbox_id, start, prefix, pin, tag)
 
 
 async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
-                  prefix: str, pin: bool) -> ProcessSession:
+                  prefix: str, pin: bool, tag: str | None) -> ProcessSession:
     ctx = request.app.state.ctx
     user = await user_of(request, sandbox_id, start.run_as)
     env = dict(start.env)
@@ -85,7 +85,7 @@ async def _launch(request: HTTPConnection, sandbox_id: str, start: StartRequest,
     session = ProcessSession(
         registry(request).new_id(prefix), sandbox_id, start.command, start.args,
         cwd or ctx.runtime.workdir(sandbox_id), buffer_bytes=start.buffer_bytes, pty=start.pty,
-        budget=registry(request).budget)
+        tag=tag, envs=dict(start.env), budget=registry(request).budget)
     if pin:
         session.pin_start()
     command = CommandRequest(

@@ -56,6 +56,7 @@ class WatchSession:
     stopped_at: int | None = None
     error: str | None = None
     last_seq: int = 0
+    read_seq: int = 0  # where the E2B face's GetWatcherEvents reads on from
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_BUFFER))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -15,10 +15,11 @@ from starlette.websockets import WebSocketClose
 from ..console.routes import routes as console_routes
 from ..console.web import render
 from ..control.routes import routes as control_routes
+from ..e2b.envd import routes as envd_routes
 from ..e2b.routes import is_e2b_path
 from ..e2b.routes import routes as e2b_routes
 from ..errors import SandportError
-from ..proxy.urls import RUNTIME_HEADER
+from ..proxy.urls import ENVD_HEADER, RUNTIME_HEADER
 from ..runtime_api.routes import routes as runtime_routes
 from .context import AppContext
 
@@ -32,7 +33,7 @@ async def render_error(request: Request, exc: Exception) -> Response:
     if (path == "/console" or path.startswith("/console/")) and \
             not path.startswith("/console/api/"):
         return _console_error(request, exc)
-    if is_e2b_path(path):
+    if is_e2b_path(path) or path.startswith("/envd/"):
         return _e2b_error(request, exc)
     if isinstance(exc, SandportError):
         if exc.status >= 500:
@@ -91,14 +92,19 @@ def _console_error(request: Request, exc: Exception) -> Response:
     return render("message.html", status, title="Not done", message=message)
 
 
+_MARKS = {"/runtime/": RUNTIME_HEADER, "/envd/": ENVD_HEADER}
+
+
 def came_by_runtime_host(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request for the internal ``/runtime/<id>/...`` routes was mapped there by
-    the edge proxy from that sandbox's runtime host (it marks those, and strips the mark
-    from every client request); other paths need no mark."""
-    if not path.startswith("/runtime/"):
-        return True
-    sandbox_id = path[len("/runtime/"):].partition("/")[0].encode()
-    return any(name == RUNTIME_HEADER and value == sandbox_id for name, value in headers)
+    """Whether a request for the internal ``/runtime/<id>/...`` (or ``/envd/<id>/...``)
+    routes was mapped there by the edge proxy from that sandbox's runtime (or envd) host
+    (it marks those, and strips the marks from every client request); other paths need no
+    mark."""
+    for prefix, mark in _MARKS.items():
+        if path.startswith(prefix):
+            sandbox_id = path[len(prefix):].partition("/")[0].encode()
+            return any(name == mark and value == sandbox_id for name, value in headers)
+    return True
 
 
 class RuntimeRoutesGuard:
@@ -122,7 +128,7 @@ class RuntimeRoutesGuard:
 
 def build_app(ctx: AppContext) -> Starlette:
     app = Starlette(
-        routes=[*control_routes, *e2b_routes, *runtime_routes, *console_routes],
+        routes=[*control_routes, *e2b_routes, *runtime_routes, *envd_routes, *console_routes],
         middleware=[Middleware(RuntimeRoutesGuard)],
         # Exception (500) is rendered and raised again by Starlette for uvicorn's log; a
         # client that went away is not such an error, so it has a handler of its own.

@@ -28,6 +28,7 @@ class AppContext:
     sessions: RuntimeSessions = field(default_factory=RuntimeSessions)
     builds: BuildSlots = field(default_factory=BuildSlots)
     clock: Callable[[], float] = field(default=time.time)
+    envd_secret: bytes = b""  # the E2B face's envd access tokens are derived from it
 
 
 def host_limits() -> HostLimits:

@@ -101,7 +101,8 @@ async def _serve(settings: ServerSettings) -> None:
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         limits = host_limits()
         ctx = AppContext(settings, store, runtime, images, sandboxes, limits,
-                         RuntimeSessions.for_server(settings.buffer_memory_mib, limits.mem_mib))
+                         RuntimeSessions.for_server(settings.buffer_memory_mib, limits.mem_mib),
+                         envd_secret=await store.secret("envd-access"))
         socket_path = settings.control_socket
         socket_path.parent.mkdir(mode=0o700, exist_ok=True)
         socket_path.unlink(missing_ok=True)
