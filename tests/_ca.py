@@ -33,13 +33,15 @@ class TestCA:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
-              dns_names: tuple[str, ...] = ()) -> tuple[Path, Path, x509.Certificate]:
-        """A certificate for ``dns_names``, or else for 127.0.0.1 and localhost: (cert.pem,
-        key.pem, the certificate)."""
+              dns_names: tuple[str, ...] = (),
+              ips: tuple[str, ...] = ()) -> tuple[Path, Path, x509.Certificate]:
+        """A certificate for ``dns_names`` (and ``ips``), or else for 127.0.0.1 and
+        localhost: (cert.pem, key.pem, the certificate)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         san = x509.SubjectAlternativeName(
-            [x509.DNSName(n) for n in dns_names] if dns_names else [
+            [*(x509.DNSName(n) for n in dns_names),
+             *(x509.IPAddress(ipaddress.ip_address(a)) for a in ips)] if dns_names else [
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
         cert = (
             _cert_builder(subject, self.cert.subject, key.public_key(), days=1)

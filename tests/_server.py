@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,8 +37,11 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, api_key: str = API_KEY,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain, key, the CA that signed it): the edge serves HTTPS."""
         self.data_dir = data_dir
+        self.tls = tls
         self.port = port or free_port()
         self.api_key = api_key
         self.env = env or {}
@@ -46,7 +50,11 @@ class ServerProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return True if self.tls is None else ssl.create_default_context(cafile=self.tls[2])
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "SANDPORT_API_KEY": self.api_key,
@@ -59,6 +67,8 @@ class ServerProcess:
                # The tests' "worlds" are networks of this host: only the metadata address
                # stays closed (tests/integration/test_netcaps.py tries the default).
                "SANDPORT_NEVER_ALLOW": "169.254.169.254/32",
+               **({} if self.tls is None else {"SANDPORT_TLS_CERT": str(self.tls[0]),
+                                               "SANDPORT_TLS_KEY": str(self.tls[1])}),
                **self.env}
         env.pop("SANDPORT_BASE_URL", None)
         with open(self.log_path, "ab") as log:
@@ -72,7 +82,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sandport serve exited:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/api/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/api/health", timeout=1,
+                             verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -152,4 +163,4 @@ class ServerProcess:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"x-api-key": self.api_key},
-                            timeout=120)
+                            timeout=120, verify=self.verify)

@@ -97,9 +97,13 @@ class ServerSettings:
     runc: str = "runc"
     init_binary: Path = Path("/usr/bin/tini-static")
     seccomp_source: Path = Path("/usr/share/containers/seccomp.json")
-    public_url: str | None = None  # the control API's URL; default: http://<listen>
-    # Sandbox ports' URLs; default: http://{port}-{id}.localhost:<listen port>
+    public_url: str | None = None  # the control API's URL; default: http(s)://<listen>
+    # Sandbox ports' URLs; default: http(s)://{port}-{id}.localhost:<listen port>
     public_url_template: str | None = None
+    # The edge serves HTTPS with this certificate chain and key (PEM; SIGHUP reloads them);
+    # without, plain HTTP (a TLS terminator in front may still make the URLs https).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     browser_url_ttl_s: int = 600  # how long a browserUrl grant can be redeemed
     token_ttl_s: int = 3600  # how long a runtime token opens its sandbox (refresh for more)
     header_timeout_s: float = 15.0  # a request head must arrive within this
@@ -156,11 +160,16 @@ class ServerSettings:
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.listen}").rstrip("/")
+        return (self.public_url or f"{self._scheme}://{self.listen}").rstrip("/")
 
     @property
     def url_template(self) -> str:
-        return self.public_url_template or f"http://{{port}}-{{id}}.localhost:{self.port}"
+        return self.public_url_template or \
+            f"{self._scheme}://{{port}}-{{id}}.localhost:{self.port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.tls_cert is None else "https"
 
     @property
     def control_socket(self) -> Path:
@@ -208,6 +217,8 @@ class ServerSettings:
             raise ValidationFailed("retain_ended_h must not be negative")
         if self.disk_limits not in ("auto", "on", "off"):
             raise ValidationFailed("disk_limits must be auto, on or off")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValidationFailed("tls_cert and tls_key go together")
         _check_limits(self)
         _check_edge_limits(self)
         _check_registries(self)
@@ -296,7 +307,8 @@ def _check_edge_limits(settings: ServerSettings) -> None:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("data_dir", "images_dir", "init_binary", "seccomp_source", "registry_auth"):
+    if name in ("data_dir", "images_dir", "init_binary", "seccomp_source", "registry_auth",
+                "tls_cert", "tls_key"):
         return Path(value)
     if name in _EDGE_INTS:
         try:

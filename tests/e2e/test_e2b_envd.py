@@ -18,7 +18,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox, SandboxQuery
+from e2b import (
+    AsyncSandbox,
+    CommandExitException,
+    PtySize,
+    Sandbox,
+    SandboxQuery,
+    SandboxState,
+)
 from e2b.exceptions import (
     FileNotFoundException,
     InvalidArgumentException,
@@ -218,7 +225,8 @@ def test_signed_urls_and_the_host_form(e2b_sandbox: Sandbox, server: ServerProce
 def test_tokens_and_bad_calls_are_refused(e2b_sandbox: Sandbox, server: ServerProcess) -> None:
     sb = e2b_sandbox
     other = Sandbox.create(template="python", timeout=60,
-                           metadata={"run": sb.get_info().metadata["run"]})
+                           metadata={"run": sb.get_info().metadata["run"]},
+                           lifecycle={"on_timeout": "pause", "auto_resume": True})
     token, theirs = sb._envd_access_token, other._envd_access_token
     assert token and theirs and token != theirs
     json_type = {"content-type": "application/json"}
@@ -260,17 +268,33 @@ def test_tokens_and_bad_calls_are_refused(e2b_sandbox: Sandbox, server: ServerPr
         assert answer.status_code == 200 and len(frames) == 1 and frames[0][0] == 2, broken
         assert frames[0][1]["error"]["code"] in ("invalid_argument", "unimplemented")  # type: ignore[index]
     # a gzip bomb's lie and a truncated body are refused, not half-written silently
-    bad_gzip = _envd(server, sb, "/files?path=/tmp/bad.txt", token,
-                     content=gzip.compress(b"x" * 1000)[:-6],
-                     headers={"content-type": "application/octet-stream",
-                              "content-encoding": "gzip"})
-    assert bad_gzip.status_code == 400
+    gzipped = {"content-type": "application/octet-stream", "content-encoding": "gzip"}
+    for bad in (gzip.compress(b"x" * 1000)[:-6], gzip.compress(b"x") + b"\x00" * 100_000,
+                gzip.compress(b"x") + b"junk", b"not gzip at all"):
+        refused = _envd(server, sb, "/files?path=/tmp/bad.txt", token, content=bad,
+                        headers=gzipped)
+        assert refused.status_code == 400 and refused.json()["code"] == 400, bad[:20]
+    two = _envd(server, sb, "/files?path=/tmp/two.txt", token, headers=gzipped,
+                content=gzip.compress(b"one ") + gzip.compress(b"two"))  # gzip's members
+    assert two.status_code == 200 and sb.files.read("/tmp/two.txt") == "one two"
+    odd = _envd(server, sb, "/files?path=/tmp/x&signature=v1_x&signature_expiration=%C2%B2",
+                method="GET")
+    assert odd.status_code == 400  # (a digit of another script is no Unix time)
     # paths are the sandbox's: no way out of its root
     escape = sb.files.write("/../../../../tmp/escaped-e2b.txt", "inside")
     assert escape.path == "/tmp/escaped-e2b.txt"
     assert sb.files.read("/tmp/escaped-e2b.txt") == "inside"
     with pytest.raises(InvalidArgumentException):
         Sandbox.connect(other.sandbox_id).files.read("/etc/hostname", user="nobody-here")
+    # /health answers anyone, and so wakes nothing: a paused autoResume sandbox stays paused
+    assert other.pause() is True
+    paused = _envd(server, other, "/health", method="GET")
+    assert paused.status_code == 502 and "paused" in paused.json()["message"]
+    assert other.get_info().state == SandboxState.PAUSED
+    # with the token, a call resumes it (autoResume), as a request to its port does
+    assert _envd(server, other, "/filesystem.Filesystem/Stat", theirs, json={"path": "/"},
+                 headers=json_type).status_code == 200
+    assert other.get_info().state == SandboxState.RUNNING
     other.kill()
     gone = _envd(server, other, "/health", method="GET")
     assert gone.status_code == 502 and "was not found" in gone.json()["message"]

@@ -88,6 +88,9 @@ def test_server_settings_precedence(tmp_path: Path) -> None:
     assert s.image_root == Path("/from/flag/images")
     assert s.base_url == "http://127.0.0.1:2222"
     assert ServerSettings.load(environ={}).listen == "127.0.0.1:8080"
+    tls = ServerSettings.load({"tls_cert": "/c.pem", "tls_key": "/k.pem"}, environ={})
+    assert tls.tls_cert == Path("/c.pem") and tls.base_url == "https://127.0.0.1:8080"
+    assert tls.url_template == "https://{port}-{id}.localhost:8080"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -100,6 +103,8 @@ def test_server_settings_precedence(tmp_path: Path) -> None:
     ({"dns_upstreams": "resolver.example"}, "dns_upstreams"),
     ({"dns_upstreams": "203.0.113.2:0"}, "dns_upstreams"),
     ({"build_timeout_s": "0"}, "build_timeout_s"),
+    ({"tls_cert": "/c.pem"}, "tls_cert and tls_key go together"),
+    ({"tls_key": "/k.pem"}, "tls_cert and tls_key go together"),
 ])
 def test_server_settings_errors(flags: dict[str, str], message: str) -> None:
     with pytest.raises(errors.ValidationFailed, match=message):

@@ -71,7 +71,7 @@ def test_errors_map_as_connect_clients_read_them() -> None:
     assert ConnectError("unauthenticated", "m").status == 401
     assert connect.timeout_ms(None) is None and connect.timeout_ms("0") is None
     assert connect.timeout_ms("1500") == 1500
-    for bad in ("-1", "1.5", "12345678901", "x"):
+    for bad in ("-1", "1.5", "12345678901", "x", "\u00b2", "\u0663"):
         with pytest.raises(ConnectError):
             connect.timeout_ms(bad)
 
@@ -93,6 +93,8 @@ def test_a_start_as_the_sdk_sends_it() -> None:
     start, _ = envd_wire.parse_start(_json(terminal), None, None)
     assert start.pty == (30, 100) and start.env["TERM"] == "xterm-256color"
     assert start.stdin is True and start.timeout_s is None
+    forever, _ = envd_wire.parse_start(_json(terminal), None, 10 ** 10)
+    assert forever.timeout_s == 7 * 24 * 3600  # the runtime API's longest
 
 
 @pytest.mark.parametrize("message", [
@@ -101,7 +103,10 @@ def test_a_start_as_the_sdk_sends_it() -> None:
     {"process": {"cmd": "x\x00"}}, {"process": {"cmd": "x", "envs": {"A=B": "c"}}},
     {"process": {"cmd": "x", "envs": {"A": 1}}}, {"process": {"cmd": "x", "cwd": "rel"}},
     {"process": {"cmd": "x"}, "pty": {"size": {"rows": 5000, "cols": 1}}},
-    {"process": {"cmd": "x"}, "stdin": "yes"}, {"process": {"cmd": "x" * 300_000}}])
+    {"process": {"cmd": "x"}, "stdin": "yes"}, {"process": {"cmd": "x" * 300_000}},
+    {"process": {"cmd": "x", "envs": {f"V{i}": "v" for i in range(1000)}}},
+    {"process": {"cmd": "x", "envs": {"BIG": "v" * (1 << 20)}}},
+    {"process": {"cmd": "x"}, "pty": {"size": {"rows": "\u00b2", "cols": 1}}}])
 def test_bad_starts_are_refused(message: dict[str, object]) -> None:
     with pytest.raises(ConnectError) as refused:
         envd_wire.parse_start(message, None, None)
@@ -177,6 +182,11 @@ def test_entries_as_the_sdk_reads_them() -> None:
     assert got.type == filesystem_pb.FileType.SYMLINK and got.symlink_target == "/etc/hosts"
     assert got.modified_time is not None
     assert got.modified_time.seconds == 1_700_000_000
+    far = envd_wire.entry(FileInfo("/f", "f", "file", 0, 0o644, "-rw-r--r--", "a", "b",
+                                   10 ** 18))  # (a sandbox may set any mtime)
+    assert far["modifiedTime"] == "9999-12-31T23:59:59.999Z"
+    assert envd_wire.entry(FileInfo("/f", "f", "file", 0, 0o644, "-rw-r--r--", "a", "b",
+                                    -10 ** 15))["modifiedTime"] == "1970-01-01T00:00:00.000Z"
     listing = filesystem_pb.ListDirResponse.from_json(json.dumps({"entries": [
         envd_wire.entry(FileInfo("/d", "d", "dir", 4096, 0o755, "drwxr-xr-x", "a", "b", 0))]}))
     assert listing.entries[0].type == filesystem_pb.FileType.DIRECTORY
@@ -216,11 +226,15 @@ def test_tokens_and_signatures() -> None:
 
 
 # -- the edge -----------------------------------------------------------------------------
+ENVD_SECRET = b"e" * 32
+
+
 def _edge() -> Edge:
     table = RouteTable()
     table.put(SandboxRoute(SID, "10.77.0.2", "spt_tok", 2e9, {}, open_ports=True))
     return Edge(PublicUrls.parse("http://{port}-{id}.localhost:8080"), table,
-                "/run/api.sock", b"s" * 32, clock=lambda: 1e9)
+                "/run/api.sock", b"s" * 32, clock=lambda: 1e9,
+                envd_token=lambda sid: envd_wire.access_token(ENVD_SECRET, sid))
 
 
 def _req(host: str, target: bytes, *headers: tuple[bytes, bytes]) -> RequestHead:
@@ -271,6 +285,26 @@ def test_the_sandbox_url_headers_name_the_sandbox() -> None:
     own = edge.decide(_req(f"3000-{SID}.localhost:8080", b"/", (b"e2b-sandbox-id", OTHER.encode()),
                            (b"e2b-sandbox-port", b"49983")))
     assert isinstance(own, Forward) and own.key == ("tcp", "10.77.0.2", "3000")
+    # a browser link is redeemed on the port's own host only: its cookie is that host's
+    redeem = edge.decide(_req("localhost:8080", b"/_sandport/auth?grant=g",
+                              (b"e2b-sandbox-id", SID.encode()), (b"e2b-sandbox-port", b"3000")))
+    assert _status(redeem) == 404
+
+
+def test_the_envd_token_never_reaches_the_sandbox() -> None:
+    token = envd_wire.access_token(ENVD_SECRET, SID)
+    theirs = envd_wire.access_token(ENVD_SECRET, OTHER)
+    for host, extra in ((f"3000-{SID}.localhost:8080", ()),
+                        ("localhost:8080", ((b"e2b-sandbox-id", SID.encode()),
+                                            (b"e2b-sandbox-port", b"3000")))):
+        port = edge_decide(host, (b"X-Access-Token", token.encode()), *extra)
+        assert isinstance(port, Forward) and token.encode() not in port.head
+        other = edge_decide(host, (b"x-access-token", theirs.encode()), *extra)
+        assert isinstance(other, Forward) and theirs.encode() in other.head  # not ours: kept
+
+
+def edge_decide(host: str, *headers: tuple[bytes, bytes]) -> object:
+    return _edge().decide(_req(host, b"/", *headers))
 
 
 def test_the_app_serves_envd_routes_only_to_marked_requests() -> None:

@@ -21,6 +21,11 @@ def register(commands: Any) -> None:
     p.add_argument("--public-url-template", metavar="TEMPLATE",
                    help="sandbox port URLs, e.g. https://{port}-{id}.sandbox.example.com "
                         "(default http://{port}-{id}.localhost:PORT)")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="serve HTTPS with this certificate chain (PEM; a wildcard for the "
+                        "sandbox hosts' domain, e.g. *.sandbox.example.com); SIGHUP reloads "
+                        "it and --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument("--browser-url-ttl-s", type=int, metavar="N",
                    help="how long a browserUrl link can be opened (default 600)")
     p.add_argument("--token-ttl-s", type=int, metavar="N",
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir, "listen": args.listen, "images_dir": args.images_dir,
         "public_url": args.public_url, "config": args.config, "log_level": args.log_level,
         "public_url_template": args.public_url_template,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "browser_url_ttl_s": args.browser_url_ttl_s, "header_timeout_s": args.header_timeout_s,
         "idle_timeout_s": args.idle_timeout_s, "token_ttl_s": args.token_ttl_s,
         "max_pids_total": args.max_pids_total, "memory_overcommit": args.memory_overcommit,

@@ -14,6 +14,7 @@ path and no generated code.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -24,7 +25,7 @@ STREAM_TYPE = "application/connect+json"
 END_STREAM = 0x02
 COMPRESSED = 0x01
 MAX_MESSAGE_BYTES = 16 << 20
-MAX_TIMEOUT_MS = 10 ** 10  # the spec's: at most 10 digits
+DIGITS = re.compile(r"[0-9]{1,10}")  # (str.isdigit takes other scripts' digits too)
 
 # Connect's codes and the HTTP status each is sent under (unary) or read from (a proxy's
 # plain error).
@@ -110,7 +111,7 @@ def timeout_ms(value: str | None) -> int | None:
     """``Connect-Timeout-Ms``: None when absent or 0 (envd's "no limit"); junk refused."""
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 10:
+    if not DIGITS.fullmatch(value):
         raise ConnectError("invalid_argument", "Connect-Timeout-Ms must be a positive "
                            "integer of at most 10 digits")
     return int(value) or None

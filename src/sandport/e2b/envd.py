@@ -16,6 +16,7 @@ import binascii
 import hmac
 import logging
 import os
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ from ..runtime_api.watches import WatchRegistry, WatchSession
 from ..store import SandboxRecord, Store
 from . import envd_wire as w
 from .connect import (
+    DIGITS,
     MAX_MESSAGE_BYTES,
     STREAM_TYPE,
     UNARY_TYPE,
@@ -55,6 +57,7 @@ PREFIX = "/envd/{id}"
 KEEPALIVE_S = 30.0  # when the client names no Keepalive-Ping-Interval
 MAX_UPLOAD_PARTS = 1000
 MAX_PART_HEADERS = 16 << 10
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")
 Message = dict[str, Any]
 
 
@@ -163,7 +166,7 @@ def _connect_error(exc: Exception) -> ConnectError:
 # -- process.Process ----------------------------------------------------------------------
 def _keepalive_s(request: Request) -> float:
     value = request.headers.get("keepalive-ping-interval", "")
-    return float(min(3600, max(1, int(value)))) if value.isdigit() else KEEPALIVE_S
+    return float(min(3600, max(1, int(value)))) if DIGITS.fullmatch(value) else KEEPALIVE_S
 
 
 async def _follow(session: ProcessSession, after_seq: int,
@@ -184,11 +187,12 @@ async def start(request: Request, message: Message, deadline_ms: int | None,
     outlives the stream (a client that goes away leaves it running); the call's deadline
     is the process's, as envd's is."""
     launch, tag = w.parse_start(message, basic_user(request), deadline_ms)
+    keepalive = _keepalive_s(request)
     if tag is not None and any(s.tag == tag and s.running for s in _sessions(request, record)):
         raise ConnectError("already_exists", f"a running process has the tag {tag!r}")
     session = await processes.launch(request, record.id, launch, "proc", pin=True, tag=tag)
     yield w.start_event(session.pid or 0)
-    async for event in _follow(session, 0, _keepalive_s(request)):
+    async for event in _follow(session, 0, keepalive):
         yield event
 
 
@@ -315,20 +319,23 @@ async def _open_watch(request: Request, record: SandboxRecord, message: Message)
 async def watch_dir(request: Request, message: Message, deadline_ms: int | None,
                     record: SandboxRecord) -> AsyncIterator[Message]:
     """A watch for as long as the stream lasts: its start, then each event."""
-    session = await _open_watch(request, record, message)
     keepalive = _keepalive_s(request)
+    session = await _open_watch(request, record, message)
     try:
         yield {"start": {}}
         cursor = 0
         while True:
+            changed = session.changed  # (taken first: events recorded while we send set it)
             for event in [e for e in session.events if e["seq"] > cursor]:
                 cursor = event["seq"]
                 yield {"filesystem": w.fs_event(session.path, event)}
             if not session.active:
                 raise ConnectError("unavailable" if session.error is None else "not_found",
                                    session.error or "the watch ended")
+            if session.last_seq > cursor:
+                continue
             try:
-                await asyncio.wait_for(session.changed.wait(), keepalive)
+                await asyncio.wait_for(changed.wait(), keepalive)
             except TimeoutError:
                 yield {"keepalive": {}}
     finally:
@@ -461,10 +468,17 @@ def _http_error(error: ConnectError | SandportError) -> JSONResponse:
 
 
 async def health(request: Request) -> Response:
-    try:
-        await running_record(request)
-    except ConnectError as exc:
-        return _http_error(exc)
+    """Whether the sandbox runs (204), for anyone: it wakes nothing and counts as no
+    activity (that takes the token)."""
+    sandbox_id = request.path_params["id"]
+    store: Store = request.app.state.ctx.store
+    record = await store.get_sandbox(sandbox_id) if ids.is_sandbox_id(sandbox_id) else None
+    if record is None or record.status not in ("active", "paused", "creating"):
+        return _http_error(ConnectError("unavailable", f"The sandbox {sandbox_id} was not "
+                                        "found"))
+    if record.status != "active":
+        return _http_error(ConnectError("unavailable", f"The sandbox {sandbox_id} is "
+                                        f"{'paused' if record.status == 'paused' else 'starting'}"))
     return Response(status_code=204)
 
 
@@ -479,7 +493,7 @@ def _file_access(request: Request, operation: str) -> tuple[str, str | None]:
         _check_token(request)
     else:
         expires = query.get("signature_expiration")
-        if expires is not None and not expires.isdigit():
+        if expires is not None and not _UNIX_TIME.fullmatch(expires):
             raise ConnectError("invalid_argument", "signature_expiration must be a Unix time")
         expected = w.file_signature(path, operation, user or "", expected_token(request),
                                     None if expires is None else int(expires))
@@ -502,14 +516,25 @@ async def download(request: Request) -> Response:
         fd, size = await on_fs(request, record, user, lambda fs: fs.open_read(path))
     except (ConnectError, SandportError) as exc:
         return _http_error(exc)
-    gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
+    gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
     headers = {"content-encoding": "gzip"} if gzip else {"content-length": str(size)}
     return StreamingResponse(_read_chunks(fd, size, gzip), headers=headers,
                              media_type="application/octet-stream")
 
 
+def _accepts_gzip(header: str) -> bool:
+    for item in header.lower().split(","):
+        name, _, params = item.partition(";")
+        if name.strip() == "gzip":
+            quality = params.strip().removeprefix("q=").strip()
+            return not quality or quality.strip("0.") != ""
+    return False
+
+
 async def _read_chunks(fd: int, size: int, gzip: bool) -> AsyncIterator[bytes]:
-    packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+    """The file, a chunk at a time; compressed in the worker thread too (level 1: a
+    download is not held up for a few percent of size)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
     offset = 0
     try:
         while offset < size:
@@ -517,7 +542,7 @@ async def _read_chunks(fd: int, size: int, gzip: bool) -> AsyncIterator[bytes]:
             if not chunk:
                 break  # the file shrank while it was sent
             offset += len(chunk)
-            out = chunk if packer is None else packer.compress(chunk)
+            out = chunk if packer is None else await in_thread(packer.compress, chunk)
             if out:
                 yield out
         if packer is not None:
@@ -558,17 +583,23 @@ async def _write_file(request: Request, record: SandboxRecord, path: str, user: 
 
 
 async def _gunzip(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A gzip body inflated as it streams, at most TRANSFER_CHUNK out per step (the disk's
-    quota bounds what a small body may inflate to)."""
+    """A gzip body (one member or several, as gzip allows) inflated as it streams, at most
+    TRANSFER_CHUNK out per step, in the worker thread (the disk's quota bounds what a small
+    body may inflate to). Bytes after a member that begin no other are refused."""
     unpacker = zlib.decompressobj(31)
     try:
         async for chunk in body:
             data = chunk
             while data:
-                yield unpacker.decompress(data, TRANSFER_CHUNK)
-                data = unpacker.unconsumed_tail
-            if unpacker.eof and unpacker.unused_data.strip(b"\x00"):
-                raise ConnectError("invalid_argument", "data after the end of the gzip body")
+                if unpacker.eof:  # a member ended: another must begin here
+                    if not data.startswith(b"\x1f\x8b"[:len(data)]):
+                        raise ConnectError("invalid_argument",
+                                           "data after the end of the gzip body")
+                    unpacker = zlib.decompressobj(31)
+                out = await in_thread(unpacker.decompress, data, TRANSFER_CHUNK)
+                if out:
+                    yield out
+                data = unpacker.unconsumed_tail or unpacker.unused_data
         if not unpacker.eof:
             raise ConnectError("invalid_argument", "the gzip body ended early")
     except zlib.error:
@@ -580,8 +611,9 @@ async def _multipart(request: Request, record: SandboxRecord, path: str | None,
     """Each part streamed into its file (never whole in memory, never on the host's disk)."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    if not boundary:
-        raise ConnectError("invalid_argument", "multipart/form-data needs a boundary")
+    if not boundary or len(boundary) > 70:  # RFC 2046's most
+        raise ConnectError("invalid_argument", "multipart/form-data needs a boundary of 1 "
+                           "to 70 characters")
     events: list[tuple[str, bytes]] = []
 
     def note(kind: str) -> Callable[..., None]:

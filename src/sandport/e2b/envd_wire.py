@@ -16,10 +16,12 @@ import hmac
 import signal
 from typing import Any
 
+from ..control.requests import parse_env
+from ..errors import ValidationFailed
 from ..models import FileInfo
-from ..runtime_api.commands import EXEC_ARGV, MAX_COMMAND_BYTES, StartRequest
+from ..runtime_api.commands import EXEC_ARGV, MAX_COMMAND_BYTES, MAX_TIMEOUT_MS, StartRequest
 from ..runtime_api.process_state import ProcessSession
-from .connect import ConnectError
+from .connect import DIGITS, ConnectError
 
 MAX_PTY = 1000
 _FILE_TYPES = {"file": "FILE_TYPE_FILE", "dir": "FILE_TYPE_DIRECTORY",
@@ -63,7 +65,7 @@ def _text(message: dict[str, Any], name: str, *, required: bool = False) -> str:
 def _uint(message: dict[str, Any], name: str, maximum: int = (1 << 32) - 1) -> int:
     value = field(message, name, (int, str), 0)
     if isinstance(value, str):  # protobuf JSON may quote any integer
-        if not value.isdigit():
+        if not DIGITS.fullmatch(value):
             raise _invalid(f"{name} must be an unsigned integer")
         value = int(value)
     if not 0 <= value <= maximum:
@@ -93,10 +95,10 @@ def parse_start(message: dict[str, Any], user: str | None,
         raise _invalid("process.args must be strings without NUL bytes")
     if len(cmd.encode()) + sum(len(a.encode()) for a in args) > MAX_COMMAND_BYTES:
         raise _invalid(f"the command is longer than {MAX_COMMAND_BYTES} bytes")
-    envs = field(config, "envs", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k
-               and "\x00" not in k + v for k, v in envs.items()):
-        raise _invalid("process.envs must map names (without '=') to strings")
+    try:  # the runtime API's caps on names, count and size
+        envs = parse_env(field(config, "envs", dict, {}), "process.envs")
+    except ValidationFailed as exc:
+        raise _invalid(exc.message) from None
     cwd = _text(config, "cwd") or None
     if cwd is not None and not cwd.startswith("/"):
         raise _invalid("process.cwd must be an absolute path")
@@ -110,7 +112,8 @@ def parse_start(message: dict[str, Any], user: str | None,
     stdin = field(message, "stdin", bool, True)
     start = StartRequest(command=cmd, args=list(args), argv=(*EXEC_ARGV, cmd, *args), cwd=cwd,
                          env=dict(envs), run_as=user,
-                         timeout_s=None if timeout_ms is None else timeout_ms / 1000,
+                         timeout_s=None if timeout_ms is None
+                         else min(timeout_ms, MAX_TIMEOUT_MS) / 1000,
                          stdin=stdin or size is not None, pty=size)
     return start, tag
 
@@ -206,8 +209,14 @@ def depth_of(message: dict[str, Any]) -> int:
     return max(1, _uint(message, "depth", 64))
 
 
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: RFC 3339's last time
+
+
 def _rfc3339(epoch_ms: int) -> str:
-    when = datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC)
+    """A file's time (which a sandbox may set to anything) within RFC 3339's years."""
+    ms = min(max(epoch_ms, 0), _LAST_MS)
+    when = datetime.datetime.fromtimestamp(ms // 1000, datetime.UTC).replace(
+        microsecond=ms % 1000 * 1000)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -260,6 +269,8 @@ def written(info: FileInfo) -> dict[str, Any]:
 # -- tokens and signed URLs ---------------------------------------------------------------
 def access_token(secret: bytes, sandbox_id: str) -> str:
     """The sandbox's envd access token: derived, never stored."""
+    if len(secret) < 16:
+        raise ValueError("the envd access secret is missing")  # never tokens of no secret
     return hmac.new(secret, b"envd-access:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
 
 

@@ -6,6 +6,7 @@ apply per request, never once per connection.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import time
 from collections.abc import Callable
@@ -54,6 +55,8 @@ _API_KEY = b"x-api-key"
 # E2B_SANDBOX_URL mode, where one address serves every sandbox) goes where that sandbox's
 # {port}-{id} host would send it.
 _E2B_ID, _E2B_PORT = b"e2b-sandbox-id", b"e2b-sandbox-port"
+# The E2B face's envd token: when it is the sandbox's, code in the sandbox never sees it.
+_ACCESS_TOKEN = b"x-access-token"
 
 
 def _spellings(name: bytes) -> set[bytes]:
@@ -75,7 +78,7 @@ _CONNECTION_TOKENS = frozenset({b"close", b"upgrade", b"keep-alive"})
 AUTH_PATH = b"/_sandport/auth"
 # Lengths of every header name _head may drop or rewrite: others are copied untouched.
 _REWRITTEN_LENGTHS = frozenset({*map(len, _DROPPED), len(b"host"), len(b"cookie"),
-                                len(b"authorization"), len(_API_KEY)})
+                                len(b"authorization"), len(_API_KEY), len(_ACCESS_TOKEN)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +149,10 @@ def _error(status: int, code: str, message: str, browser: bool,
 
 class Edge:
     def __init__(self, urls: PublicUrls, routes: RouteTable, control_socket: str,
-                 secret: bytes, clock: Callable[[], float] = time.time) -> None:
+                 secret: bytes, clock: Callable[[], float] = time.time,
+                 envd_token: Callable[[str], str] | None = None) -> None:
         self.urls = urls
+        self.envd_token = envd_token  # a sandbox's envd access token (e2b/envd_wire.py)
         self.routes = routes
         self.control_key = ("unix", control_socket)
         self.secret = secret
@@ -194,8 +199,9 @@ class Edge:
         host_text = host.decode("latin-1")
         matched = self.urls.match(host_text)
         hop = nominated(connection) if connection else _NO_HOP
-        if matched is None and named[0] is not None:
-            by_headers = _named_sandbox(named[0], named[1])
+        routed_by_headers = matched is None and named[0] is not None
+        if routed_by_headers:
+            by_headers = _named_sandbox(named[0] or b"", named[1])
             if isinstance(by_headers, Answer):
                 return by_headers
             matched = by_headers
@@ -221,6 +227,8 @@ class Edge:
         else:
             target = req.target
             if target.startswith(AUTH_PATH) and target[len(AUTH_PATH):][:1] in (b"", b"?"):
+                if routed_by_headers:  # its cookie would be the control host's
+                    return _error(404, "not_found", "no such route", browser)
                 return self._redeem(req, sandbox_id, port, browser)
         route = self.routes.get(sandbox_id)
         auth = route.port_auth(port) if route is not None and 0 < port < 65536 else None
@@ -237,6 +245,11 @@ class Edge:
         head = self._head(req, target, host, route=route, port=port, hop=hop)
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port,
                        None if opened_by is None else (sandbox_id, opened_by))
+
+    def _is_envd_token(self, route: SandboxRoute, value: bytes) -> bool:
+        if self.envd_token is None:
+            return False
+        return hmac.compare_digest(value.strip(), self.envd_token(route.sandbox_id).encode())
 
     def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
                cookies: list[bytes]) -> str | None:
@@ -295,6 +308,8 @@ class Edge:
                 if lname == b"host" and masked is not None:
                     value = masked
                 elif lname == b"authorization" and is_sandbox_token(route, value):
+                    continue
+                elif lname == _ACCESS_TOKEN and self._is_envd_token(route, value):
                     continue
                 elif lname == b"cookie":
                     value = without_our_cookies(value)

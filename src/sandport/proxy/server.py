@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -110,12 +111,16 @@ class ProxyServer:
     def connection(self) -> ClientConnection:
         return ClientConnection(self)
 
-    async def listen(self, host: str, port: int) -> asyncio.Server:
+    async def listen(self, host: str, port: int,
+                     tls: ssl.SSLContext | None = None) -> asyncio.Server:
+        """Plain HTTP, or HTTPS with ``tls`` (a handshake must end within the header
+        timeout; the connection counts against the limits once it has)."""
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
-        return await loop.create_server(self.connection, host, port, backlog=2048,
-                                        reuse_address=True)
+        return await loop.create_server(
+            self.connection, host, port, backlog=2048, reuse_address=True, ssl=tls,
+            ssl_handshake_timeout=self.header_timeout_s if tls is not None else None)
 
     async def _sweep(self) -> None:
         """Close connections past their deadline: a sweep twice a second costs less than

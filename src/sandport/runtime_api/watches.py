@@ -207,6 +207,8 @@ async def stream_watch(websocket: WebSocket) -> None:
     closed = asyncio.ensure_future(_until_closed(websocket))
     try:
         while True:
+            # Taken before the sends: an event recorded while one is sent sets this one.
+            changed_event = session.changed
             pending = [e for e in session.events if e["seq"] > cursor]
             for event in pending:
                 await websocket.send_json({"type": "event", "event": event})
@@ -215,7 +217,7 @@ async def stream_watch(websocket: WebSocket) -> None:
                 await websocket.send_json({"type": "done", "status": session.status()})
                 await websocket.close()
                 return
-            changed = asyncio.ensure_future(session.changed.wait())
+            changed = asyncio.ensure_future(changed_event.wait())
             await asyncio.wait([changed, closed], return_when=asyncio.FIRST_COMPLETED)
             if closed.done():
                 changed.cancel()

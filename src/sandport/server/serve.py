@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import resource
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,15 @@ from ..activity import Activity, CpuProbe
 from ..control.housekeeping import Housekeeping
 from ..control.netcaps import caps_from
 from ..control.sandboxes import SandboxService
+from ..e2b.envd_wire import access_token
+from ..errors import ValidationFailed
 from ..ids import e2b_twin, hash_secret, new_api_key
 from ..proxy.decide import Edge
 from ..proxy.grants import Grants
 from ..proxy.limits import EdgeLimits
 from ..proxy.routes import RouteTable
 from ..proxy.server import ProxyServer
+from ..proxy.tls import EdgeTLS
 from ..proxy.urls import PublicUrls
 from ..runtime.images import ImageStore
 from ..runtime.images.registry import RegistryConfig
@@ -69,10 +74,16 @@ def serve(settings: ServerSettings) -> None:
             f"error: another sandport serve is using {settings.data_dir}"
         ) from None
     _raise_open_files_limit(settings.max_open_files)
-    uvloop.run(_serve(settings))
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            tls = EdgeTLS(settings.tls_cert, settings.tls_key)
+        except ValidationFailed as exc:
+            raise SystemExit(f"error: {exc.message}") from None
+    uvloop.run(_serve(settings, tls))
 
 
-async def _serve(settings: ServerSettings) -> None:
+async def _serve(settings: ServerSettings, tls: EdgeTLS | None) -> None:
     store = SqliteStore(settings.data_dir / "sandport.db")
     store.open()
     try:
@@ -100,9 +111,10 @@ async def _serve(settings: ServerSettings) -> None:
         counts = await housekeeping.reconcile()
         say("reconciled: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         limits = host_limits()
+        envd_secret = await store.secret("envd-access")
         ctx = AppContext(settings, store, runtime, images, sandboxes, limits,
                          RuntimeSessions.for_server(settings.buffer_memory_mib, limits.mem_mib),
-                         envd_secret=await store.secret("envd-access"))
+                         envd_secret=envd_secret)
         socket_path = settings.control_socket
         socket_path.parent.mkdir(mode=0o700, exist_ok=True)
         socket_path.unlink(missing_ok=True)
@@ -112,7 +124,10 @@ async def _serve(settings: ServerSettings) -> None:
             proxy_headers=True, forwarded_allow_ips="*",  # only the edge proxy connects
         )
         api = _ApiServer(config)
-        proxy = ProxyServer(Edge(urls, routes, str(socket_path), secret), grants.redeem,
+        edge = Edge(urls, routes, str(socket_path), secret,
+                    envd_token=functools.lru_cache(maxsize=4096)(
+                        functools.partial(access_token, envd_secret)))
+        proxy = ProxyServer(edge, grants.redeem,
                             wake=sandboxes.wake, touch=activity.touch,
                             header_timeout_s=settings.header_timeout_s,
                             idle_timeout_s=settings.idle_timeout_s,
@@ -129,8 +144,12 @@ async def _serve(settings: ServerSettings) -> None:
         reaper = asyncio.ensure_future(run_reaper(housekeeping))
         listener: asyncio.Server | None = None
         try:
-            listener = await _listen(proxy, settings)
-            say(f"sandport serving on http://{settings.listen} (data in {settings.data_dir})")
+            listener = await _listen(proxy, settings, tls)
+            if tls is not None:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, tls)
+            scheme = "http" if tls is None else "https"
+            say(f"sandport serving on {scheme}://{settings.listen} "
+                f"(data in {settings.data_dir})")
             say(f"sandbox ports at {urls.port_template('{id}')}")
             await api.serve()
         finally:
@@ -171,9 +190,20 @@ class _ApiServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
-async def _listen(proxy: ProxyServer, settings: ServerSettings) -> asyncio.Server:
+def _reload(tls: EdgeTLS) -> None:
     try:
-        return await proxy.listen(settings.host, settings.port)
+        tls.reload()
+    except ValidationFailed as exc:
+        log.error("SIGHUP: the TLS certificate was not reloaded: %s", exc.message)
+        return
+    log.info("SIGHUP: reloaded the TLS certificate %s", tls.cert)
+
+
+async def _listen(proxy: ProxyServer, settings: ServerSettings,
+                  tls: EdgeTLS | None) -> asyncio.Server:
+    try:
+        return await proxy.listen(settings.host, settings.port,
+                                  None if tls is None else tls.context)
     except OSError as exc:
         raise SystemExit(f"error: cannot listen on {settings.listen}: {exc.strerror}") from None
 
