@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import gzip
 import json
 import secrets
@@ -354,3 +355,47 @@ def test_the_async_sdk(e2b_sandbox: Sandbox) -> None:
         assert await sb.files.read("/tmp/awatch/f.txt") == "x"
 
     asyncio.run(main())
+
+
+def test_metrics(e2b_sandbox: Sandbox, server: ServerProcess) -> None:
+    """get_metrics: one sample, measured when asked (this server keeps no series)."""
+    sb = e2b_sandbox
+    busy = sb.commands.run("sha256sum /dev/zero", background=True)
+    sb.commands.run("head -c 50000000 /dev/urandom > /tmp/fill.bin")
+    try:
+        samples = sb.get_metrics()
+    finally:
+        busy.kill()
+    assert len(samples) == 1
+    got = samples[0]
+    with server.client() as api:
+        detail = api.get(f"/api/sandbox/{sb.sandbox_id}").json()
+    assert got.cpu_count == detail["vcpus"] and got.cpu_used_pct > 5  # (a busy loop)
+    assert got.mem_total == detail["memMiB"] << 20 and 0 < got.mem_used <= got.mem_total
+    assert 50_000_000 <= got.disk_used <= got.disk_total
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    assert sb.get_metrics(start=later) == []  # a window of no sample
+
+
+def test_snapshots(e2b_sandbox: Sandbox) -> None:
+    """create_snapshot → a template a create names; listed per sandbox; deleted."""
+    sb = e2b_sandbox
+    sb.files.write("/srv/state.txt", "kept in the snapshot")
+    info = sb.create_snapshot()
+    named = sb.create_snapshot(name="e2b-snap:v1")
+    assert named.snapshot_id == "e2b-snap:v1" and info.snapshot_id != named.snapshot_id
+    pages = Sandbox.list_snapshots(sandbox_id=sb.sandbox_id, limit=1)
+    first = pages.next_items()
+    assert pages.has_next and len(first) == 1
+    seen = {s.snapshot_id for s in first + pages.next_items()}
+    assert seen == {info.snapshot_id, named.snapshot_id}
+    started = Sandbox.create(template=named.snapshot_id, timeout=60,
+                             metadata=sb.get_info().metadata)
+    assert started.files.read("/srv/state.txt") == "kept in the snapshot"
+    started.kill()
+    assert Sandbox.delete_snapshot(named.snapshot_id) is True
+    assert Sandbox.delete_snapshot(named.snapshot_id) is False  # gone: 404
+    assert {s.snapshot_id for s in Sandbox.list_snapshots(
+        sandbox_id=sb.sandbox_id).next_items()} == {info.snapshot_id}
+    assert Sandbox.delete_snapshot(info.snapshot_id) is True
+    assert Sandbox.delete_snapshot("python") is False  # a built-in image is no snapshot

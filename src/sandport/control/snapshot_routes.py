@@ -51,6 +51,11 @@ def summary(record: ImageRecord, team: str) -> dict[str, Any]:
     }
 
 
+def default_snapshot_name(sandbox_id: str) -> str:
+    return (f"snap-{sandbox_id[:12].lower()}-{time.strftime('%Y%m%d%H%M%S')}-"
+            f"{os.urandom(2).hex()}")
+
+
 def find(images: ImageStore, team: str, key: str) -> ImageRecord:
     """The team's snapshot named ``key`` or with id ``key``."""
     for record in images.layers.all_records():
@@ -74,8 +79,7 @@ async def create_snapshot(request: Request) -> Response:
                                'optionally "startCommand" and "readyCommand" (shell lines)')
     sandbox_id = request.path_params["id"]
     given = [body[k] for k in NAME_KEYS if k in body]
-    name = given[0] if given else \
-        f"snap-{sandbox_id[:12].lower()}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(2).hex()}"
+    name = given[0] if given else default_snapshot_name(sandbox_id)
     commands = {k: body[k] for k in COMMAND_KEYS if body.get(k, "").strip()}
     team = await caller_team(request)
     record = await ctx.sandboxes.snapshot(team, sandbox_id, name, commands)

@@ -26,6 +26,7 @@ from ..control.requests import (
 )
 from ..errors import ValidationFailed
 from ..models import iso
+from ..runtime.images.layerstore import ImageRecord
 from ..store import SandboxRecord
 
 CLIENT_ID = "sandport"  # E2B's clientID names the node; one host here
@@ -244,6 +245,38 @@ def detail(record: SandboxRecord, domain: str | None) -> dict[str, Any]:
             "allowInternetAccess": policy.allow_internet_access, "network": network,
             "lifecycle": {"autoResume": record.auto_resume,
                           "onTimeout": "pause" if record.on_timeout == "pause" else "kill"}}
+
+
+def parse_unix(query: str | None, what: str) -> float | None:
+    if query is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,12}", query):
+        raise ValidationFailed(f"{what} must be a Unix time in seconds")
+    return float(query)
+
+
+def metric(record: SandboxRecord, at: float, cpus_used: float | None, memory: int | None,
+           disk: tuple[int, int] | None) -> dict[str, Any]:
+    """One sample (E2B's ``SandboxMetric``): CPU in percent of the sandbox's vCPUs."""
+    pct = 0.0 if cpus_used is None else round(100 * cpus_used / max(1, record.vcpus), 2)
+    used_disk, total_disk = disk or (0, record.disk_size_mib << 20)
+    return {"timestamp": iso(at), "timestampUnix": int(at), "cpuCount": record.vcpus,
+            "cpuUsedPct": min(100.0, max(0.0, pct)), "memUsed": memory or 0,
+            "memTotal": record.mem_mib << 20, "memCache": 0, "diskUsed": used_disk,
+            "diskTotal": total_disk}
+
+
+SNAPSHOT_OF = "fromSandbox"  # the snapshot image's note of the sandbox it was made from
+
+
+def snapshot(image: ImageRecord) -> dict[str, Any]:
+    """E2B's ``SnapshotInfo``: its id is the image's name (a create's templateID)."""
+    return {"snapshotID": image.name, "names": [image.name]}
+
+
+def snapshot_token(image: ImageRecord) -> str:
+    raw = json.dumps([image.created_at, image.name]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def error(status: int, message: str) -> dict[str, Any]:
