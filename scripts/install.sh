@@ -80,6 +80,18 @@ if ! command -v npm >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
 fi
 (cd console && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+# The official E2B JS SDK, run unchanged by tests/e2e/test_e2b_js.py (test tools only;
+# pinned by tests/e2e/js/package-lock.json).
+# It wants Node 20.18.1+ or 22+ (undici 7): an older system Node gets Node 22 beside it,
+# from the npm registry's node package, in tests/e2e/js/.node (the test prefers that one).
+if [ "$extra" = "test" ]; then
+    if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+                  process.exit((a === 20 && b >= 18) || a >= 22 ? 0 : 1)' 2>/dev/null &&
+            [ ! -x tests/e2e/js/.node/node_modules/.bin/node ]; then
+        npm install --prefix tests/e2e/js/.node --no-audit --no-fund --loglevel=error node@22
+    fi
+    (cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
