@@ -399,3 +399,41 @@ def test_snapshots(e2b_sandbox: Sandbox) -> None:
         sandbox_id=sb.sandbox_id).next_items()} == {info.snapshot_id}
     assert Sandbox.delete_snapshot(info.snapshot_id) is True
     assert Sandbox.delete_snapshot("python") is False  # a built-in image is no snapshot
+
+
+def test_private_ports_want_the_traffic_token(e2b_sandbox: Sandbox,
+                                              server: ServerProcess) -> None:
+    """network.allow_public_traffic False: every port answers only with the sandbox's
+    trafficAccessToken in e2b-traffic-access-token (which its server never sees)."""
+    run = e2b_sandbox.get_info().metadata["run"]
+    sb = Sandbox.create(template="python", timeout=60, metadata={"run": run},
+                        network={"allow_public_traffic": False})
+    token = sb.traffic_access_token
+    assert token and e2b_sandbox.traffic_access_token is None  # (that one's are public)
+    sb.files.write("/tmp/www/echo.py", (
+        "import http.server, json\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = json.dumps(dict(self.headers)).encode()\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+        "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"))
+    sb.commands.run("python3 /tmp/www/echo.py", background=True)
+    url = f"{server.base_url}/"
+    host = {"host": sb.get_host(8000)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and httpx.get(url, headers={
+            **host, "e2b-traffic-access-token": token}).status_code != 200:
+        time.sleep(0.1)
+    opened = httpx.get(url, headers={**host, "e2b-traffic-access-token": token})
+    assert opened.status_code == 200
+    assert "e2b-traffic-access-token" not in {k.lower() for k in opened.json()}
+    for wrong in (None, "wrong", sb._envd_access_token):
+        headers = host if wrong is None else {**host, "e2b-traffic-access-token": wrong}
+        assert httpx.get(url, headers=headers).status_code == 401
+    other = {"host": e2b_sandbox.get_host(8000), "e2b-traffic-access-token": token}
+    assert httpx.get(url, headers=other).status_code == 502  # public, nothing listens
+    with server.client() as api:
+        assert api.get(f"/api/sandbox/{sb.sandbox_id}").json()["network"][
+            "openPortsAuth"] is True
+    assert Sandbox.connect(sb.sandbox_id).traffic_access_token == token
+    sb.kill()

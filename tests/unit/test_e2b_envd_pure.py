@@ -307,6 +307,32 @@ def edge_decide(host: str, *headers: tuple[bytes, bytes]) -> object:
     return _edge().decide(_req(host, b"/", *headers))
 
 
+def test_the_traffic_token_opens_private_ports_and_stays_at_the_edge() -> None:
+    table = RouteTable()
+    table.put(SandboxRoute(SID, "10.77.0.2", "spt_tok", 2e9, {}, open_ports=True,
+                           open_ports_auth=True))
+    table.put(SandboxRoute(OTHER, "10.77.0.6", "spt_other", 2e9, {}, open_ports=True,
+                           open_ports_auth=True))
+    edge = Edge(PublicUrls.parse("http://{port}-{id}.localhost:8080"), table,
+                "/run/api.sock", b"s" * 32, clock=lambda: 1e9,
+                traffic_token=lambda sid: envd_wire.traffic_token(ENVD_SECRET, sid))
+    token = envd_wire.traffic_token(ENVD_SECRET, SID).encode()
+    host = f"3000-{SID}.localhost:8080"
+    assert _status(edge.decide(_req(host, b"/"))) == 401
+    for wrong in (b"", b"nope", envd_wire.traffic_token(ENVD_SECRET, OTHER).encode(),
+                  envd_wire.access_token(ENVD_SECRET, SID).encode()):
+        assert _status(edge.decide(_req(host, b"/", (b"e2b-traffic-access-token",
+                                                     wrong)))) == 401, wrong
+    opened = edge.decide(_req(host, b"/x", (b"E2B-Traffic-Access-Token", token)))
+    assert isinstance(opened, Forward) and opened.key == ("tcp", "10.77.0.2", "3000")
+    assert token not in opened.head  # the sandbox's code never sees it
+    bearer = edge.decide(_req(host, b"/", (b"authorization", b"Bearer spt_tok")))
+    assert isinstance(bearer, Forward)  # the runtime token opens them too
+    theirs = edge.decide(_req(f"3000-{OTHER}.localhost:8080", b"/",
+                              (b"e2b-traffic-access-token", token)))
+    assert _status(theirs) == 401  # one sandbox's token opens no other's
+
+
 def test_the_app_serves_envd_routes_only_to_marked_requests() -> None:
     mark = [(b"x-sandport-envd", SID.encode())]
     assert came_by_runtime_host(f"/envd/{SID}/files", mark)

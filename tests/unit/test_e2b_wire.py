@@ -38,6 +38,11 @@ def test_a_create_as_the_sdk_sends_it() -> None:
     assert made.network.allow_out == ("198.51.100.7/32",)
     assert made.network.allow_names == ("pypi.org",)
     assert made.network.open_ports is True  # every port public, as on E2B
+    assert made.network.open_ports_auth is False
+    closed = wire.parse_new_sandbox({"network": {"allowPublicTraffic": False}}, BASE, "python")
+    assert closed.network.open_ports and closed.network.open_ports_auth
+    assert wire.detail(record(network=closed.network.to_wire()), None)["network"][
+        "allowPublicTraffic"] is False
     plain = wire.parse_new_sandbox({"templateID": "node:22", "metadata": {}, "envVars": {}},
                                    BASE, "python")
     assert (plain.image_name, plain.timeout_s, plain.internet_asked) == ("node:22", 300, None)
@@ -54,7 +59,7 @@ def test_a_create_as_the_sdk_sends_it() -> None:
     ({"envVars": {"A": 1}}, "envVars"),
     ({"volumeMounts": []}, "volumeMounts"),
     ({"mcp": {}}, "mcp"),
-    ({"network": {"allowPublicTraffic": False}}, "allowPublicTraffic"),
+    ({"network": {"allowPublicTraffic": "no"}}, "allowPublicTraffic"),
     ({"network": {"egressProxy": {}}}, "egressProxy"),
     ({"network": {"denyOut": ["pypi.org"]}}, "denyOut"),
     ({"autoResume": {"enabled": 1}}, "enabled"),
@@ -94,9 +99,13 @@ def test_page_tokens_say_where_the_next_page_starts_and_nothing_else() -> None:
 
 
 def test_records_as_the_sdk_reads_them() -> None:
-    made = wire.sandbox(record(), "localhost:8080", "tok")
+    made = wire.sandbox(record(), "localhost:8080", "tok", "traffic")
     assert {"sandboxID", "templateID", "clientID", "envdVersion"} <= set(made)
     assert made["domain"] == "localhost:8080" and made["envdAccessToken"] == "tok"
+    assert made["trafficAccessToken"] is None  # its ports are public
+    private = wire.sandbox(record(network={"openPorts": True, "openPortsAuth": True}),
+                           None, "tok", "traffic")
+    assert private["trafficAccessToken"] == "traffic"
     listed = wire.listed(record(status="paused"))
     assert listed["state"] == "paused" and listed["metadata"] == {"k": "v"}
     assert listed["startedAt"] == "1970-01-01T00:16:41.000Z"

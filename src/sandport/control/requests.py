@@ -58,6 +58,9 @@ class NetworkPolicy:
     deny_out: tuple[str, ...] = ()  # CIDRs never reachable (unless in allow_out)
     internet_capped: bool = False  # asked for the internet, which the operator's cap denies
     allow_names: tuple[str, ...] = ()  # host names and *.wildcards in allowOut (netnames.py)
+    # open ports answer only with a credential of the sandbox (E2B's allowPublicTraffic
+    # false: its traffic token), as auth: true ports do
+    open_ports_auth: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"openPorts": self.open_ports,
@@ -70,6 +73,8 @@ class NetworkPolicy:
             wire["maskRequestHost"] = self.mask_request_host
         if self.internet_capped:
             wire["internetAccessCapped"] = True
+        if self.open_ports_auth:
+            wire["openPortsAuth"] = True
         return wire
 
     def allows(self, port: int) -> bool:
@@ -321,7 +326,7 @@ def parse_network(value: Any) -> NetworkPolicy:
         return NetworkPolicy()
     body = _object(value, "network")
     unknown = sorted(set(body) - {"ingress", "maskRequestHost", "openPorts",
-                                  "internetAccessCapped", *EGRESS_FIELDS})
+                                  "openPortsAuth", "internetAccessCapped", *EGRESS_FIELDS})
     if unknown:
         raise ValidationFailed(f"network: unknown field(s): {', '.join(unknown)}")
     allow: tuple[int, ...] | None = None
@@ -344,6 +349,9 @@ def parse_network(value: Any) -> NetworkPolicy:
     open_ports = body.get("openPorts", False)
     if not isinstance(open_ports, bool):
         raise ValidationFailed("network.openPorts must be true or false")
+    open_ports_auth = body.get("openPortsAuth", False)
+    if not isinstance(open_ports_auth, bool):
+        raise ValidationFailed("network.openPortsAuth must be true or false")
     internet = body.get("allowInternetAccess", False)
     if internet is None:
         internet = False
@@ -353,7 +361,8 @@ def parse_network(value: Any) -> NetworkPolicy:
     deny_cidrs, _ = _destinations(body.get("denyOut"), "denyOut", names=False)
     return NetworkPolicy(allow, mask, open_ports, internet, allow_cidrs, deny_cidrs,
                          # as stored; the caps say it anew for every policy asked for
-                         body.get("internetAccessCapped") is True, names)
+                         body.get("internetAccessCapped") is True, names,
+                         open_ports_auth=open_ports_auth)
 
 
 def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:

@@ -136,6 +136,7 @@ class SandboxService:
             dict(record.exposed_ports), network.open_ports,
             closed_ports=frozenset(record.closed_ports),
             allow_ports=None if network.allow_ports is None else frozenset(network.allow_ports),
+            open_ports_auth=network.open_ports_auth,
             mask_host=network.mask_request_host, paused=record.status == "paused",
             auto_resume=record.auto_resume, older_tokens=record.older_tokens,
             port_generation=record.port_generation,

@@ -274,6 +274,14 @@ def access_token(secret: bytes, sandbox_id: str) -> str:
     return hmac.new(secret, b"envd-access:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
 
 
+def traffic_token(secret: bytes, sandbox_id: str) -> str:
+    """The token a sandbox's ports want when it was made with allowPublicTraffic false
+    (sent as ``e2b-traffic-access-token``): derived as the envd token is, another key."""
+    if len(secret) < 16:
+        raise ValueError("the envd access secret is missing")
+    return hmac.new(secret, b"traffic:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
+
+
 def file_signature(path: str, operation: str, user: str, token: str,
                    expiration: int | None) -> str:
     """envd's v1 signature of a file URL (what the SDK's ``download_url`` computes)."""

@@ -26,7 +26,7 @@ from ..runtime_api import startup
 from ..runtime_api.files import in_thread
 from ..store import SandboxRecord
 from . import wire
-from .envd_wire import access_token
+from .envd_wire import access_token, traffic_token
 
 PREFIXES = ("/v2/sandboxes", "/sandboxes", "/snapshots", "/templates")
 
@@ -42,8 +42,9 @@ def _domain(request: Request) -> str | None:
 
 
 def _sandbox(request: Request, record: SandboxRecord) -> dict[str, object]:
-    token = access_token(request.app.state.ctx.envd_secret, record.id)
-    return wire.sandbox(record, _domain(request), token)
+    secret = request.app.state.ctx.envd_secret
+    return wire.sandbox(record, _domain(request), access_token(secret, record.id),
+                        traffic_token(secret, record.id))
 
 
 async def _live(request: Request) -> SandboxRecord:

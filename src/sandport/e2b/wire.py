@@ -91,13 +91,13 @@ def _bool(body: dict[str, Any], key: str) -> bool | None:
 def parse_network_fields(body: dict[str, Any]) -> NetworkPolicy:
     """E2B's ``network`` (with ``allow_internet_access`` beside it) as a policy. Every port
     answers without an expose, as on E2B; ``allowPublicTraffic: false`` (ports behind
-    E2B's traffic token) is refused until that token exists here."""
+    E2B's traffic token) makes them answer only with that token (or the sandbox's runtime
+    token, as an ``auth: true`` port)."""
     network = _object(body.get("network") or {}, "network")
     _unsupported(set(network) - _NETWORK_FIELDS, "network")
-    if network.get("allowPublicTraffic") is False:
-        raise ValidationFailed("network.allowPublicTraffic false is not supported yet: every "
-                               "port of a sandbox made through this API is public")
-    base = {"openPorts": True, "allowOut": network.get("allowOut"),
+    public = _bool(network, "allowPublicTraffic")
+    base = {"openPorts": True, "openPortsAuth": public is False or None,
+            "allowOut": network.get("allowOut"),
             "denyOut": network.get("denyOut"), "maskRequestHost": network.get("maskRequestHost")}
     internet = _bool(body, "allow_internet_access")
     if internet is not None:
@@ -114,7 +114,8 @@ def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
                                                if body.get(k) is not None},
                                    "allow_internet_access": body.get("allow_internet_access")})
     return dataclasses.replace(policy, mask_request_host=current.mask_request_host,
-                               allow_ports=current.allow_ports)
+                               allow_ports=current.allow_ports,
+                               open_ports_auth=current.open_ports_auth)
 
 
 def parse_new_sandbox(body: Any, base: CreateSandbox, default_image: str) -> CreateSandbox:
@@ -215,12 +216,14 @@ def state(record: SandboxRecord) -> str:
     return "paused" if record.status == "paused" else "running"
 
 
-def sandbox(record: SandboxRecord, domain: str | None, envd_token: str) -> dict[str, Any]:
+def sandbox(record: SandboxRecord, domain: str | None, envd_token: str,
+            traffic_token: str) -> dict[str, Any]:
     """The create and connect answer (E2B's ``Sandbox``), with the token its in-sandbox
-    API wants."""
+    API wants, and the one its ports want when they are not public."""
+    private = network_from_wire(record.network).open_ports_auth
     return {"sandboxID": record.id, "templateID": record.image_name, "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION, "envdAccessToken": envd_token, "domain": domain,
-            "trafficAccessToken": None}
+            "trafficAccessToken": traffic_token if private else None}
 
 
 def listed(record: SandboxRecord) -> dict[str, Any]:
@@ -238,7 +241,7 @@ def detail(record: SandboxRecord, domain: str | None) -> dict[str, Any]:
     policy = network_from_wire(record.network)
     network: dict[str, Any] = {"allowOut": [*policy.allow_out, *policy.allow_names],
                                "denyOut": list(policy.deny_out),
-                               "allowPublicTraffic": True}
+                               "allowPublicTraffic": not policy.open_ports_auth}
     if policy.mask_request_host:
         network["maskRequestHost"] = policy.mask_request_host
     return {**listed(record), "domain": domain,

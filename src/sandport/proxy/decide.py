@@ -55,8 +55,10 @@ _API_KEY = b"x-api-key"
 # E2B_SANDBOX_URL mode, where one address serves every sandbox) goes where that sandbox's
 # {port}-{id} host would send it.
 _E2B_ID, _E2B_PORT = b"e2b-sandbox-id", b"e2b-sandbox-port"
-# The E2B face's envd token: when it is the sandbox's, code in the sandbox never sees it.
+# The E2B face's envd token, and its traffic token (which opens the sandbox's ports when
+# they are not public): when one is the sandbox's, code in the sandbox never sees it.
 _ACCESS_TOKEN = b"x-access-token"
+_TRAFFIC_TOKEN = b"e2b-traffic-access-token"
 
 
 def _spellings(name: bytes) -> set[bytes]:
@@ -78,7 +80,8 @@ _CONNECTION_TOKENS = frozenset({b"close", b"upgrade", b"keep-alive"})
 AUTH_PATH = b"/_sandport/auth"
 # Lengths of every header name _head may drop or rewrite: others are copied untouched.
 _REWRITTEN_LENGTHS = frozenset({*map(len, _DROPPED), len(b"host"), len(b"cookie"),
-                                len(b"authorization"), len(_API_KEY), len(_ACCESS_TOKEN)})
+                                len(b"authorization"), len(_API_KEY), len(_ACCESS_TOKEN),
+                                len(_TRAFFIC_TOKEN)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +153,11 @@ def _error(status: int, code: str, message: str, browser: bool,
 class Edge:
     def __init__(self, urls: PublicUrls, routes: RouteTable, control_socket: str,
                  secret: bytes, clock: Callable[[], float] = time.time,
-                 envd_token: Callable[[str], str] | None = None) -> None:
+                 envd_token: Callable[[str], str] | None = None,
+                 traffic_token: Callable[[str], str] | None = None) -> None:
         self.urls = urls
-        self.envd_token = envd_token  # a sandbox's envd access token (e2b/envd_wire.py)
+        # a sandbox's envd access token and traffic token (e2b/envd_wire.py)
+        self.envd_token, self.traffic_token = envd_token, traffic_token
         self.routes = routes
         self.control_key = ("unix", control_socket)
         self.secret = secret
@@ -166,9 +171,11 @@ class Edge:
         connection: list[bytes] = []
         browser = False
         named: list[bytes | None] = [None, None]  # E2b-Sandbox-Id, E2b-Sandbox-Port
+        traffic: bytes | None = None
         for name, value in req.headers:
-            # host, cookie, accept, connection, authorization, e2b-sandbox-id, -port
-            if len(name) not in (4, 6, 10, 13, 14, 16):
+            # host, cookie, accept, connection, authorization, e2b-sandbox-id, -port,
+            # e2b-traffic-access-token
+            if len(name) not in (4, 6, 10, 13, 14, 16, 24):
                 continue
             lname = name.lower()
             if lname == b"host":
@@ -187,6 +194,8 @@ class Edge:
                 named[0] = value
             elif lname == _E2B_PORT:
                 named[1] = value
+            elif lname == _TRAFFIC_TOKEN:
+                traffic = value
         if req.method == b"CONNECT":
             return _error(405, "method_not_allowed", "CONNECT is not supported here", browser)
         if not req.target.startswith(b"/") and req.target != b"*":
@@ -234,7 +243,7 @@ class Edge:
         auth = route.port_auth(port) if route is not None and 0 < port < 65536 else None
         if route is None or auth is None:
             return _error(404, "not_found", pages.NOT_FOUND, browser)
-        opened_by = self._opens(route, port, authorization, cookies) if auth else None
+        opened_by = self._opens(route, port, authorization, cookies, traffic) if auth else None
         if auth and opened_by is None:
             return _error(401, "unauthorized", pages.NEEDS_AUTH, browser,
                           pages.BROWSER_NEEDS_AUTH)
@@ -246,17 +255,22 @@ class Edge:
         return Forward(("tcp", route.address, str(port)), head, sandbox_id, port,
                        None if opened_by is None else (sandbox_id, opened_by))
 
-    def _is_envd_token(self, route: SandboxRoute, value: bytes) -> bool:
-        if self.envd_token is None:
-            return False
-        return hmac.compare_digest(value.strip(), self.envd_token(route.sandbox_id).encode())
+    @staticmethod
+    def _is_derived(token: Callable[[str], str] | None, route: SandboxRoute,
+                    value: bytes) -> bool:
+        """Whether ``value`` is the sandbox's token of that kind (constant time)."""
+        return token is not None and hmac.compare_digest(
+            value.strip(), token(route.sandbox_id).encode())
 
     def _opens(self, route: SandboxRoute, port: int, authorization: bytes | None,
-               cookies: list[bytes]) -> str | None:
-        """What opens the port: a token (by its hash) or a cookie (its generation)."""
+               cookies: list[bytes], traffic: bytes | None = None) -> str | None:
+        """What opens the port: a token (by its hash), E2B's traffic token or a cookie
+        (its generation)."""
         now = self.clock()
         if token_opens(route, authorization, now):
             return hash_secret(bearer(authorization) or "")
+        if traffic is not None and self._is_derived(self.traffic_token, route, traffic):
+            return hash_secret(traffic.strip().decode("latin-1"))
         wanted = cookie_name(port).encode() + b"="
         for header in cookies:
             for pair in header.split(b";"):
@@ -309,7 +323,11 @@ class Edge:
                     value = masked
                 elif lname == b"authorization" and is_sandbox_token(route, value):
                     continue
-                elif lname == _ACCESS_TOKEN and self._is_envd_token(route, value):
+                elif lname == _ACCESS_TOKEN and self._is_derived(self.envd_token, route,
+                                                                 value):
+                    continue
+                elif lname == _TRAFFIC_TOKEN and self._is_derived(self.traffic_token, route,
+                                                                  value):
                     continue
                 elif lname == b"cookie":
                     value = without_our_cookies(value)

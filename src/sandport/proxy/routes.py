@@ -28,9 +28,10 @@ class SandboxRoute:
     token: str
     token_expires_at: float
     ports: dict[int, bool] = field(default_factory=dict)  # exposed port → auth required
-    open_ports: bool = False  # every port answers (auth off) without an expose...
+    open_ports: bool = False  # every port answers without an expose...
     closed_ports: frozenset[int] = frozenset()  # ...but these, unexposed since
     allow_ports: frozenset[int] | None = None  # ingress policy: only these may answer
+    open_ports_auth: bool = False  # ...with auth (E2B's allowPublicTraffic false)
     mask_host: str | None = None  # e.g. "localhost:${PORT}": the Host upstream sees
     paused: bool = False  # frozen: its ports answer 503 until it is resumed...
     auto_resume: bool = False  # ...or a request to them resumes it (autoResume)
@@ -49,7 +50,7 @@ class SandboxRoute:
             return None
         auth = self.ports.get(port)
         if auth is None and self.open_ports and port not in self.closed_ports:
-            return False
+            return self.open_ports_auth
         return auth
 
     def upstream_host(self, port: int) -> bytes | None:

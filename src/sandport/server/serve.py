@@ -29,7 +29,7 @@ from ..activity import Activity, CpuProbe
 from ..control.housekeeping import Housekeeping
 from ..control.netcaps import caps_from
 from ..control.sandboxes import SandboxService
-from ..e2b.envd_wire import access_token
+from ..e2b.envd_wire import access_token, traffic_token
 from ..errors import ValidationFailed
 from ..ids import e2b_twin, hash_secret, new_api_key
 from ..proxy.decide import Edge
@@ -126,7 +126,9 @@ async def _serve(settings: ServerSettings, tls: EdgeTLS | None) -> None:
         api = _ApiServer(config)
         edge = Edge(urls, routes, str(socket_path), secret,
                     envd_token=functools.lru_cache(maxsize=4096)(
-                        functools.partial(access_token, envd_secret)))
+                        functools.partial(access_token, envd_secret)),
+                    traffic_token=functools.lru_cache(maxsize=4096)(
+                        functools.partial(traffic_token, envd_secret)))
         proxy = ProxyServer(edge, grants.redeem,
                             wake=sandboxes.wake, touch=activity.touch,
                             header_timeout_s=settings.header_timeout_s,
