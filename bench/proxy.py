@@ -138,6 +138,32 @@ def ws_round_trip(path: Path_, n: int) -> float:
     return statistics.median(samples)
 
 
+def start_upstream(sb: Sandbox) -> str:
+    """bench/proxy_upstream.py serving UP_PORT in the sandbox; its address."""
+    code = (HERE / "proxy_upstream.py").read_bytes()
+    sb.exec(f"echo {base64.b64encode(code).decode()} | base64 -d > /srv/up.py")
+    sb.exec(f"setsid python3 /srv/up.py {UP_PORT} >/tmp/up.log 2>&1 &")
+    address: str = sb.exec("hostname -I").stdout.split()[0]
+    for _ in range(100):
+        try:
+            socket.create_connection((address, UP_PORT), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return address
+
+
+def start_nginx(prefix: Path, conf: str) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx with ``conf`` in ``prefix``: the process and its one worker's pid."""
+    prefix.mkdir()
+    (prefix / "nginx.conf").write_text(conf)
+    nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    time.sleep(0.5)
+    worker = int(subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
+                                text=True).stdout.split()[0])
+    return nginx, worker
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
@@ -150,27 +176,10 @@ def main() -> None:
         try:
             with Sandbox.create(api_key=server.api_key, base_url=server.base_url,
                                 exposed_ports={UP_PORT: False}, vcpus=1) as sb:
-                code = (HERE / "proxy_upstream.py").read_bytes()
-                sb.exec(f"echo {base64.b64encode(code).decode()} | base64 -d > /srv/up.py")
-                sb.exec(f"setsid python3 /srv/up.py {UP_PORT} >/tmp/up.log 2>&1 &")
-                address = sb.exec("hostname -I").stdout.split()[0]
-                for _ in range(100):
-                    try:
-                        socket.create_connection((address, UP_PORT), 0.2).close()
-                        break
-                    except OSError:
-                        time.sleep(0.05)
+                address = start_upstream(sb)
                 listen = free_port()
-                prefix = Path(tmp) / "nginx"
-                prefix.mkdir()
-                (prefix / "nginx.conf").write_text(NGINX_CONF.format(
-                    prefix=prefix, address=address, port=UP_PORT, listen=listen))
-                nginx = subprocess.Popen(["nginx", "-p", str(prefix), "-c",
-                                          str(prefix / "nginx.conf")])
-                time.sleep(0.5)
-                nginx_worker = int(subprocess.run(
-                    ["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True
-                ).stdout.split()[0])
+                nginx, nginx_worker = start_nginx(Path(tmp) / "nginx", NGINX_CONF.format(
+                    prefix=Path(tmp) / "nginx", address=address, port=UP_PORT, listen=listen))
                 host = sb.get_exposed_url(UP_PORT).split("//")[1].rstrip("/")
                 paths = [Path_("direct", address, UP_PORT, f"{address}:{UP_PORT}"),
                          Path_("nginx", "127.0.0.1", listen, host),

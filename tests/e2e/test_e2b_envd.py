@@ -185,6 +185,8 @@ def test_files_through_the_sdk(e2b_sandbox: Sandbox) -> None:
 
 def test_signed_urls_and_the_host_form(e2b_sandbox: Sandbox, server: ServerProcess) -> None:
     sb = e2b_sandbox
+    token = sb._envd_access_token
+    assert token
     sb.files.write("/tmp/signed.txt", "signed content")
     # (E2B_SANDBOX_URL's one address does not name the sandbox: a URL, alone, goes to the
     # sandbox's own envd host, where E2B_DOMAIN's form would send it)
@@ -204,10 +206,18 @@ def test_signed_urls_and_the_host_form(e2b_sandbox: Sandbox, server: ServerProce
     expired = sb.download_url("/tmp/signed.txt", use_signature_expiration=-5)
     assert _envd(server, sb, expired.removeprefix(server.base_url),
                  method="GET").status_code == 401
-    token = sb._envd_access_token
-    assert token
     # the 49983-{id} host on the edge: health open, the rest behind the token
     assert _envd(server, sb, "/health", method="GET").status_code == 204
+    # gzip for what it shrinks; random bytes go as they are, with their length
+    sb.files.write("/tmp/text.txt", "words " * 50_000)
+    sb.files.write("/tmp/random.bin", secrets.token_bytes(200_000))
+    wants = {"accept-encoding": "gzip"}
+    text = _envd(server, sb, "/files?path=/tmp/text.txt", token, method="GET", headers=wants)
+    assert text.headers["content-encoding"] == "gzip" and text.text == "words " * 50_000
+    noise = _envd(server, sb, "/files?path=/tmp/random.bin", token, method="GET",
+                  headers=wants)
+    assert "content-encoding" not in noise.headers
+    assert noise.headers["content-length"] == "200000" and len(noise.content) == 200_000
     stat = _envd(server, sb, "/filesystem.Filesystem/Stat", token, json={"path": "/tmp"},
                  headers={"content-type": "application/json"})
     assert stat.status_code == 200 and stat.json()["entry"]["type"] == "FILE_TYPE_DIRECTORY"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,9 +32,14 @@ TOKEN_RENEW_S = 60.0  # a runtime token with less life left is renewed before a 
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """One TLS context per process: building one (loading CA certificates) costs ~20 ms,
-    which every new HTTP client would otherwise pay."""
+    which every new HTTP client would otherwise pay. ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+    name the CAs to trust instead of certifi's (a server with a private CA's certificate,
+    as OpenSSL's own clients read them)."""
     import certifi  # an httpx dependency
 
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
     return ssl.create_default_context(cafile=certifi.where())
 
 
