@@ -447,3 +447,24 @@ def test_private_ports_want_the_traffic_token(e2b_sandbox: Sandbox,
             "openPortsAuth"] is True
     assert Sandbox.connect(sb.sandbox_id).traffic_access_token == token
     sb.kill()
+
+
+def test_the_base_template_has_e2b_s_user(e2b_sandbox: Sandbox) -> None:
+    """Sandbox.create() with no template: E2B's base, here the default image with user
+    ``user`` and /home/user (built once per team, then found)."""
+    run = e2b_sandbox.get_info().metadata["run"]
+    sb = Sandbox.create(timeout=60, metadata={"run": run})
+    assert sb.get_info().template_id == "base"
+    assert sb.commands.run("whoami; pwd").stdout == "user\n/home/user\n"
+    assert sb.commands.run("whoami", user="root").stdout == "root\n"
+    written = sb.files.write("hello.txt", "hi")  # relative: from the user's home
+    assert written.path == "/home/user/hello.txt"
+    info = sb.files.get_info("/home/user/hello.txt")
+    assert (info.owner, info.group) == ("user", "user")
+    assert sb.commands.run("python3 -c 'print(open(\"hello.txt\").read())'").stdout == "hi\n"
+    started = time.monotonic()
+    again = Sandbox.create(timeout=60, metadata={"run": run})  # the image is there now
+    assert time.monotonic() - started < 20
+    assert again.commands.run("whoami").stdout == "user\n"
+    listed = Sandbox.list(query=SandboxQuery(metadata={"run": run}, template="base"))
+    assert {s.sandbox_id for s in listed.next_items()} == {sb.sandbox_id, again.sandbox_id}

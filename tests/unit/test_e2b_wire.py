@@ -31,20 +31,20 @@ def test_a_create_as_the_sdk_sends_it() -> None:
             "allow_internet_access": False,
             "network": {"allowOut": ["198.51.100.7", "pypi.org"],
                         "maskRequestHost": "localhost:${PORT}"}}
-    made = wire.parse_new_sandbox(body, BASE, "python")
-    assert (made.image_name, made.timeout_s, made.timeout_minutes) == ("python", 90, 2)
+    made = wire.parse_new_sandbox(body, BASE)
+    assert (made.image_name, made.timeout_s, made.timeout_minutes) == ("e2b-base", 90, 2)
     assert made.metadata == {"run": "7"} and made.env == {"A": "1"}
     assert (made.on_timeout, made.auto_resume, made.internet_asked) == ("pause", True, False)
     assert made.network.allow_out == ("198.51.100.7/32",)
     assert made.network.allow_names == ("pypi.org",)
     assert made.network.open_ports is True  # every port public, as on E2B
     assert made.network.open_ports_auth is False
-    closed = wire.parse_new_sandbox({"network": {"allowPublicTraffic": False}}, BASE, "python")
+    closed = wire.parse_new_sandbox({"network": {"allowPublicTraffic": False}}, BASE)
     assert closed.network.open_ports and closed.network.open_ports_auth
     assert wire.detail(record(network=closed.network.to_wire()), None)["network"][
         "allowPublicTraffic"] is False
     plain = wire.parse_new_sandbox({"templateID": "node:22", "metadata": {}, "envVars": {}},
-                                   BASE, "python")
+                                   BASE)
     assert (plain.image_name, plain.timeout_s, plain.internet_asked) == ("node:22", 300, None)
 
 
@@ -68,7 +68,7 @@ def test_a_create_as_the_sdk_sends_it() -> None:
 ])
 def test_a_bad_create_says_what_is_wrong(body: object, words: str) -> None:
     with pytest.raises(ValidationFailed, match=words):
-        wire.parse_new_sandbox(body, BASE, "python")
+        wire.parse_new_sandbox(body, BASE)
 
 
 def test_list_queries_as_the_sdk_encodes_them() -> None:
@@ -86,7 +86,8 @@ def test_list_queries_as_the_sdk_encodes_them() -> None:
     assert wire.parse_time("2024-01-01T12:00:00+00:00", "t") == 1704110400.0
     with pytest.raises(ValidationFailed):
         wire.parse_time("2024-01-01T12:00:00", "t")  # no offset
-    assert wire.parse_template("base", "python") == "python"
+    assert wire.parse_template("base") == "e2b-base" and wire.parse_template("x") == "x"
+    assert wire.template_of(record(image_name="e2b-base")) == "base"
 
 
 def test_page_tokens_say_where_the_next_page_starts_and_nothing_else() -> None:

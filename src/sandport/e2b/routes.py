@@ -25,7 +25,7 @@ from ..runtime import Runtime
 from ..runtime_api import startup
 from ..runtime_api.files import in_thread
 from ..store import SandboxRecord
-from . import wire
+from . import templates, wire
 from .envd_wire import access_token, traffic_token
 
 PREFIXES = ("/v2/sandboxes", "/sandboxes", "/snapshots", "/templates")
@@ -63,7 +63,9 @@ async def create(request: Request) -> Response:
     team = await caller_team(request)
     base = parse_create({}, ctx.limits, ctx.settings.default_image,
                         ctx.settings.default_timeout_minutes)
-    body = wire.parse_new_sandbox(await json_body(request), base, ctx.settings.default_image)
+    body = wire.parse_new_sandbox(await json_body(request), base)
+    if body.image_name == templates.IMAGE:
+        await templates.base_image(ctx, team)
     record = await startup.create_and_start(request, team, {}, body)
     return JSONResponse(_sandbox(request, record), status_code=201)
 
@@ -105,8 +107,7 @@ async def listing(request: Request) -> Response:
                                      wire.parse_states(query.get("state")),
                                      wire.parse_metadata_query(query.get("metadata")),
                                      wire.parse_next_token(query.get("nextToken")), limit + 1,
-                                     wire.parse_template(query.get("template"),
-                                                         ctx.settings.default_image),
+                                     wire.parse_template(query.get("template")),
                                      wire.parse_time(query.get("startedAfter"), "startedAfter"))
     headers = {"x-next-token": wire.next_token(found[limit - 1])} if len(found) > limit else {}
     return JSONResponse([wire.listed(r) for r in found[:limit]], headers=headers)

@@ -38,7 +38,8 @@ DEFAULT_TIMEOUT_S = 300  # E2B's
 MAX_TIMEOUT_S = 60 * MAX_TIMEOUT_MINUTES
 MAX_METADATA = 64
 MAX_PAGE = 100
-DEFAULT_TEMPLATE = "base"
+DEFAULT_TEMPLATE = "base"  # E2B's; here the team's BASE_IMAGE (e2b/templates.py)
+BASE_IMAGE = "e2b-base"
 STATES = {"running": ("active", "creating"), "paused": ("paused",)}
 
 _CREATE_FIELDS = {"templateID", "timeout", "metadata", "envVars", "autoPause",
@@ -118,14 +119,14 @@ def parse_network_update(body: Any, current: NetworkPolicy) -> NetworkPolicy:
                                open_ports_auth=current.open_ports_auth)
 
 
-def parse_new_sandbox(body: Any, base: CreateSandbox, default_image: str) -> CreateSandbox:
+def parse_new_sandbox(body: Any, base: CreateSandbox) -> CreateSandbox:
     """``POST /v2/sandboxes`` → the create, on ``base`` (the server's defaults)."""
     body = _object(body, "the request body")
     _unsupported(set(body) - _CREATE_FIELDS, "the request")
     template = body.get("templateID", DEFAULT_TEMPLATE)
     if not isinstance(template, str) or not template:
         raise ValidationFailed("templateID must name a template (an image of this server)")
-    image = default_image if template == DEFAULT_TEMPLATE else template
+    image = BASE_IMAGE if template == DEFAULT_TEMPLATE else template
     auto_pause = _bool(body, "autoPause")
     if _bool(body, "autoPauseMemory") is False:
         raise ValidationFailed("autoPauseMemory false (a filesystem-only pause) is not "
@@ -165,11 +166,17 @@ def parse_metadata_query(query: str | None) -> dict[str, str]:
     return parse_metadata(pairs)
 
 
-def parse_template(query: str | None, default_image: str) -> str | None:
-    """The image a ``template`` filter names (``base``: the server's default, as at create)."""
+def parse_template(query: str | None) -> str | None:
+    """The image a ``template`` filter names (``base``: the team's base image, as at
+    create)."""
     if query is None:
         return None
-    return default_image if query == DEFAULT_TEMPLATE else query
+    return BASE_IMAGE if query == DEFAULT_TEMPLATE else query
+
+
+def template_of(record: SandboxRecord) -> str:
+    """The templateID the SDK is shown: ``base`` for the base image, as it asked."""
+    return DEFAULT_TEMPLATE if record.image_name == BASE_IMAGE else record.image_name
 
 
 def parse_time(query: str | None, what: str) -> float | None:
@@ -221,14 +228,14 @@ def sandbox(record: SandboxRecord, domain: str | None, envd_token: str,
     """The create and connect answer (E2B's ``Sandbox``), with the token its in-sandbox
     API wants, and the one its ports want when they are not public."""
     private = network_from_wire(record.network).open_ports_auth
-    return {"sandboxID": record.id, "templateID": record.image_name, "clientID": CLIENT_ID,
+    return {"sandboxID": record.id, "templateID": template_of(record), "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION, "envdAccessToken": envd_token, "domain": domain,
             "trafficAccessToken": traffic_token if private else None}
 
 
 def listed(record: SandboxRecord) -> dict[str, Any]:
     """One sandbox of a list (E2B's ``ListedSandbox``)."""
-    return {"sandboxID": record.id, "templateID": record.image_name, "clientID": CLIENT_ID,
+    return {"sandboxID": record.id, "templateID": template_of(record), "clientID": CLIENT_ID,
             "startedAt": iso(record.started_at or record.created_at),
             "endAt": iso(record.expires_at or record.created_at),
             "envdVersion": ENVD_VERSION, "cpuCount": record.vcpus,
