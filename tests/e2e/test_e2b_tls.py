@@ -165,3 +165,38 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
                               *args], capture_output=True, text=True, timeout=120)
         assert run.returncode != 0 and said in run.stderr, run.stderr[-2000:]
         assert "Traceback" not in run.stderr
+
+
+def test_silent_handshakes_are_cut_and_counted_once_done(tmp_path: Path) -> None:
+    """Connections that never shake hands go within the handshake deadline (the header
+    timeout here) and meanwhile take no client's room; once shaken, a connection counts
+    against its address's limit as a plain one does."""
+    ca = TestCA(tmp_path)
+    cert, key, _ = ca.issue("edge", dns_names=(f"*.{DOMAIN}",), ips=("127.0.0.1",))
+    srv = ServerProcess(tmp_path / "data", tls=(cert, key, ca.ca_file), env={
+        "SANDPORT_MAX_CONNECTIONS_PER_ADDRESS": "3", "SANDPORT_HEADER_TIMEOUT_S": "2"}).start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(8)]
+        with srv.client() as api:  # served meanwhile
+            assert api.get("/api/health").status_code == 200
+        started = time.monotonic()
+        for held in silent:
+            held.settimeout(10)
+            try:
+                assert held.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 6
+        context = ssl.create_default_context(cafile=str(ca.ca_file))
+        shaken = [context.wrap_socket(socket.create_connection(("127.0.0.1", srv.port)),
+                                      server_hostname=f"api.{DOMAIN}") for _ in range(3)]
+        for conn in shaken:
+            conn.sendall(f"GET /api/health HTTP/1.1\r\nHost: api.{DOMAIN}\r\n\r\n".encode())
+            assert conn.recv(100).startswith(b"HTTP/1.1 200")
+        refused = httpx.get(f"{srv.base_url}/api/health", verify=srv.verify, timeout=5)
+        assert refused.status_code == 503 and "connections" in refused.text  # 3 held
+        for sock in (*silent, *shaken):
+            sock.close()
+        srv.assert_clean_log()
+    finally:
+        srv.stop()

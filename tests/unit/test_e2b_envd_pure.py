@@ -331,6 +331,29 @@ def test_the_traffic_token_opens_private_ports_and_stays_at_the_edge() -> None:
     theirs = edge.decide(_req(f"3000-{OTHER}.localhost:8080", b"/",
                               (b"e2b-traffic-access-token", token)))
     assert _status(theirs) == 401  # one sandbox's token opens no other's
+    underscored = edge.decide(_req(host, b"/", (b"authorization", b"Bearer spt_tok"),
+                                   (b"E2B_Traffic_Access_Token", token),
+                                   (b"x_access_token",
+                                    envd_wire.access_token(ENVD_SECRET, SID).encode())))
+    assert isinstance(underscored, Forward) and token not in underscored.head
+    # an auth: true port of a sandbox whose ports are public wants its runtime token
+    table.put(SandboxRoute(SID, "10.77.0.2", "spt_tok", 2e9, {3001: True}))
+    assert _status(edge.decide(_req(f"3001-{SID}.localhost:8080", b"/",
+                                    (b"e2b-traffic-access-token", token)))) == 401
+
+
+def test_open_ports_turning_private_cut_their_connections() -> None:
+    told: list[tuple[str, int | None]] = []
+    table = RouteTable()
+    table.watch(lambda sid, port: told.append((sid, port)))
+    table.put(SandboxRoute(SID, "a", "t", 2e9, {}, open_ports=True))
+    table.put(SandboxRoute(SID, "a", "t", 2e9, {}, open_ports=True))  # the same: nothing
+    assert told == []
+    table.put(SandboxRoute(SID, "a", "t", 2e9, {}, open_ports=True, open_ports_auth=True))
+    assert told == [(SID, None)]
+    table.put(SandboxRoute(SID, "a", "t", 2e9, {}, open_ports=True))  # public again: no cut
+    table.put(SandboxRoute(SID, "a", "t", 2e9, {}, open_ports=False))
+    assert told == [(SID, None), (SID, None)]
 
 
 def test_the_app_serves_envd_routes_only_to_marked_requests() -> None:

@@ -137,7 +137,7 @@ async def on_fs(request: Request, record: SandboxRecord, user_name: str | None,
 
 async def _body(request: Request, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and DIGITS.fullmatch(declared) and int(declared) > limit:
         raise ConnectError("resource_exhausted", f"the message is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -529,8 +529,16 @@ async def _worth_compressing(fd: int, size: int) -> bool:
     the server CPU, so they go as they are (identity is always acceptable)."""
     if size < 1024:
         return False
-    sample = await in_thread(os.pread, fd, min(size, 64 << 10), 0)
-    return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
+
+    def shrinks() -> bool:
+        sample = os.pread(fd, min(size, 64 << 10), 0)
+        return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
+
+    try:
+        return await in_thread(shrinks)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _accepts_gzip(header: str) -> bool:

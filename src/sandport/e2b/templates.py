@@ -12,9 +12,11 @@ import io
 import os
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from ..control.builder import Builder, BuildOptions
+from ..errors import SandportError
 from ..server.context import AppContext
 from .wire import BASE_IMAGE
 
@@ -24,7 +26,9 @@ RUN id -u user >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --uid 
 USER user
 WORKDIR /home/user
 """
+FAILED_S = 60.0  # a build that failed is not tried again for this long (its error is)
 _building: dict[str, asyncio.Lock] = {}  # per team: one build, the others wait for it
+_failed: dict[str, tuple[float, SandportError]] = {}
 
 
 async def base_image(ctx: AppContext, team: str) -> str:
@@ -33,7 +37,15 @@ async def base_image(ctx: AppContext, team: str) -> str:
         return IMAGE
     async with _building.setdefault(team, asyncio.Lock()):
         if ctx.images.lookup(team, IMAGE) is None:
-            await _build(ctx, team)
+            failed = _failed.get(team)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_S:
+                raise failed[1]
+            try:
+                await _build(ctx, team)
+            except SandportError as exc:
+                _failed[team] = time.monotonic(), exc
+                raise
+            _failed.pop(team, None)
     return IMAGE
 
 
@@ -45,11 +57,12 @@ async def _build(ctx: AppContext, team: str) -> None:
         entry.size, entry.mode = len(data), 0o644
         tar.addfile(entry, io.BytesIO(data))
     fd, name = tempfile.mkstemp(prefix="e2b-base-", suffix=".tar", dir=ctx.settings.data_dir)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(context.getvalue())
     options = BuildOptions(mem_mib=min(1024, ctx.limits.mem_mib),
-                           timeout_s=ctx.settings.build_timeout_s, context_max_bytes=1 << 20)
+                           timeout_s=min(600.0, ctx.settings.build_timeout_s),
+                           context_max_bytes=1 << 20)
     try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(context.getvalue())
         await Builder(ctx.images, ctx.sandboxes, ctx.runtime, ctx.builds).build(
             team, IMAGE, Path(name), options, lambda event: None)
     finally:

@@ -195,7 +195,7 @@ def parse_time(query: str | None, what: str) -> float | None:
 def parse_limit(query: str | None) -> int:
     if query is None:
         return MAX_PAGE
-    if not query.isdigit() or not 1 <= int(query) <= MAX_PAGE:
+    if not re.fullmatch(r"[0-9]{1,4}", query) or not 1 <= int(query) <= MAX_PAGE:
         raise ValidationFailed(f"limit must be 1 to {MAX_PAGE}")
     return int(query)
 

@@ -48,7 +48,9 @@ _DROPPED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-pro
                       b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-forwarded-uri",
                       b"x-original-url", b"x-original-uri", b"x-original-host",
                       b"x-rewrite-url", b"x-client-ip", b"true-client-ip",
-                      b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme"})
+                      b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme",
+                      # E2B's traffic token: the edge's to check, in every spelling
+                      b"e2b-traffic-access-token"})
 # The user's control API key: the control host reads it; code in a sandbox never sees it.
 _API_KEY = b"x-api-key"
 # A request to the control host that names a sandbox and port in these (the e2b SDK's
@@ -82,6 +84,7 @@ AUTH_PATH = b"/_sandport/auth"
 _REWRITTEN_LENGTHS = frozenset({*map(len, _DROPPED), len(b"host"), len(b"cookie"),
                                 len(b"authorization"), len(_API_KEY), len(_ACCESS_TOKEN),
                                 len(_TRAFFIC_TOKEN)})
+_ACCESS_TOKEN_SPELLINGS = frozenset(_spellings(_ACCESS_TOKEN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +272,8 @@ class Edge:
         now = self.clock()
         if token_opens(route, authorization, now):
             return hash_secret(bearer(authorization) or "")
-        if traffic is not None and self._is_derived(self.traffic_token, route, traffic):
+        if traffic is not None and route.open_ports_auth and \
+                self._is_derived(self.traffic_token, route, traffic):
             return hash_secret(traffic.strip().decode("latin-1"))
         wanted = cookie_name(port).encode() + b"="
         for header in cookies:
@@ -323,11 +327,8 @@ class Edge:
                     value = masked
                 elif lname == b"authorization" and is_sandbox_token(route, value):
                     continue
-                elif lname == _ACCESS_TOKEN and self._is_derived(self.envd_token, route,
-                                                                 value):
-                    continue
-                elif lname == _TRAFFIC_TOKEN and self._is_derived(self.traffic_token, route,
-                                                                  value):
+                elif lname in _ACCESS_TOKEN_SPELLINGS and self._is_derived(
+                        self.envd_token, route, value):
                     continue
                 elif lname == b"cookie":
                     value = without_our_cookies(value)

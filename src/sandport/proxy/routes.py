@@ -90,6 +90,9 @@ class RouteTable:
                 was, now = old.port_auth(port), route.port_auth(port)
                 if was is not None and (now is None or (now and not was)):  # closed, private
                     self._tell(route.sandbox_id, port)
+            if old.open_ports and (not route.open_ports or
+                                   route.open_ports_auth and not old.open_ports_auth):
+                self._tell(route.sandbox_id, None)  # its open ports closed or went private
             if old.port_generation != route.port_generation:
                 self.revoked(route.sandbox_id,
                              frozenset({cookie_credential(old.port_generation)}))

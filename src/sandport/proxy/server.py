@@ -51,6 +51,8 @@ from .limits import EdgeLimits, client_key, fd_reserve_for
 from .upstream import Upstream
 
 SWEEP_S = 0.5
+HANDSHAKE_S = 10.0
+TLS_SHUTDOWN_S = 3.0
 
 
 class ProxyServer:
@@ -113,14 +115,20 @@ class ProxyServer:
 
     async def listen(self, host: str, port: int,
                      tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        """Plain HTTP, or HTTPS with ``tls`` (a handshake must end within the header
-        timeout; the connection counts against the limits once it has)."""
+        """Plain HTTP, or HTTPS with ``tls``. A handshake must end within HANDSHAKE_S (or
+        the header timeout, if shorter); the connection counts against the limits once it
+        has (as nginx's limit_conn does). A closing connection waits TLS_SHUTDOWN_S at
+        most for the client's close_notify."""
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
+        if tls is None:
+            return await loop.create_server(self.connection, host, port, backlog=2048,
+                                            reuse_address=True)
         return await loop.create_server(
             self.connection, host, port, backlog=2048, reuse_address=True, ssl=tls,
-            ssl_handshake_timeout=self.header_timeout_s if tls is not None else None)
+            ssl_handshake_timeout=min(HANDSHAKE_S, self.header_timeout_s),
+            ssl_shutdown_timeout=TLS_SHUTDOWN_S)
 
     async def _sweep(self) -> None:
         """Close connections past their deadline: a sweep twice a second costs less than

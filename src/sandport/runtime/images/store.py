@@ -389,8 +389,11 @@ class ImageStore:
         its upper directory, in overlayfs's form) as one more layer, unpacked from the
         layer tar written from them (so it is what a pull of the pushed image would give)
         and kept zstd-compressed, like a built-in image's, for pushes."""
-        base = next((r for r in self.layers.all_records() if r.team in ("", team)
-                     and r.digest == base_digest and r.diff_ids == diff_ids), None)
+        # The image by its own name, not a build's internal one ("@build/...": a RUN
+        # step's sandbox image has its base's manifest)
+        base = min((r for r in self.layers.all_records() if r.team in ("", team)
+                    and r.digest == base_digest and r.diff_ids == diff_ids),
+                   key=lambda r: (r.name.startswith("@"), r.created_at), default=None)
         if base is None:
             raise Conflict("the image this sandbox was made from has been deleted since; "
                            "a snapshot needs its layers' blobs (pull or import it again)")
