@@ -135,6 +135,9 @@ def envd_figures(tmp: Path, runs: int, file_mib: int) -> None:
         figures = {
             "run true": (p50_ms(lambda: e2b.commands.run("true"), runs),
                          p50_ms(lambda: ours.exec("true"), runs)),
+            # the same command as the e2b SDK runs it: a login shell (bash -l -c)
+            "run bash -l": (p50_ms(lambda: e2b.commands.run("true"), runs),
+                            p50_ms(lambda: ours.exec("bash -l -c true"), runs)),
             f"write {file_mib} MiB": (
                 p50_ms(lambda: e2b.files.write("/tmp/a.bin", blob), 5),
                 p50_ms(lambda: ours.files.upload("/tmp/b.bin", blob), 5)),
