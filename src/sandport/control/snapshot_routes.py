@@ -56,17 +56,11 @@ def default_snapshot_name(sandbox_id: str) -> str:
             f"{os.urandom(2).hex()}")
 
 
-def snapshots_of(images: ImageStore, team: str) -> list[ImageRecord]:
-    """The team's snapshots, newest first."""
-    return sorted((r for r in images.layers.all_records()
-                   if r.team == team and r.source == "snapshot"),
-                  key=lambda r: (r.created_at, r.name), reverse=True)
-
-
 def find(images: ImageStore, team: str, key: str) -> ImageRecord:
     """The team's snapshot named ``key`` or with id ``key``."""
-    for record in snapshots_of(images, team):
-        if key in (record.name, snapshot_id(record)):
+    for record in images.layers.all_records():
+        if record.team == team and record.source == "snapshot" and key in (
+                record.name, snapshot_id(record)):
             return record
     raise NotFound(f"snapshot {key!r} does not exist")
 
@@ -99,7 +93,9 @@ async def list_snapshots(request: Request) -> Response:
     page = _positive(query.get("page"), "page", 1)
     limit = min(_positive(query.get("limit"), "limit", 20), MAX_PAGE)
     statuses = set(query.getlist("status")) or {"created"}
-    found = snapshots_of(ctx.images, team)
+    found = sorted((r for r in ctx.images.layers.all_records()
+                    if r.team == team and r.source == "snapshot"),
+                   key=lambda r: r.created_at, reverse=True)
     if "created" not in statuses:
         found = []  # a snapshot here is made before its create returns: never creating
     if query.get("imageName"):

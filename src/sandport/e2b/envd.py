@@ -28,19 +28,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import ids
-from ..control.http import read_body
 from ..errors import SandportError
 from ..runtime.fswatch import DirectoryWatch
-from ..runtime.sandboxfs import SandboxFS, client_errors
+from ..runtime.sandboxfs import SandboxFS, acting_as, client_errors
 from ..runtime_api import processes
-from ..runtime_api.files import (
-    TRANSFER_CHUNK,
-    file_chunks,
-    in_thread,
-    on_filesystem,
-    write_all,
-    write_stream,
-)
+from ..runtime_api.files import TRANSFER_CHUNK, in_thread, write_all, write_stream
 from ..runtime_api.process_state import ProcessSession
 from ..runtime_api.watches import WatchRegistry, WatchSession
 from ..store import SandboxRecord, Store
@@ -130,11 +122,30 @@ async def on_fs(request: Request, record: SandboxRecord, user_name: str | None,
     """``op`` as the user (the image's when None), relative paths from the user's home
     (envd's rule), in a worker thread."""
     user = await processes.user_of(request, record.id, user_name)
-    return await on_filesystem(request.app.state.ctx.runtime, record.id, None, op, user=user)
+    runtime = request.app.state.ctx.runtime
+
+    def work() -> T:
+        root = runtime.open_root(record.id)
+        try:
+            with acting_as(user):
+                return op(SandboxFS(root, user.home, user))
+        finally:
+            os.close(root)
+
+    return await in_thread(work)
 
 
-async def _body(request: Request) -> bytes:
-    return await read_body(request, MAX_MESSAGE_BYTES)  # (413: resource_exhausted)
+async def _body(request: Request, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and DIGITS.fullmatch(declared) and int(declared) > limit:
+        raise ConnectError("resource_exhausted", f"the message is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ConnectError("resource_exhausted", f"the message is larger than {limit} "
+                               "bytes")
+    return bytes(body)
 
 
 def _content_type(request: Request) -> str:
@@ -508,8 +519,7 @@ async def download(request: Request) -> Response:
     gzip = _accepts_gzip(request.headers.get("accept-encoding", "")) and \
         await _worth_compressing(fd, size)
     headers = {"content-encoding": "gzip"} if gzip else {"content-length": str(size)}
-    chunks = file_chunks(fd, 0, size)
-    return StreamingResponse(_gzipped(chunks) if gzip else chunks, headers=headers,
+    return StreamingResponse(_read_chunks(fd, size, gzip), headers=headers,
                              media_type="application/octet-stream")
 
 
@@ -540,15 +550,24 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-async def _gzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Compressed in the worker thread (level 1: a download is not held up for a few
-    percent of size)."""
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-    async for chunk in chunks:
-        out = await in_thread(packer.compress, chunk)
-        if out:
-            yield out
-    yield packer.flush()
+async def _read_chunks(fd: int, size: int, gzip: bool) -> AsyncIterator[bytes]:
+    """The file, a chunk at a time; compressed in the worker thread too (level 1: a
+    download is not held up for a few percent of size)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
+    offset = 0
+    try:
+        while offset < size:
+            chunk = await in_thread(os.pread, fd, min(TRANSFER_CHUNK, size - offset), offset)
+            if not chunk:
+                break  # the file shrank while it was sent
+            offset += len(chunk)
+            out = chunk if packer is None else await in_thread(packer.compress, chunk)
+            if out:
+                yield out
+        if packer is not None:
+            yield packer.flush()
+    finally:
+        os.close(fd)
 
 
 async def upload(request: Request) -> Response:

@@ -269,19 +269,17 @@ def written(info: FileInfo) -> dict[str, Any]:
 # -- tokens and signed URLs ---------------------------------------------------------------
 def access_token(secret: bytes, sandbox_id: str) -> str:
     """The sandbox's envd access token: derived, never stored."""
-    return _derived(secret, b"envd-access:", sandbox_id)
+    if len(secret) < 16:
+        raise ValueError("the envd access secret is missing")  # never tokens of no secret
+    return hmac.new(secret, b"envd-access:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
 
 
 def traffic_token(secret: bytes, sandbox_id: str) -> str:
     """The token a sandbox's ports want when it was made with allowPublicTraffic false
-    (sent as ``e2b-traffic-access-token``): derived as the envd token is, another label."""
-    return _derived(secret, b"traffic:", sandbox_id)
-
-
-def _derived(secret: bytes, label: bytes, sandbox_id: str) -> str:
+    (sent as ``e2b-traffic-access-token``): derived as the envd token is, another key."""
     if len(secret) < 16:
-        raise ValueError("the envd access secret is missing")  # never tokens of no secret
-    return hmac.new(secret, label + sandbox_id.encode(), hashlib.sha256).hexdigest()
+        raise ValueError("the envd access secret is missing")
+    return hmac.new(secret, b"traffic:" + sandbox_id.encode(), hashlib.sha256).hexdigest()
 
 
 def file_signature(path: str, operation: str, user: str, token: str,

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from ..control import lifecycle
 from ..control.http import caller_team, json_body, keyed
 from ..control.requests import network_from_wire, parse_create
-from ..control.snapshot_routes import default_snapshot_name, snapshots_of
+from ..control.snapshot_routes import default_snapshot_name
 from ..control.snapshot_routes import find as find_snapshot
 from ..errors import Conflict, SandboxNotFound, SandportError, ValidationFailed
 from ..runtime import Runtime
@@ -171,14 +171,15 @@ async def list_snapshots(request: Request) -> Response:
         raise ValidationFailed(f"unknown query parameter(s): {', '.join(unknown)}")
     limit = wire.parse_limit(query.get("limit"))
     after = wire.parse_next_token(query.get("nextToken"))
-    found = [r for r in snapshots_of(ctx.images, team)
-             if query.get("sandboxID") in (None, r.extra.get(wire.SNAPSHOT_OF))
-             and query.get("name") in (None, r.name)]
+    found = sorted((r for r in ctx.images.layers.all_records()
+                    if r.team == team and r.source == "snapshot"
+                    and query.get("sandboxID") in (None, r.extra.get(wire.SNAPSHOT_OF))
+                    and query.get("name") in (None, r.name)),
+                   key=lambda r: (r.created_at, r.name), reverse=True)
     if after is not None:
         found = [r for r in found if (r.created_at, r.name) < after]
-    last = found[limit - 1] if len(found) > limit else None
-    headers = {} if last is None else {"x-next-token": wire.page_token(last.created_at,
-                                                                       last.name)}
+    headers = {"x-next-token": wire.snapshot_token(found[limit - 1])} \
+        if len(found) > limit else {}
     return JSONResponse([wire.snapshot(r) for r in found[:limit]], headers=headers)
 
 

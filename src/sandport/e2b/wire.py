@@ -202,12 +202,7 @@ def parse_limit(query: str | None) -> int:
 
 def next_token(record: SandboxRecord) -> str:
     """The page token after ``record`` (opaque to clients: where the next page starts)."""
-    return page_token(record.created_at, record.id)
-
-
-def page_token(created_at: float, key: str) -> str:
-    """A keyset page token: (time, key) of the last item given; parse_next_token reads it."""
-    raw = json.dumps([created_at, key]).encode()
+    raw = json.dumps([record.created_at, record.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -287,6 +282,11 @@ SNAPSHOT_OF = "fromSandbox"  # the snapshot image's note of the sandbox it was m
 def snapshot(image: ImageRecord) -> dict[str, Any]:
     """E2B's ``SnapshotInfo``: its id is the image's name (a create's templateID)."""
     return {"snapshotID": image.name, "names": [image.name]}
+
+
+def snapshot_token(image: ImageRecord) -> str:
+    raw = json.dumps([image.created_at, image.name]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def error(status: int, message: str) -> dict[str, Any]:

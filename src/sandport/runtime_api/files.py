@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..control.http import json_body
 from ..errors import BadRequest, ValidationFailed
 from ..runtime import Runtime
-from ..runtime.sandboxfs import SandboxFS, User, acting_as, client_errors
+from ..runtime.sandboxfs import SandboxFS, acting_as, client_errors
 from ._common import (
     bool_field,
     decode_data,
@@ -55,19 +55,15 @@ async def in_sandbox(request: Request, run_as: str | None, op: Callable[[Sandbox
 
 
 async def on_filesystem(runtime: Runtime, sandbox_id: str, run_as: str | None,
-                        op: Callable[[SandboxFS], T], *, user: User | None = None) -> T:
+                        op: Callable[[SandboxFS], T]) -> T:
     """``op`` on a running sandbox's filesystem (its root, kernel-enforced), in a worker
-    thread, as user ``run_as`` (or ``user``, resolved already: relative paths then start
-    at its home, as the E2B face's do); the caller has checked who may."""
+    thread, as user ``run_as``; the caller has checked who may."""
 
     def work() -> T:
         root = runtime.open_root(sandbox_id)
         try:
-            if user is not None:
-                fs = SandboxFS(root, user.home, user)
-            else:
-                fs = SandboxFS(root, runtime.workdir(sandbox_id))
-            if user is None and run_as not in (None, "", "root"):
+            fs = SandboxFS(root, runtime.workdir(sandbox_id))
+            if run_as not in (None, "", "root"):
                 fs.user = fs.user_named(str(run_as))
             with acting_as(fs.user):
                 return op(fs)
@@ -202,27 +198,25 @@ def file_response(opened: tuple[int, int], path: str, start: int = 0,
     fd, file_size = opened
     end = file_size if length is None else min(file_size, start + length)
     size = max(0, end - start)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset = start
+        try:
+            while offset < end:
+                chunk = await in_thread(os.pread, fd, min(TRANSFER_CHUNK, end - offset),
+                                                offset)
+                if not chunk:
+                    break  # the file shrank while we sent it
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
     name = posixpath.basename(path)
     plain = "".join(c for c in name if c.isascii() and c.isprintable() and c not in '"\\')
     disposition = f"attachment; filename=\"{plain or 'download'}\"; filename*=UTF-8''{quote(name)}"
-    return StreamingResponse(file_chunks(fd, start, end), media_type="application/octet-stream",
-                             headers={"content-length": str(size),
-                                      "content-disposition": disposition})
-
-
-async def file_chunks(fd: int, start: int, end: int) -> AsyncIterator[bytes]:
-    """Bytes ``start`` to ``end`` of an open file, TRANSFER_CHUNK at a time read in a worker
-    thread; ``fd`` is closed after."""
-    offset = start
-    try:
-        while offset < end:
-            chunk = await in_thread(os.pread, fd, min(TRANSFER_CHUNK, end - offset), offset)
-            if not chunk:
-                break  # the file shrank while it was sent
-            offset += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "content-length": str(size), "content-disposition": disposition})
 
 
 async def make_dir(request: Request) -> Response:
